@@ -1,0 +1,1 @@
+"""Reading frames, writing outputs atomically, manifests and provenance."""
