@@ -1,0 +1,538 @@
+"""A whole simulated night: raw lights (+ calibration frames) and the truth behind them.
+
+Randomness is split by purpose and frame: the night's conditions, the sky, the sensor and each
+frame's noise draw from their own seeded streams, so a frame depends only on (seed, its index)
+and the night-level draws — never on the order frames are rendered.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+
+from tilestack.errors import ConfigError
+from tilestack.io.atomic import atomic_path, write_table, write_text
+from tilestack.simulation import render, sky, timeline
+from tilestack.simulation import sensor as sens
+
+PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+_CHAN_INDEX = {"R": 0, "G": 1, "B": 2}
+# sky (light pollution) colour and flat-panel colour per R, G, B
+_SKY_RGB = np.array([1.2, 1.0, 0.8])
+_FLAT_RGB = np.array([0.75, 1.0, 0.6])
+
+
+@dataclass
+class SimulatedNight:
+    """Paths of everything written plus the truth tables, in memory."""
+
+    out_dir: Path
+    lights: list[Path]
+    frames: pd.DataFrame
+    stars: pd.DataFrame
+    galaxies: pd.DataFrame
+    truth_image: Path
+    bayer: str | None
+    width: int
+    height: int
+    seed: int
+    params: dict = field(default_factory=dict)
+    bias: list[Path] = field(default_factory=list)
+    darks: list[Path] = field(default_factory=list)
+    flats: list[Path] = field(default_factory=list)
+
+    @property
+    def truth_dir(self) -> Path:
+        return self.out_dir / "truth"
+
+    @property
+    def channels(self) -> list[str]:
+        return ["L"] if self.bayer is None else ["R", "G", "B"]
+
+    def transform(self, frame: int | str) -> np.ndarray:
+        """3×3 matrix: pixel of ``frame`` → truth-grid pixel."""
+        return timeline.matrices(self._row(frame))[0]
+
+    def relative_transform(self, frame: int | str, reference: int | str) -> np.ndarray:
+        """3×3 matrix: pixel of ``frame`` → pixel of ``reference`` (what registration finds)."""
+        return np.linalg.inv(self.transform(reference)) @ self.transform(frame)
+
+    def _row(self, frame):
+        if isinstance(frame, str):
+            return self.frames[self.frames["frame"] == Path(frame).name]
+        return self.frames.iloc[[int(frame)]]
+
+    def truth(self, channel: str | None = None) -> np.ndarray:
+        """Noiseless truth image (float64) of a channel on the truth grid."""
+        with fits.open(self.truth_image) as hd:
+            if channel is None:
+                return hd[0].data.astype(np.float64)
+            return hd[channel].data.astype(np.float64)
+
+
+def chan_map(bayer: str | None) -> np.ndarray:
+    """2×2 map from Bayer phase (dy, dx) to channel index (R=0, G=1, B=2); mono → all 0."""
+    if bayer is None:
+        return render.MONO_MAP
+    return np.array([[_CHAN_INDEX[bayer[2 * dy + dx]] for dx in (0, 1)] for dy in (0, 1)])
+
+
+def _check(n_frames, width, height, bayer, fwhm_range, bit_depth):
+    if n_frames < 1:
+        raise ConfigError(f"simulate: n_frames must be >= 1, got {n_frames}")
+    if width < 32 or height < 32:
+        raise ConfigError(f"simulate: frame size must be at least 32x32, got {width}x{height}")
+    if bayer is not None and bayer not in PATTERNS:
+        raise ConfigError(f"simulate: bayer must be one of {', '.join(PATTERNS)}, got {bayer!r}")
+    if bayer is not None and (width % 2 or height % 2):
+        raise ConfigError("simulate: colour frames need an even width and height")
+    if not 0.5 <= fwhm_range[0] <= fwhm_range[1]:
+        raise ConfigError(f"simulate: invalid fwhm_range {fwhm_range}")
+    if bit_depth not in (12, 14, 16):
+        raise ConfigError(f"simulate: bit_depth must be 12, 14 or 16, got {bit_depth}")
+
+
+def _sky_box(mats, width, height, margin):
+    """Integer truth-grid box (x0, y0, w, h) that every frame sees, plus ``margin``."""
+    corners = np.array(
+        [[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]], dtype=float
+    ).T
+    pts = np.concatenate([(m @ corners)[:2] for m in mats], axis=1)
+    x0 = int(math.floor(min(pts[0].min(), 0) - margin))
+    y0 = int(math.floor(min(pts[1].min(), 0) - margin))
+    x1 = int(math.ceil(max(pts[0].max(), width - 1) + margin))
+    y1 = int(math.ceil(max(pts[1].max(), height - 1) + margin))
+    return x0, y0, x1 - x0 + 1, y1 - y0 + 1
+
+
+def _extended(rng, stars_box, galaxies, nebula_amp, n_ch):
+    """Galaxies + nebulosity on the padded truth grid, (h, w, n_ch) float32 (seeing-free)."""
+    x0, y0, w, h = stars_box
+    neb = sky.nebulosity(rng, h, w, nebula_amp)  # (3, h, w)
+    if n_ch == 1:  # mono sees the mean of R, G, B (as the stars' ``flux`` column)
+        img = neb.mean(axis=0, dtype=np.float64)
+        render.render_galaxies_into(img, galaxies, galaxies["flux"].to_numpy(), (x0, y0))
+        return img.astype(np.float32)[..., None]
+    ext = np.empty((h, w, 3), dtype=np.float32)
+    for c, col in enumerate(["flux_r", "flux_g", "flux_b"]):
+        img = neb[c].astype(np.float64)
+        render.render_galaxies_into(img, galaxies, galaxies[col].to_numpy(), (x0, y0))
+        ext[..., c] = img
+    return ext
+
+
+def _own_stars(table) -> pd.DataFrame:
+    """Complete a user star table with colours (grey unless given) and magnitudes."""
+    st = pd.DataFrame(table).reset_index(drop=True).copy()
+    for col in ("x", "y", "flux"):
+        if col not in st:
+            raise ConfigError(f"simulate: star table needs a {col!r} column")
+    if not {"flux_r", "flux_g", "flux_b"} <= set(st.columns):
+        if "temperature" in st:
+            rgb = sky.colour_ratios(st["temperature"].to_numpy()) * st["flux"].to_numpy()[:, None]
+        else:
+            rgb = np.repeat(st["flux"].to_numpy()[:, None], 3, axis=1)
+        st["flux_r"], st["flux_g"], st["flux_b"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    st["mag"] = 25.0 - 2.5 * np.log10(np.maximum(st["flux"].to_numpy(dtype=float), 1e-9))
+    return st.drop(columns=[c for c in ("id", "in_grid") if c in st])
+
+
+def _star_fluxes(stars, n_ch):
+    if n_ch == 1:
+        return stars["flux"].to_numpy()[:, None]
+    return stars[["flux_r", "flux_g", "flux_b"]].to_numpy()
+
+
+def _psf_field(x, y, width, height, fwhm, growth, corner_ell):
+    """FWHM grows toward the corners and stars elongate radially there."""
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    r2 = ((x - cx) ** 2 + (y - cy) ** 2) / (cx * cx + cy * cy)
+    f = fwhm * (1.0 + growth * r2)
+    e = corner_ell * r2
+    return f / np.sqrt(1.0 - e), f * np.sqrt(1.0 - e), np.arctan2(y - cy, x - cx)
+
+
+def _render_frame(i, row, mat, ctx):
+    """Photon image (ADU, float64) of frame ``i`` before the sensor, its rng and CR count."""
+    w, h = ctx["width"], ctx["height"]
+    rng = np.random.default_rng(np.random.SeedSequence([ctx["seed"], 3, i]))
+    inv = np.linalg.inv(mat)
+    st = ctx["stars"]
+    fx = inv[0, 0] * st["x"].to_numpy() + inv[0, 1] * st["y"].to_numpy() + inv[0, 2]
+    fy = inv[1, 0] * st["x"].to_numpy() + inv[1, 1] * st["y"].to_numpy() + inv[1, 2]
+    pad = 170.0
+    sel = (fx > -pad) & (fx < w + pad) & (fy > -pad) & (fy < h + pad)
+    fx, fy = fx[sel], fy[sel]
+    fa, fb, ang = _psf_field(fx, fy, w, h, row.fwhm_px, ctx["growth"], ctx["corner_ell"])
+    flux = ctx["star_flux"][sel] * (row.transparency * ctx["level"])
+    img = np.zeros((h, w), dtype=np.float64)
+    render.render_moffat_into(
+        img, fx, fy, flux, fa, fb, ang, beta=ctx["beta"], chan_map=ctx["chan_map"]
+    )
+    # extended emission: warp from the padded truth grid, blur with this frame's seeing
+    x0, y0 = ctx["box"][:2]
+    shift = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
+    a = (shift @ mat)[:2]
+    ext = cv2.warpAffine(
+        ctx["ext"],
+        a,
+        (w, h),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    ext = cv2.GaussianBlur(ext, (0, 0), row.fwhm_px / 2.3548)
+    if ext.ndim == 2:
+        ext = ext[..., None]
+    gx = (np.arange(w) - (w - 1) / 2.0) / w * row.sky_gradient_x
+    gy = (np.arange(h) - (h - 1) / 2.0) / h * row.sky_gradient_y
+    skymap = row.sky_level * ctx["level"] * (1.0 + gy[:, None] + gx[None, :])
+    scale = row.transparency * ctx["level"]
+    cm = ctx["chan_map"]
+    for dy in (0, 1):
+        for dx in (0, 1):
+            c = cm[dy, dx]
+            img[dy::2, dx::2] += ext[dy::2, dx::2, c] * scale
+            img[dy::2, dx::2] += skymap[dy::2, dx::2] * ctx["sky_rgb"][c]
+    if not ctx["noise"]:
+        return img, rng, 0
+    if row.satellite:
+        img += sens.satellite_trail(rng, h, w, row.fwhm_px) * ctx["level"]
+    n_cr = sens.add_cosmic_rays(rng, img, ctx["cosmic_rate"] * row.exposure / 10.0)
+    return img, rng, n_cr
+
+
+def _header(kind, exposure, time, sensor_, bayer, seed, extra=None):
+    hdr = {
+        "IMAGETYP": kind,
+        "EXPTIME": float(exposure),
+        "DATE-OBS": time,
+        "GAIN": round(float(sensor_.gain), 6),
+        "EGAIN": round(float(sensor_.gain), 6),
+        "INSTRUME": "tilestack-sim",
+        "TELESCOP": "tilestack-sim",
+        "XBINNING": 1,
+        "YBINNING": 1,
+        "XPIXSZ": 2.9,
+        "YPIXSZ": 2.9,
+        "CCD-TEMP": -10.0,
+        "ROWORDER": "TOP-DOWN",
+        "SIMSEED": int(seed),
+    }
+    if bayer is not None:
+        hdr.update({"BAYERPAT": bayer, "XBAYROFF": 0, "YBAYROFF": 0})
+    if extra:
+        hdr.update(extra)
+    return hdr
+
+
+def _truth_image(ctx, stars, fwhm):
+    """Seeing-limited (best FWHM, round PSF), noiseless, sky-free truth per channel."""
+    w, h = ctx["width"], ctx["height"]
+    x0, y0 = ctx["box"][:2]
+    ext = ctx["ext"][-y0 : -y0 + h, -x0 : -x0 + w]
+    ext = cv2.GaussianBlur(np.ascontiguousarray(ext), (0, 0), fwhm / 2.3548)
+    if ext.ndim == 2:
+        ext = ext[..., None]
+    fl = ctx["star_flux"]
+    out = []
+    for c in range(fl.shape[1]):
+        img = ext[..., c].astype(np.float64)
+        render.render_moffat_into(
+            img, stars["x"].to_numpy(), stars["y"].to_numpy(), fl[:, c], fwhm, beta=ctx["beta"]
+        )
+        out.append(img)
+    return out
+
+
+def _write_truth_fits(path, planes, names, fwhm):
+    hdus = []
+    for k, (img, name) in enumerate(zip(planes, names, strict=True)):
+        cls = fits.PrimaryHDU if k == 0 else fits.ImageHDU
+        hdu = cls(data=img.astype(np.float32))
+        hdu.header["EXTNAME"] = name
+        hdu.header["CHANNEL"] = name
+        hdu.header["PSFFWHM"] = (float(fwhm), "Moffat FWHM of the truth PSF (px)")
+        hdu.header["BUNIT"] = "ADU/frame at transparency 1, no sky"
+        hdus.append(hdu)
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+
+
+def simulate_night(
+    out_dir,
+    *,
+    n_frames: int = 60,
+    width: int = 1024,
+    height: int = 1024,
+    bayer: str | None = None,
+    seed: int = 0,
+    fwhm_range: tuple[float, float] = (1.8, 5.0),
+    exposure: float = 10.0,
+    rotation_deg_total: float = 3.0,
+    meridian_flip: bool = False,
+    dither_px: float = 4.0,
+    drift_px: float = 1.0,
+    clouds: bool = True,
+    calibration: bool = False,
+    n_calib: int = 8,
+    bit_depth: int = 16,
+    star_density: float = 2000.0,
+    galaxy_density: float = 12.0,
+    nebula_amplitude: float = 40.0,
+    sky_level: float = 400.0,
+    gain: float = 1.0,
+    read_noise_e: float = 3.0,
+    bias_level: float = 500.0,
+    beta: float = 3.0,
+    corner_fwhm_growth: float = 0.2,
+    corner_ellipticity: float = 0.12,
+    cosmic_rate: float = 6.0,
+    satellite_fraction: float = 0.04,
+    min_bright_stars: int = 25,
+    saturated_per_mpx: float = 3.0,
+    start: str = "2024-03-14T21:00:00",
+    noise: bool = True,
+    stars: pd.DataFrame | None = None,
+    frame_overrides: dict[int, dict] | None = None,
+) -> SimulatedNight:
+    """Write a night of raw frames with known truth to ``out_dir`` (see module docstring).
+
+    Star fluxes are ADU per frame at transparency 1 (before vignetting); ``cosmic_rate`` is
+    hits per megapixel per 10 s; ``bit_depth`` < 16 scales every level and the saturation.
+    ``noise=False`` gives an ideal sensor for exactness tests: no photon/read noise, defects,
+    vignetting, cosmic rays or satellites — only the bias pedestal, quantisation and clipping.
+    ``stars`` replaces the random star field by a table in truth-grid coordinates (x, y, flux
+    and optionally flux_r, flux_g, flux_b or temperature).
+    ``frame_overrides`` forces conditions of chosen frames for hard cases, e.g.
+    ``{5: {"transparency": 0.02}, 9: {"fwhm_px": 9.0, "rotation_deg": 90.0}}``; pose keys
+    (rotation_deg, shift_x, shift_y) rebuild that frame's true transform.
+    """
+    _check(n_frames, width, height, bayer, fwhm_range, bit_depth)
+    out = Path(out_dir)
+    level = 2.0 ** (bit_depth - 16)
+    frames = timeline.make_timeline(
+        np.random.default_rng(np.random.SeedSequence([seed, 0])),
+        n_frames,
+        width,
+        height,
+        fwhm_range=fwhm_range,
+        exposure=exposure,
+        rotation_deg_total=rotation_deg_total,
+        meridian_flip=meridian_flip,
+        dither_px=dither_px,
+        drift_px=drift_px,
+        clouds=clouds,
+        sky_level=sky_level,
+        satellite_fraction=satellite_fraction,
+        start=start,
+    )
+    if frame_overrides:
+        timeline.apply_overrides(frames, frame_overrides, width, height)
+    mats = timeline.matrices(frames)
+    margin = 8.0 * fwhm_range[1] + 10.0
+    box = _sky_box(mats, width, height, margin)
+    rng_sky = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+    if stars is None:
+        stars = sky.star_field(
+            rng_sky,
+            box[2],
+            box[3],
+            star_density,
+            origin=box[:2],
+            min_bright=min_bright_stars,
+            saturated_per_mpx=saturated_per_mpx,
+        )
+    else:
+        stars = _own_stars(stars)
+    galaxies = sky.galaxy_field(rng_sky, box[2], box[3], galaxy_density, origin=box[:2])
+    n_ch = 1 if bayer is None else 3
+    ext = _extended(rng_sky, box, galaxies, nebula_amplitude, n_ch)
+    sensor_ = sens.make_sensor(
+        np.random.default_rng(np.random.SeedSequence([seed, 2])),
+        width,
+        height,
+        gain=gain,
+        read_noise_e=read_noise_e,
+        bias_level=bias_level,
+        saturation=2.0**bit_depth - 1,
+        with_response=calibration,
+        level_scale=level,
+    )
+    if not noise:
+        sensor_ = sens.ideal(sensor_)
+    ctx = {
+        "width": width,
+        "height": height,
+        "seed": seed,
+        "stars": stars,
+        "box": box,
+        "star_flux": _star_fluxes(stars, n_ch),
+        "ext": ext[..., 0] if n_ch == 1 else ext,
+        "beta": beta,
+        "growth": corner_fwhm_growth,
+        "corner_ell": corner_ellipticity,
+        "chan_map": chan_map(bayer),
+        "level": level,
+        "cosmic_rate": cosmic_rate,
+        "sky_rgb": np.ones(1) if bayer is None else _SKY_RGB,
+        "noise": noise,
+    }
+    lights, n_crs = [], []
+    for i, row in enumerate(frames.itertuples(index=False)):
+        photons, rng, n_cr = _render_frame(i, row, mats[i], ctx)
+        raw = sens.expose(rng, sensor_, photons, row.exposure)
+        path = out / "lights" / row.frame
+        sens.write_raw(
+            path,
+            raw,
+            _header(
+                "Light Frame",
+                row.exposure,
+                row.time,
+                sensor_,
+                bayer,
+                seed,
+                {"OBJECT": "SIMFIELD", "FRAMENO": i},
+            ),
+        )
+        lights.append(path)
+        n_crs.append(n_cr)
+    frames["n_cosmics"] = n_crs
+    if not noise:
+        frames["satellite"] = False
+    frames["fwhm_corner_px"] = frames["fwhm_px"] * (1.0 + corner_fwhm_growth)
+    frames["ellipticity_corner"] = corner_ellipticity
+    frames["beta"] = beta
+    bias, darks, flats = [], [], []
+    if calibration:
+        bias, darks, flats = _calibration_frames(
+            out, sensor_, bayer, seed, exposure, n_calib, frames["time"].iloc[0], level
+        )
+    stars = stars.copy()
+    stars.insert(0, "id", np.arange(len(stars)))
+    stars["in_grid"] = (
+        (stars.x > -0.5) & (stars.x < width - 0.5) & (stars.y > -0.5) & (stars.y < height - 0.5)
+    )
+    tdir = out / "truth"
+    write_table(tdir / "frames.csv", frames)
+    write_table(tdir / "stars.csv", stars)
+    write_table(tdir / "galaxies.csv", galaxies)
+    hot = pd.DataFrame({"x": sensor_.hot_pixels[:, 0], "y": sensor_.hot_pixels[:, 1]})
+    hot["dark_rate"] = sensor_.dark_rate[hot.y, hot.x]
+    write_table(tdir / "hot_pixels.csv", hot)
+    names = ["L"] if bayer is None else ["R", "G", "B"]
+    truth_fwhm = float(fwhm_range[0])
+    _write_truth_fits(tdir / "truth.fits", _truth_image(ctx, stars, truth_fwhm), names, truth_fwhm)
+    params = {
+        "n_frames": n_frames,
+        "width": width,
+        "height": height,
+        "bayer": bayer,
+        "seed": seed,
+        "fwhm_range": list(fwhm_range),
+        "exposure": exposure,
+        "rotation_deg_total": rotation_deg_total,
+        "meridian_flip": meridian_flip,
+        "dither_px": dither_px,
+        "drift_px": drift_px,
+        "clouds": clouds,
+        "calibration": calibration,
+        "n_calib": n_calib if calibration else 0,
+        "bit_depth": bit_depth,
+        "gain_e_per_adu": sensor_.gain,
+        "read_noise_e": read_noise_e,
+        "bias_level_adu": sensor_.bias_level,
+        "saturation_adu": sensor_.saturation,
+        "beta": beta,
+        "truth_fwhm_px": truth_fwhm,
+        "hot_column": sensor_.hot_column,
+        "sky_box": list(box),
+        "star_density": star_density,
+        "galaxy_density": galaxy_density,
+        "nebula_amplitude": nebula_amplitude,
+        "noise": noise,
+        "saturated_per_mpx": saturated_per_mpx,
+        "cosmic_rate": cosmic_rate,
+        "satellite_fraction": satellite_fraction,
+        "corner_fwhm_growth": corner_fwhm_growth,
+        "corner_ellipticity": corner_ellipticity,
+        "sky_level": sky_level,
+        "sky_rgb": _SKY_RGB.tolist(),
+        "flat_rgb": _FLAT_RGB.tolist(),
+        "channels": names,
+        "transform": "frames.csv m00..m22 map frame pixel -> truth-grid pixel on [x, y, 1]",
+    }
+    write_text(tdir / "params.json", json.dumps(params, indent=2, sort_keys=True) + "\n")
+    return SimulatedNight(
+        out_dir=out,
+        lights=lights,
+        frames=frames,
+        stars=stars,
+        galaxies=galaxies,
+        truth_image=tdir / "truth.fits",
+        bayer=bayer,
+        width=width,
+        height=height,
+        seed=seed,
+        params=params,
+        bias=bias,
+        darks=darks,
+        flats=flats,
+    )
+
+
+def _calibration_frames(out, sensor_, bayer, seed, exposure, n, time, level):
+    """Bias, darks (same exposure as the lights) and twilight-like flats from the same sensor."""
+    paths = {"bias": [], "darks": [], "flats": []}
+    cm = chan_map(bayer)
+    flat = np.empty((sensor_.height, sensor_.width))
+    for dy in (0, 1):
+        for dx in (0, 1):
+            flat[dy::2, dx::2] = 25000.0 * level * (1.0 if bayer is None else _FLAT_RGB[cm[dy, dx]])
+    specs = [
+        ("bias", "Bias Frame", 0.0, None),
+        ("darks", "Dark Frame", exposure, None),
+        ("flats", "Flat Field", 1.0, flat),
+    ]
+    for k, (folder, kind, exp_s, photons) in enumerate(specs):
+        stem = {"bias": "bias", "darks": "dark", "flats": "flat"}[folder]
+        for j in range(n):
+            rng = np.random.default_rng(np.random.SeedSequence([seed, 4, k, j]))
+            img = np.zeros((sensor_.height, sensor_.width)) if photons is None else photons.copy()
+            raw = sens.expose(rng, sensor_, img, exp_s)
+            path = out / folder / f"{stem}_{j:04d}.fits"
+            sens.write_raw(path, raw, _header(kind, exp_s, time, sensor_, bayer, seed))
+            paths[folder].append(path)
+    return paths["bias"], paths["darks"], paths["flats"]
+
+
+def load_night(out_dir) -> SimulatedNight:
+    """Re-open a simulated night from its folder (truth tables and file lists)."""
+    out = Path(out_dir)
+    tdir = out / "truth"
+    params = json.loads((tdir / "params.json").read_text())
+    frames = pd.read_csv(tdir / "frames.csv")
+    return SimulatedNight(
+        out_dir=out,
+        lights=[out / "lights" / f for f in frames["frame"]],
+        frames=frames,
+        stars=pd.read_csv(tdir / "stars.csv"),
+        galaxies=pd.read_csv(tdir / "galaxies.csv"),
+        truth_image=tdir / "truth.fits",
+        bayer=params["bayer"],
+        width=params["width"],
+        height=params["height"],
+        seed=params["seed"],
+        params=params,
+        bias=sorted((out / "bias").glob("*.fits")),
+        darks=sorted((out / "darks").glob("*.fits")),
+        flats=sorted((out / "flats").glob("*.fits")),
+    )
