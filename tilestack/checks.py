@@ -1,0 +1,431 @@
+"""Input checks (METHODOLOGY §1): stop early on data that cannot give a valid result.
+
+Hard checks run on the manifest before any heavy work and raise ``InputError`` with ONE line
+naming the offending files; they write nothing. Soft checks only return warnings. The mode
+(full / reduced / emergency) follows from the number of usable frames.
+
+Linearity test (documented criteria; all thresholds are relative to the full scale FS of the
+stored pixel type, FS = 1 for float data normalised to [0, 1]):
+
+* **8-bit**: frames stored with BITPIX 8 (uint8) are display renderings, never linear sensor
+  data from a 12–16-bit camera.
+* **8-bit content in a wider type**: at most 256 distinct levels that are all at least FS/512
+  apart (8-bit values scaled by 256 or 257, or k/255 in float). A linear ADC of 10 bits or more
+  steps by at most FS/1024, so sparse 12-bit frames (step FS/4096) with few levels pass.
+* **stretch**: the sky background (median) sits at ≥ 10 % of FS *and* the pixel-to-pixel noise
+  (1.4826·MAD of differences between same-CFA-phase neighbours two pixels apart, / √2, which
+  ignores gradients, nebulosity and stars) exceeds 3 % of FS. In linear data the noise at the
+  sky level S (ADU) is about √(S/g) for a gain g in e-/ADU; 3 % of FS needs g < 0.02 e-/ADU
+  (16-bit), far below any camera setting, even with the sky at half scale. A display stretch
+  lifts the sky to 10–30 % of the range and multiplies its noise by the stretch slope (tens).
+  A bright or strongly graded sky alone is never taken as a stretch: light-polluted linear
+  subs have exactly that.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tilestack.cfa import channels_for
+from tilestack.errors import ConfigError, InputError
+
+MAX_LISTED = 20
+SOFT_MIN_FRAMES = 800
+
+
+@dataclass
+class CheckReport:
+    """Outcome of the scan: what ``scan/checks.json`` records."""
+
+    n_frames: int
+    mode: str
+    width: int
+    height: int
+    bayer: str | None
+    channels: list[str]
+    exposure: float | None
+    warnings: list[str] = field(default_factory=list)
+    sampled_frames: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- config access
+
+
+def _assumptions(config) -> dict:
+    if not config:
+        return {}
+    a = dict(config.get("assumptions", {}) or {})
+    for k in ("frames_min", "full_mode_min_frames", "allow_emergency_mode", "exposure_tolerance"):
+        if k in config and k not in a:
+            a[k] = config[k]
+    return a
+
+
+def check_weight_sum(config, tol: float = 1e-6) -> None:
+    """α + β + γ = 1 (METHODOLOGY §1 hard check) when ``global_metrics`` is configured."""
+    gm = (config or {}).get("global_metrics") or {}
+    if not all(k in gm for k in ("alpha", "beta", "gamma")):
+        return
+    a, b, g = (float(gm[k]) for k in ("alpha", "beta", "gamma"))
+    if abs(a + b + g - 1.0) > tol:
+        raise ConfigError(
+            f"global_metrics.alpha + beta + gamma must equal 1, got {a:g} + {b:g} + {g:g} "
+            f"= {a + b + g:g}"
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _names(frames: Sequence[str]) -> str:
+    shown = ", ".join(frames[:MAX_LISTED])
+    if len(frames) > MAX_LISTED:
+        shown += f", … (+{len(frames) - MAX_LISTED} more)"
+    return shown
+
+
+def _size(w, h) -> str:
+    return f"{int(w)}x{int(h)}"
+
+
+def _majority(values: Sequence) -> object:
+    """Most common value; ties go to the value of the earliest frame (sorted order)."""
+    counts = Counter(values)
+    best = max(counts.values())
+    return next(v for v in values if counts[v] == best)
+
+
+def _n_of(k: int, n: int) -> str:
+    return f"{k} of {n} frames {'is' if k == 1 else 'are'}"
+
+
+def _fmt_seconds(x: float) -> str:
+    return f"{x:g} s"
+
+
+def _bayer_name(b) -> str:
+    return b if b else "mono"
+
+
+def _none_if_nan(v):
+    if v is None:
+        return None
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    if v is pd.NA:
+        return None
+    return v
+
+
+# --------------------------------------------------------------------------- hard checks
+
+
+def check_not_empty(manifest: pd.DataFrame, lights=None) -> None:
+    if manifest is None or len(manifest) == 0:
+        where = f" in {lights}" if lights else ""
+        raise InputError(f"no light frames found{where}")
+
+
+def check_sizes(manifest: pd.DataFrame) -> None:
+    sizes = [(int(w), int(h)) for w, h in zip(manifest["width"], manifest["height"], strict=True)]
+    ref = _majority(sizes)
+    bad = [i for i, s in enumerate(sizes) if s != ref]
+    if not bad:
+        return
+    frames = [manifest["frame"].iloc[i] for i in bad]
+    others = Counter(sizes[i] for i in bad)
+    if len(others) == 1:
+        ((odd, _),) = others.items()
+        what = f"{_n_of(len(bad), len(sizes))} {_size(*odd)}"
+    else:
+        parts = ", ".join(f"{c} {_size(*s)}" for s, c in sorted(others.items()))
+        what = f"{len(bad)} of {len(sizes)} frames differ ({parts})"
+    raise InputError(f"mixed image sizes: {what}, expected {_size(*ref)}: {_names(frames)}")
+
+
+def check_bayer(manifest: pd.DataFrame) -> None:
+    pats = [_bayer_name(_none_if_nan(b)) for b in manifest["bayer"]]
+    ref = _majority(pats)
+    bad = [i for i, p in enumerate(pats) if p != ref]
+    if not bad:
+        return
+    frames = [manifest["frame"].iloc[i] for i in bad]
+    others = Counter(pats[i] for i in bad)
+    if len(others) == 1:
+        ((odd, _),) = others.items()
+        what = f"{_n_of(len(bad), len(pats))} {odd}"
+    else:
+        parts = ", ".join(f"{c} {p}" for p, c in sorted(others.items()))
+        what = f"{len(bad)} of {len(pats)} frames differ ({parts})"
+    raise InputError(f"mixed Bayer patterns: {what}, expected {ref}: {_names(frames)}")
+
+
+def check_exposures(manifest: pd.DataFrame, tolerance: float = 0.05) -> None:
+    """All known exposures within ±``tolerance`` of the most common exposure of the session."""
+    exp = pd.to_numeric(manifest["exposure"], errors="coerce").to_numpy(float)
+    known = np.isfinite(exp)
+    if known.sum() < 2:
+        return
+    ref = float(_majority([round(float(e), 6) for e in exp[known]]))
+    dev = np.abs(exp - ref) / ref
+    bad = np.flatnonzero(known & (dev > tolerance + 1e-12))
+    if len(bad) == 0:
+        return
+    listed = [f"{manifest['frame'].iloc[i]} ({_fmt_seconds(exp[i])})" for i in bad]
+    raise InputError(
+        f"exposure times differ by more than {tolerance * 100:g}%: {len(bad)} of {len(exp)} "
+        f"frames differ from {_fmt_seconds(ref)} (the most common exposure): {_names(listed)}"
+    )
+
+
+def check_bit_depth(manifest: pd.DataFrame) -> None:
+    dtypes = manifest["dtype"] if "dtype" in manifest else pd.Series(["?"] * len(manifest))
+    bad = [i for i, d in enumerate(dtypes) if str(d) == "uint8"]
+    if not bad:
+        return
+    frames = [manifest["frame"].iloc[i] for i in bad]
+    raise InputError(
+        f"8-bit data is not linear: {len(bad)} of {len(manifest)} frames are 8-bit (BITPIX 8); "
+        f"use the camera's raw 12-16-bit or float frames: {_names(frames)}"
+    )
+
+
+def pixel_full_scale(data: np.ndarray, full_scale: float | None) -> float:
+    """Full scale of a frame: the type's maximum, or 1 / 65535 / max for float data."""
+    if full_scale is not None and np.isfinite(full_scale) and full_scale > 0:
+        return float(full_scale)
+    finite = data[np.isfinite(data)]
+    top = float(finite.max()) if finite.size else 1.0
+    if top <= 1.0 + 1e-6:
+        return 1.0
+    if top <= 65535.0 + 1e-3:
+        return 65535.0
+    return top
+
+
+def stretch_evidence(data: np.ndarray, full_scale: float | None) -> str | None:
+    """Why ``data`` does not look linear (see the module docstring), or None if it does."""
+    fs = pixel_full_scale(data, full_scale)
+    step = max(1, int(np.sqrt(data.size / 2_000_000)))  # cap the sample at ~2 M pixels
+    sample = np.asarray(data[::step, ::step], dtype=np.float64)
+    vals = sample[np.isfinite(sample)]
+    if vals.size < 1000:
+        return None
+    levels = np.unique(vals)
+    if 2 <= levels.size <= 256:
+        step = float(np.min(np.diff(levels)))
+        if step >= fs / 512:
+            return f"only {levels.size} distinct levels, spaced like 8-bit data"
+    bg = float(np.median(vals)) / fs
+    if bg >= 0.10:
+        diff = (sample[:, 2:] - sample[:, :-2]).ravel()
+        diff = diff[np.isfinite(diff)]
+        noise = 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / np.sqrt(2.0)
+        if noise / fs > 0.03:
+            return (
+                f"background at {100 * bg:.0f}% of full scale with noise "
+                f"{100 * noise / fs:.1f}% of full scale"
+            )
+    return None
+
+
+def _sample_indices(n: int, k: int) -> list[int]:
+    if n <= k:
+        return list(range(n))
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
+
+
+def check_linearity(manifest: pd.DataFrame, n_sample: int = 5, reader=None) -> list[str]:
+    """Pixel test on up to ``n_sample`` frames spread over the session; returns sampled names."""
+    from tilestack.io.frames import read_frame
+
+    reader = reader or read_frame
+    idx = _sample_indices(len(manifest), n_sample)
+    bad: list[str] = []
+    reasons: list[str] = []
+    for i in idx:
+        frame = reader(manifest["path"].iloc[i])
+        fs = frame.full_scale
+        if "full_scale" in manifest and np.isfinite(manifest["full_scale"].iloc[i]):
+            fs = float(manifest["full_scale"].iloc[i])
+        why = stretch_evidence(frame.data, fs)
+        if why:
+            bad.append(manifest["frame"].iloc[i])
+            reasons.append(why)
+    if bad:
+        listed = [f"{f} ({r})" for f, r in zip(bad, reasons, strict=True)]
+        raise InputError(
+            f"stretched (non-linear) data: {len(bad)} of {len(idx)} sampled frames look "
+            f"display-stretched; use the unprocessed frames: {_names(listed)}"
+        )
+    return [manifest["frame"].iloc[i] for i in idx]
+
+
+# --------------------------------------------------------------------------- modes, soft checks
+
+
+def decide_mode(
+    n: int,
+    config=None,
+    *,
+    frames_min: int = 50,
+    full_mode_min_frames: int = 200,
+    allow_emergency: bool = False,
+) -> str:
+    """``full`` (N ≥ full_mode_min_frames), ``reduced`` (N ≥ frames_min) or ``emergency``.
+
+    Below ``frames_min`` the run stops unless emergency mode is allowed; values in
+    ``config["assumptions"]`` override the keyword defaults.
+    """
+    a = _assumptions(config)
+    frames_min = int(a.get("frames_min", frames_min))
+    full_min = int(a.get("full_mode_min_frames", full_mode_min_frames))
+    allow = bool(a.get("allow_emergency_mode", allow_emergency))
+    n = int(n)
+    if n >= full_min:
+        return "full"
+    if n >= frames_min:
+        return "reduced"
+    if allow:
+        return "emergency"
+    raise InputError(
+        f"too few frames: {n} usable light frames, at least {frames_min} are needed; "
+        "to stack them anyway in reduced mode flagged 'emergency', set "
+        "assumptions.allow_emergency_mode: true (e.g. --config "
+        "'assumptions={allow_emergency_mode: true}')"
+    )
+
+
+def soft_checks(manifest: pd.DataFrame, mode: str | None = None) -> list[str]:
+    """Warnings that never stop the run (METHODOLOGY §1 plus header completeness)."""
+    out: list[str] = []
+    n = len(manifest)
+    if n < SOFT_MIN_FRAMES:
+        out.append(
+            f"only {n} frames (< {SOFT_MIN_FRAMES}): tile weighting has fewer good samples "
+            "per tile to choose from"
+        )
+    if mode == "emergency":
+        out.append(f"emergency mode: {n} frames is below assumptions.frames_min")
+    exp = pd.to_numeric(manifest["exposure"], errors="coerce")
+    missing = manifest["frame"][exp.isna()].tolist()
+    if missing and len(missing) < n:
+        out.append(
+            f"exposure time missing in {len(missing)} of {n} frames (not checked): "
+            f"{_names(missing)}"
+        )
+    elif missing:
+        out.append("no frame records its exposure time: the exposure check was skipped")
+    times = manifest["time"] if "time" in manifest else pd.Series([None] * n)
+    no_time = [f for f, t in zip(manifest["frame"], times, strict=True) if not _none_if_nan(t)]
+    if no_time:
+        out.append(f"observation time missing in {len(no_time)} of {n} frames")
+    if "checksum" in manifest and manifest["checksum"].notna().all():
+        dup = manifest[manifest["checksum"].duplicated(keep=False)]
+        if len(dup):
+            out.append(
+                f"{len(dup)} frames are byte-identical copies of another frame "
+                f"(they count twice): {_names(dup['frame'].tolist())}"
+            )
+    return out
+
+
+def registration_warnings(transforms: pd.DataFrame, max_rms_px: float = 0.5) -> list[str]:
+    """Soft check after registration: frames whose fit RMS exceeds ``max_rms_px`` (§1)."""
+    if transforms is None or "rms_px" not in transforms:
+        return []
+    rms = pd.to_numeric(transforms["rms_px"], errors="coerce")
+    bad = transforms[rms > max_rms_px]
+    if bad.empty:
+        return []
+    listed = [f"{f} ({r:.2f} px)" for f, r in zip(bad["frame"], rms[bad.index], strict=True)]
+    return [
+        f"registration RMS above {max_rms_px:g} px in {len(bad)} of {len(transforms)} frames: "
+        f"{_names(listed)}"
+    ]
+
+
+def elongation_warnings(stars: pd.DataFrame, max_elongation: float = 0.3) -> list[str]:
+    """Soft check on star tables: frames whose median star ellipticity exceeds the limit (§1).
+
+    ``stars`` has one row per star with ``frame`` and ``ellipticity`` (1 - b/a) columns.
+    """
+    if stars is None or stars.empty or "ellipticity" not in stars:
+        return []
+    med = stars.groupby("frame", sort=True)["ellipticity"].median()
+    bad = med[med > max_elongation]
+    if bad.empty:
+        return []
+    listed = [f"{f} ({e:.2f})" for f, e in bad.items()]
+    return [
+        f"elongated stars (median ellipticity > {max_elongation:g}) in {len(bad)} of "
+        f"{len(med)} frames (tracking or wind?): {_names(listed)}"
+    ]
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def run_hard_checks(
+    manifest: pd.DataFrame,
+    config=None,
+    sample_pixels: bool = True,
+    *,
+    n_sample: int = 5,
+) -> CheckReport:
+    """All hard checks in a fixed order; the first failure raises one ``InputError`` line.
+
+    Order: α+β+γ → empty → sizes → Bayer patterns → exposures → 8-bit → stretch (pixel sample).
+    Unreadable files are already reported by :func:`tilestack.io.manifest.build_manifest`.
+    Returns the :class:`CheckReport` with the mode and the soft-check warnings.
+    """
+    config = config or {}
+    a = _assumptions(config)
+    check_weight_sum(config)
+    check_not_empty(manifest, config.get("lights"))
+    check_sizes(manifest)
+    check_bayer(manifest)
+    check_exposures(manifest, float(a.get("exposure_tolerance", 0.05)))
+    check_bit_depth(manifest)
+    sampled = check_linearity(manifest, n_sample=n_sample) if sample_pixels else []
+    mode = decide_mode(len(manifest), config)
+    bayer = _none_if_nan(manifest["bayer"].iloc[0])
+    exp = pd.to_numeric(manifest["exposure"], errors="coerce")
+    return CheckReport(
+        n_frames=len(manifest),
+        mode=mode,
+        width=int(manifest["width"].iloc[0]),
+        height=int(manifest["height"].iloc[0]),
+        bayer=bayer,
+        channels=channels_for(bayer),
+        exposure=float(exp.median()) if exp.notna().any() else None,
+        warnings=soft_checks(manifest, mode),
+        sampled_frames=sampled,
+    )
+
+
+def scan_lights(
+    lights, config=None, sample_pixels: bool = True
+) -> tuple[pd.DataFrame, CheckReport]:
+    """List, describe and check the light frames: what the workflow's ``scan`` step needs.
+
+    Writes nothing; the caller writes ``scan/frames.csv`` and ``scan/checks.json`` only after
+    this returns.
+    """
+    from tilestack.io.manifest import build_manifest, list_frames
+
+    paths: list[Path] = list_frames(lights)
+    manifest = build_manifest(paths)
+    cfg = dict(config or {})
+    cfg.setdefault("lights", str(lights))
+    report = run_hard_checks(manifest, cfg, sample_pixels=sample_pixels)
+    return manifest, report
