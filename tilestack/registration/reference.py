@@ -1,0 +1,81 @@
+"""Automatic choice of the reference frame (two-pass score: FWHM, star count, noise)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tilestack.errors import InputError
+
+
+def _robust_z(v: np.ndarray) -> np.ndarray:
+    med = np.nanmedian(v)
+    mad = 1.4826 * np.nanmedian(np.abs(v - med))
+    if not np.isfinite(mad) or mad <= 0:
+        return np.zeros_like(v)
+    return (v - med) / mad
+
+
+def frame_summary(star_tables: dict, noise: dict | None = None, top: int = 200) -> pd.DataFrame:
+    """Per frame: star count, median FWHM of the brightest unsaturated stars, background noise."""
+    rows = []
+    for name, df in star_tables.items():
+        n = len(df)
+        fwhm = np.nan
+        if n:
+            good = df[~df["saturated"].astype(bool)] if "saturated" in df else df
+            good = good.sort_values("flux", ascending=False).head(top)
+            if len(good):
+                fwhm = float(np.median(good["fwhm"]))
+        nz = np.nan
+        if noise is not None and name in noise:
+            nz = float(noise[name])
+        rows.append({"frame": name, "n_stars": n, "fwhm": fwhm, "noise": nz})
+    return pd.DataFrame(rows)
+
+
+def choose_reference(
+    star_tables: dict, noise: dict | None = None, named: str | None = None
+) -> tuple[str, dict]:
+    """Pick the reference frame; returns ``(frame, details)`` for ``reference.json``.
+
+    Pass 1 drops outliers (fewer than half the median star count, or FWHM above 1.5× the
+    median). Pass 2 ranks the rest by ``−z(FWHM) + z(log stars) − z(noise)`` with robust z-scores
+    computed on the survivors only, so a few bad frames cannot distort the scale.
+    """
+    if not star_tables:
+        raise InputError("reference: no star tables given")
+    if named not in (None, "", "auto"):
+        if named not in star_tables:
+            raise InputError(f"reference: configured frame {named!r} is not among the frames")
+        return named, {"frame": named, "how": "configured"}
+    s = frame_summary(star_tables, noise)
+    ok = s["n_stars"] >= 3
+    if not ok.any():
+        raise InputError("reference: no frame has at least 3 stars")
+    med_n = s.loc[ok, "n_stars"].median()
+    med_f = s.loc[ok, "fwhm"].median()
+    keep = ok & (s["n_stars"] >= 0.5 * med_n)
+    if np.isfinite(med_f):
+        keep &= ~(s["fwhm"] > 1.5 * med_f)
+    if not keep.any():
+        keep = ok
+    t = s[keep].copy()
+    score = -_robust_z(t["fwhm"].to_numpy(float)) + _robust_z(np.log(t["n_stars"].to_numpy(float)))
+    nz = t["noise"].to_numpy(float)
+    if np.isfinite(nz).all():
+        score = score - _robust_z(nz)
+    t["score"] = score
+    t = t.sort_values(["score", "frame"], ascending=[False, True])
+    best = str(t.iloc[0]["frame"])
+    details = {
+        "frame": best,
+        "how": "auto",
+        "score": float(t.iloc[0]["score"]),
+        "n_stars": int(t.iloc[0]["n_stars"]),
+        "fwhm": float(t.iloc[0]["fwhm"]),
+        "noise": None if not np.isfinite(t.iloc[0]["noise"]) else float(t.iloc[0]["noise"]),
+        "candidates": int(len(t)),
+        "excluded_pass1": sorted(s.loc[~keep, "frame"].astype(str).tolist()),
+    }
+    return best, details
