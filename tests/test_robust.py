@@ -1,0 +1,29 @@
+import numpy as np
+
+from tilestack.metrics.robust import mad, robust_z, sigma_clipped_median, sigma_clipped_stats
+
+
+def test_mad_and_robust_z_known_values():
+    x = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert mad(x) == 1.0
+    z = robust_z(x)
+    np.testing.assert_allclose(z, (x - 3.0) / 1.4826)
+
+
+def test_robust_z_constant_uses_floor_and_keeps_nan():
+    z = robust_z([5.0, 5.0, np.nan, 5.0])
+    assert z[0] == 0.0 and np.isnan(z[2])
+    # Tiny spread: the 1e-6 floor bounds the z-scores.
+    z = robust_z([1.0, 1.0, 1.0, 1.0 + 1e-9])
+    assert np.all(np.abs(z) <= 1.1e-3)
+
+
+def test_sigma_clipped_median_ignores_bright_outliers():
+    rng = np.random.default_rng(1)
+    sky = rng.normal(100.0, 2.0, 20000)
+    stars = rng.uniform(200.0, 5000.0, 3000)  # 13 % of the pixels are "stars"
+    x = np.concatenate([sky, stars])
+    assert abs(np.median(x) - 100.0) > 0.3  # the plain median is biased
+    assert abs(sigma_clipped_median(x) - 100.0) < 0.1
+    med, sig, keep = sigma_clipped_stats(x)
+    assert abs(sig - 2.0) < 0.1 and keep[:20000].mean() > 0.98 and not keep[20000:].any()

@@ -1,0 +1,400 @@
+"""Tile reconstruction over row bands (METHODOLOGY §9, §11) with bounded memory.
+
+A band job computes output rows ``[y0, y1)`` exactly: every tile touching those rows is
+evaluated on exactly those rows, so bands never exchange partial sums. Rows are read from
+all frames in chunks sized by a memory budget (``N x rows x W x 5`` bytes), so peak memory
+does not grow with the number of frames.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tilestack import kernels
+from tilestack.errors import ConfigError, InputError
+from tilestack.io.atomic import atomic_path
+from tilestack.tiles import TileGrid
+
+Reader = Callable[[int, int, int], tuple[np.ndarray, np.ndarray]]
+BYTES_PER_SAMPLE = 5  # float32 value + uint8 validity
+
+
+@dataclass
+class BandResult:
+    """Rows ``[y0, y1)`` of one channel: images in ADU, maps, and per-tile fallback flags.
+
+    ``stack`` is the final image of the mode (§9 reconstruction, or the combination of the
+    synthetic frames in full mode); ``recon`` is always the §9 reconstruction over all frames.
+    """
+
+    y0: int
+    y1: int
+    stack: np.ndarray
+    recon: np.ndarray
+    weight: np.ndarray
+    coverage: np.ndarray
+    kept: np.ndarray
+    fallback: np.ndarray
+    classical: np.ndarray | None = None
+    synthetic: np.ndarray | None = None
+    cluster_fallback: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def rows_per_chunk(n_frames: int, width: int, memory_mb: float) -> int:
+    """Largest row count with ``n_frames * rows * width * 5`` bytes within the budget (>= 1)."""
+    budget = float(memory_mb) * 1024 * 1024
+    return max(1, int(budget // (max(1, n_frames) * max(1, width) * BYTES_PER_SAMPLE)))
+
+
+def _axis_cover(starts: Sequence[int], windows: Sequence[np.ndarray], lo: int, hi: int):
+    """For positions ``lo..hi-1``: covering tile indices and window values (padded arrays)."""
+    n = hi - lo
+    count = np.zeros(n, np.int64)
+    spans = []
+    for i, (s, w) in enumerate(zip(starts, windows, strict=True)):
+        a, b = max(s, lo), min(s + len(w), hi)
+        if a < b:
+            spans.append((i, s, w, a, b))
+            count[a - lo : b - lo] += 1
+    if (count == 0).any():
+        raise InputError("tile grid does not cover the image")
+    tiles = np.zeros((n, int(count.max())), np.int64)
+    wins = np.zeros((n, int(count.max())), np.float64)
+    fill = np.zeros(n, np.int64)
+    for i, s, w, a, b in spans:
+        p = np.arange(a - lo, b - lo)
+        tiles[p, fill[p]] = i
+        wins[p, fill[p]] = w[a - s : b - s]
+        fill[p] += 1
+    return tiles, wins, count
+
+
+def _tile_norm_arrays(tile_offset, tile_scale, n_frames, n_tiles):
+    if tile_offset is None or tile_scale is None:
+        raise ConfigError(
+            "reconstruction.tile_normalization: background_scale needs per-tile offsets and scales"
+        )
+    off = np.ascontiguousarray(tile_offset, np.float64).reshape(n_frames, n_tiles)
+    sc = np.ascontiguousarray(tile_scale, np.float64).reshape(n_frames, n_tiles)
+    sc = np.where(np.isfinite(sc) & (sc > 0), sc, 1.0)
+    off = np.where(np.isfinite(off), off, 0.0)
+    return off, sc
+
+
+def reconstruct_band(
+    reader: Reader,
+    n_frames: int,
+    y0: int,
+    y1: int,
+    grid: TileGrid,
+    weights: np.ndarray,
+    background: np.ndarray,
+    *,
+    rejection: bool = True,
+    kappa_low: float = 4.0,
+    kappa_high: float = 4.0,
+    max_iter: int = 3,
+    min_keep: float = 0.5,
+    epsilon: float = 1e-6,
+    memory_mb: float = 2000.0,
+    scale: float | None = None,
+    tile_normalization: str = "none",
+    tile_offset: np.ndarray | None = None,
+    tile_scale: np.ndarray | None = None,
+    classical: tuple[np.ndarray, np.ndarray] | None = None,
+    classical_kappa: float = 3.0,
+    clusters: np.ndarray | None = None,
+    synthetic: str = "global",
+    G: np.ndarray | None = None,
+    cluster_weights: np.ndarray | None = None,
+) -> BandResult:
+    """Reconstruct rows ``[y0, y1)`` of one channel from ``n_frames`` registered frames.
+
+    ``reader(f, a, b)`` returns rows ``a..b-1`` of frame ``f``: raw float32 values (NaN outside
+    the frame) and the uint8 validity mask. ``weights[f, t] = W_{f,t}`` (§8), ``background[f]
+    = B_f`` (§5): samples are normalized ``I = X / B_f`` and the result is multiplied by
+    ``scale`` (default ``median_f B_f``) so the stack is in ADU and linear in the inputs.
+
+    ``classical=(median_f, mad_f)`` of the raw frames: also the classical stack in ADU
+    (:func:`addscale_factors` normalization, equal weights, Siril-style sigma clipping at
+    ``classical_kappa``). ``clusters[f]`` (full mode): synthetic frames per cluster,
+    ``synthetic='global'`` (weights ``G``) or ``'tile_weighted'`` (§9 within the cluster), and
+    ``stack`` = their mean, or the ``cluster_weights``-weighted mean when given.
+    """
+    n = int(n_frames)
+    if n < 1:
+        raise InputError("reconstruction: no registered frames")
+    if not (0 <= y0 < y1 <= grid.height):
+        raise ConfigError(f"reconstruction: band rows [{y0}, {y1}) outside 0..{grid.height}")
+    width = grid.width
+    w_ft = np.ascontiguousarray(weights, dtype=np.float64).reshape(n, grid.n_tiles)
+    w_ft = np.where(np.isfinite(w_ft) & (w_ft > 0), w_ft, 0.0)
+    bg = np.asarray(background, dtype=np.float64).reshape(n)
+    bg_ok = np.where(np.isfinite(bg) & (bg > 1e-6), bg, 1e-6)
+    inv_b = 1.0 / bg_ok
+    if scale is None:
+        fin = bg[np.isfinite(bg)]
+        scale = float(np.median(fin)) if fin.size else 1.0
+    tile_ok = w_ft.sum(axis=0) >= epsilon
+    w_tf = np.ascontiguousarray(w_ft.T)
+
+    if tile_normalization == "none":
+        tnorm = False
+        toff = tsc = np.zeros((1, 1), np.float64)
+        restore = (1.0, 0.0)
+    elif tile_normalization == "background_scale":
+        tnorm = True
+        toff, tsc = _tile_norm_arrays(tile_offset, tile_scale, n, grid.n_tiles)
+        restore = (float(np.median(tsc)), float(np.median(toff)))
+    else:
+        raise ConfigError(
+            f"reconstruction.tile_normalization: unknown value {tile_normalization!r}"
+            " (none | background_scale)"
+        )
+
+    if clusters is not None:
+        labels = np.ascontiguousarray(clusters, dtype=np.int64).reshape(n)
+        n_clusters = int(labels.max()) + 1
+        if labels.min() < 0:
+            raise ConfigError("reconstruction: cluster labels must be >= 0")
+        if synthetic == "global":
+            syn_mode = 1
+        elif synthetic == "tile_weighted":
+            syn_mode = 2
+        else:
+            raise ConfigError(
+                f"synthetic.weighting: unknown value {synthetic!r} (global | tile_weighted)"
+            )
+        g_f = np.ascontiguousarray(G if G is not None else np.ones(n), np.float64).reshape(n)
+        cl_ok = np.zeros((n_clusters, grid.n_tiles), np.bool_)
+        for k in range(n_clusters):
+            cl_ok[k] = w_ft[labels == k].sum(axis=0) >= epsilon
+    else:
+        labels = np.zeros(n, np.int64)
+        n_clusters, syn_mode = 0, 0
+        g_f = np.ones(n, np.float64)
+        cl_ok = np.ones((1, grid.n_tiles), np.bool_)
+
+    if classical is not None:
+        c_med, c_fac, c_ref = addscale_factors(*classical)
+    else:
+        c_med = c_fac = np.zeros(n)
+        c_ref = 0.0
+
+    colt, colw, coln = _axis_cover(grid.xs, grid.col_windows(), 0, width)
+    rowt_all, roww_all, rown_all = _axis_cover(grid.ys, grid.row_windows(), y0, y1)
+
+    rows = y1 - y0
+    rec = np.empty((rows, width), np.float32)
+    wmap = np.empty((rows, width), np.float32)
+    cov = np.empty((rows, width), np.uint16)
+    kept = np.empty((rows, width), np.uint16)
+    syn = np.empty((n_clusters, rows, width), np.float32) if n_clusters else None
+    cls = np.empty((rows, width), np.float32) if classical is not None else None
+
+    chunk = min(rows, rows_per_chunk(n, width, memory_mb))
+    data = np.empty((n, chunk, width), np.float32)
+    valid = np.empty((n, chunk, width), np.uint8)
+    outs = kernels.empty_like_outputs(chunk, width, n_clusters, classical is not None)
+    for a in range(y0, y1, chunk):
+        b = min(a + chunk, y1)
+        m = b - a
+        for f in range(n):
+            d, v = reader(f, a, b)
+            data[f, :m] = d
+            valid[f, :m] = v
+        o_rec, o_w, o_cov, o_kept, o_syn, o_cls = outs
+        r0 = a - y0
+        rowt, roww, rown = (arr[r0 : r0 + m] for arr in (rowt_all, roww_all, rown_all))
+        if m < chunk:  # keep one array layout per kernel signature (one compilation)
+            pad = chunk - m
+            rowt = np.concatenate([rowt, np.repeat(rowt[-1:], pad, 0)])
+            roww = np.concatenate([roww, np.repeat(roww[-1:], pad, 0)])
+            rown = np.concatenate([rown, np.repeat(rown[-1:], pad, 0)])
+        kernels.band_kernel(
+            data,
+            valid,
+            m,
+            inv_b,
+            w_tf,
+            tile_ok,
+            rowt,
+            roww,
+            rown,
+            colt,
+            colw,
+            coln,
+            grid.nx,
+            bool(rejection),
+            float(kappa_low),
+            float(kappa_high),
+            int(max_iter),
+            float(min_keep),
+            tnorm,
+            toff,
+            tsc,
+            labels,
+            n_clusters,
+            syn_mode,
+            g_f,
+            cl_ok,
+            classical is not None,
+            c_med,
+            c_fac,
+            float(c_ref),
+            float(classical_kappa),
+            o_rec,
+            o_w,
+            o_cov,
+            o_kept,
+            o_syn,
+            o_cls,
+        )
+        res = o_rec[:m]
+        if tnorm:
+            res = res * restore[0] + restore[1]
+        rec[r0 : r0 + m] = res * scale
+        wmap[r0 : r0 + m] = o_w[:m]
+        cov[r0 : r0 + m] = np.minimum(o_cov[:m], 65535)
+        kept[r0 : r0 + m] = np.minimum(o_kept[:m], 65535)
+        if syn is not None:
+            syn[:, r0 : r0 + m] = o_syn[:n_clusters, :m] * scale
+        if cls is not None:
+            cls[r0 : r0 + m] = o_cls[:m]
+    del data, valid, outs
+
+    if syn is not None:
+        stack = combine_synthetic(syn, cluster_weights)
+    else:
+        stack = rec
+    return BandResult(
+        y0=int(y0),
+        y1=int(y1),
+        stack=stack,
+        recon=rec,
+        weight=wmap,
+        coverage=cov,
+        kept=kept,
+        fallback=~tile_ok,
+        classical=cls,
+        synthetic=syn,
+        cluster_fallback=~cl_ok if n_clusters else None,
+        meta={"scale": float(scale), "n_frames": n, "n_clusters": n_clusters, "chunk_rows": chunk},
+    )
+
+
+reconstruct_rows = reconstruct_band
+
+
+def addscale_factors(median: np.ndarray, mad: np.ndarray, ref: int | None = None):
+    """Siril ``addscale``: ``X' = (X - med_f) * (MAD_ref / MAD_f) + med_ref``.
+
+    The reference is frame ``ref`` (default: the frame with the median MAD, deterministic).
+    """
+    med = np.asarray(median, np.float64)
+    md = np.asarray(mad, np.float64)
+    ok = np.isfinite(med) & np.isfinite(md) & (md > 0)
+    if not ok.any():
+        return np.nan_to_num(med), np.ones_like(med), float(np.nanmedian(med)) if med.size else 0.0
+    if ref is None:
+        cand = np.flatnonzero(ok)
+        order = np.argsort(md[cand], kind="stable")
+        ref = int(cand[order[len(order) // 2]])
+    fac = np.where(ok, md[ref] / np.where(ok, md, 1.0), 1.0)
+    return np.where(np.isfinite(med), med, med[ref]), fac, float(med[ref])
+
+
+def combine_synthetic(syn: np.ndarray, cluster_weights: np.ndarray | None = None) -> np.ndarray:
+    """Final ``R = mean_k S_k`` or ``sum_k w_k S_k / sum_k w_k`` over clusters with data."""
+    k = syn.shape[0]
+    w = np.ones(k) if cluster_weights is None else np.asarray(cluster_weights, np.float64)
+    if w.shape != (k,):
+        raise ConfigError(f"final: {w.size} cluster weights for {k} synthetic frames")
+    has = np.isfinite(syn)
+    num = np.zeros(syn.shape[1:], np.float64)
+    den = np.zeros(syn.shape[1:], np.float64)
+    for i in range(k):
+        num += np.where(has[i], syn[i], 0.0) * w[i]
+        den += has[i] * w[i]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return out.astype(np.float32)
+
+
+_ARRAYS = ("stack", "recon", "weight", "coverage", "kept", "fallback")
+_OPTIONAL = ("classical", "synthetic", "cluster_fallback")
+
+
+def save_band(path, result: BandResult) -> None:
+    """Write a band result as an uncompressed ``.npz`` (atomic)."""
+    arrays = {k: getattr(result, k) for k in _ARRAYS}
+    arrays.update({k: getattr(result, k) for k in _OPTIONAL if getattr(result, k) is not None})
+    arrays["rows"] = np.array([result.y0, result.y1], np.int64)
+    arrays["meta"] = np.array(json.dumps(result.meta, sort_keys=True))
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def load_band(path) -> BandResult:
+    try:
+        with np.load(Path(path), allow_pickle=False) as z:
+            y0, y1 = (int(v) for v in z["rows"])
+            kw = {k: z[k] for k in _ARRAYS}
+            kw.update({k: z[k] for k in _OPTIONAL if k in z.files})
+            meta = json.loads(str(z["meta"]))
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError(f"{path}: not a band result ({err})") from err
+    return BandResult(y0=y0, y1=y1, meta=meta, **kw)
+
+
+def assemble_bands(bands: Sequence[BandResult | str | Path], height: int | None = None) -> dict:
+    """Stack band results into full images; checks the bands tile ``[0, height)`` exactly.
+
+    Returns ``stack, recon, weight, coverage, kept, classical (or None), synthetic (K,H,W or
+    None), fallback`` (tile flags, OR over bands — identical in every band).
+    """
+    res = [b if isinstance(b, BandResult) else load_band(b) for b in bands]
+    res.sort(key=lambda r: r.y0)
+    if not res:
+        raise InputError("assemble: no band results")
+    y = 0
+    for r in res:
+        if r.y0 != y:
+            raise InputError(f"assemble: rows {y}..{r.y0} missing (bands must tile the image)")
+        y = r.y1
+    if height is not None and y != height:
+        raise InputError(f"assemble: bands end at row {y}, image has {height} rows")
+
+    def cat(name, axis=0):
+        parts = [getattr(r, name) for r in res]
+        if any(p is None for p in parts):
+            return None
+        return np.concatenate(parts, axis=axis)
+
+    out = {k: cat(k) for k in ("stack", "recon", "weight", "coverage", "kept", "classical")}
+    out["synthetic"] = cat("synthetic", axis=1)
+    out["fallback"] = np.logical_or.reduce([r.fallback for r in res])
+    out["cluster_fallback"] = res[0].cluster_fallback
+    out["meta"] = res[0].meta
+    return out
+
+
+def array_reader(frames: np.ndarray, valid: np.ndarray | None = None) -> Reader:
+    """A reader over in-memory frames ``(N, H, W)`` (tests, small images)."""
+
+    def read(f, a, b):
+        d = frames[f, a:b]
+        v = (
+            np.isfinite(d).astype(np.uint8)
+            if valid is None
+            else valid[f, a:b].astype(np.uint8, copy=False)
+        )
+        return d, v
+
+    return read
