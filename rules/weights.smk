@@ -1,0 +1,28 @@
+# §6 global and §8 local weights per channel, §10 clustering (full mode). One aggregate job.
+
+
+rule weights:
+    input:
+        metrics=expand(R("metrics/batches/{batch}.parquet"), batch=BATCHES),
+        tiles=expand(R("metrics/batches/{batch}_tiles.parquet"), batch=BATCHES),
+        transforms=R("registration/transforms.csv"),
+        grid=R("tiles/grid.json"),
+    output:
+        **weights_outputs(),
+    params:
+        channels=CHANNELS,
+        global_metrics=config["global_metrics"],
+        star_min_count=config["tile"]["star_min_count"],
+        clustering=config["clustering"],
+        mode=PLAN.mode,
+        n_clusters=PLAN.n_clusters,
+    log:
+        log_path("weights"),
+    threads: 1
+    resources:
+        mem_mb=mem_mb(0.5),
+        runtime=runtime_min(),
+    conda:
+        ENV
+    script:
+        "../scripts/weights.py"

@@ -1,0 +1,104 @@
+"""warp: register one batch onto the reference grid, split channels, measure raw metrics.
+
+For each registered frame of the batch: warp (mono: warp_image; OSC: warp_mosaic per Bayer
+subplane), split into channel planes, then per channel the global raw metrics (B, sigma, E,
+median, mad) and the local per-tile raw metrics on I = X / B. Registered planes of one channel
+go to one batch file (see rules/warp.smk); unregistered frames are skipped and not listed.
+"""
+
+import numpy as np
+import pandas as pd
+
+from tilestack.pipeline_steps import logged
+from tilestack.runtime import run_script, set_threads
+
+sm = snakemake  # noqa: F821  (injected by the script: directive)
+
+MATRIX = ["m00", "m01", "m02", "m10", "m11", "m12", "m20", "m21", "m22"]
+
+
+def main():
+    set_threads(sm.threads)
+    from contextlib import ExitStack
+
+    from tilestack.cfa import split_channels
+    from tilestack.io.atomic import write_table
+    from tilestack.metrics.global_metrics import frame_global_metrics
+    from tilestack.metrics.local import frame_tile_metrics
+    from tilestack.pipeline_steps import (
+        BatchFile,
+        Progress,
+        apply_matrix,
+        batch_writer,
+        to_channel_xy,
+    )
+    from tilestack.registration.cfa_warp import warp_mosaic
+    from tilestack.registration.interpolation import warp_image
+    from tilestack.tiles import TileGrid
+
+    p = sm.params
+    bayer = p.bayer or None
+    channels = list(p.channels)
+    out_shape = (int(p.height), int(p.width))
+    kernel = p.interpolation
+    clamp = bool(p.anti_ringing)
+    border = int(p.border_px)
+    grid = TileGrid.from_json(sm.input.grid)
+    table = pd.read_csv(sm.input.table)
+    table = table[table["status"] != "unregistered"]
+    stars = pd.read_parquet(sm.input.stars)
+    stars_by_frame = {f: g for f, g in stars.groupby("frame", sort=False)}
+    out_files = dict(zip(channels, sm.output.registered, strict=True))
+    prog = Progress(sm.log[0], len(table), "frames", f"warp {sm.wildcards.batch}")
+    global_rows, tile_rows = [], []
+    with BatchFile(sm.input.calibrated) as src, ExitStack() as stack:
+        adders = {
+            c: stack.enter_context(
+                batch_writer(out_files[c], {"CHANNEL": c, "BATCH": sm.wildcards.batch})
+            )
+            for c in channels
+        }
+        for row in table.itertuples(index=False):
+            stem = str(row.stem) if "stem" in table.columns else None
+            if stem is None or stem not in src.stems:
+                stem = next(s for s in src.stems if src.header(s).get("FRAME") == row.frame)
+            m = np.array([getattr(row, k) for k in MATRIX], dtype=np.float64).reshape(3, 3)
+            image, valid = src.image(stem)
+            if bayer:
+                warped, cov = warp_mosaic(
+                    image, m, bayer, out_shape, kernel=kernel, clamp=clamp, valid=valid
+                )
+            else:
+                warped, cov = warp_image(
+                    image, m, out_shape, kernel=kernel, clamp=clamp, valid=valid
+                )
+            planes = split_channels(warped, bayer, cov)
+            fs = stars_by_frame.get(row.frame)
+            ref_xy = (
+                apply_matrix(m, fs[["x", "y"]].to_numpy(np.float64))
+                if fs is not None and len(fs)
+                else np.empty((0, 2))
+            )
+            for c in channels:
+                plane, ok = planes[c]
+                adders[c](stem, plane, ok, {"FRAME": row.frame})
+                g = frame_global_metrics(plane, ok, border=border)
+                global_rows.append({"frame": row.frame, "stem": stem, "channel": c, **g})
+                b = g["B"] if np.isfinite(g["B"]) and g["B"] > 1e-6 else 1e-6
+                norm = plane / np.float32(b)
+                xy = to_channel_xy(ref_xy, bayer, c)
+                t = frame_tile_metrics(norm, ok, grid, xy)
+                t.insert(0, "channel", c)
+                t.insert(0, "stem", stem)
+                t.insert(0, "frame", row.frame)
+                tile_rows.append(t)
+            prog.step(note=row.frame)
+    gcols = ["frame", "stem", "channel", "B", "sigma", "E", "median", "mad"]
+    gdf = pd.DataFrame(global_rows, columns=gcols)
+    tdf = pd.concat(tile_rows, ignore_index=True) if tile_rows else pd.DataFrame()
+    write_table(sm.output.tiles, tdf)
+    write_table(sm.output.metrics, gdf)
+    prog.finish(f"{len(gdf) // max(1, len(channels))} frames registered")
+
+
+run_script(logged(main, sm.log[0]))

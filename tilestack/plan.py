@@ -1,0 +1,274 @@
+"""Parse-time planning of the workflow: which frames, which batches, bands, channels and mode.
+
+Everything the DAG's shape depends on is decided here, from the light file names and one
+cheap header read, so ``snakemake -n`` shows the real job list without checkpoints. Frames are
+sorted by file name and cut into batches of ``workflow.frames_per_job`` consecutive frames:
+adding frames that sort later only changes the last (partial) batch and adds new ones, so the
+per-frame work already done stays valid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tilestack.errors import ConfigError, InputError
+
+WEIGHT_SUM_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The shape of one run: frames, batches, channels, bands and mode."""
+
+    frames: list[Path]  # sorted light paths
+    stems: list[str]  # one per frame, unique, used in file names
+    batches: dict[str, list[str]]  # batch id -> stems of its consecutive frames
+    bayer: str | None  # Bayer pattern (numpy order) or None for mono
+    channels: list[str]  # ["L"] or ["R", "G", "B"]
+    width: int  # sensor width (pixels)
+    height: int  # sensor height (pixels)
+    channel_width: int  # width of a channel plane (half for OSC)
+    channel_height: int
+    band_rows: int  # channel rows per reconstruction job
+    bands: list[tuple[int, int]]  # (y0, y1) channel rows of each band
+    mode: str  # "full" | "reduced" | "emergency"
+    n_clusters: int  # K of §10 (0 unless full mode)
+    sample_batches: list[str] = field(default_factory=list)  # batches that pick reference/tiles
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frames)
+
+    @property
+    def stem_of(self) -> dict[str, str]:
+        """Light file name -> stem."""
+        return {p.name: s for p, s in zip(self.frames, self.stems, strict=True)}
+
+    def batch_stems(self, batch: str) -> list[str]:
+        return self.batches[batch]
+
+    def summary(self) -> str:
+        return (
+            f"tilestack plan: {self.n_frames} frames, {len(self.batches)} batches, "
+            f"channels {','.join(self.channels)}, {self.width}x{self.height}, "
+            f"{len(self.bands)} bands of {self.band_rows} rows, mode {self.mode}"
+            + (f", K={self.n_clusters}" if self.mode == "full" else "")
+        )
+
+
+def cluster_count(n: int) -> int:
+    """K = clip(floor(N/10), 5, 30), never more than N (METHODOLOGY §10)."""
+    return int(min(max(n // 10, 5), 30, n))
+
+
+def make_batches(stems: list[str], per_job: int) -> dict[str, list[str]]:
+    """Consecutive groups of ``per_job`` stems named b000, b001, ... (stable under appends)."""
+    per_job = max(1, int(per_job))
+    n_batches = math.ceil(len(stems) / per_job)
+    width = max(3, len(str(max(n_batches - 1, 0))))
+    return {f"b{i:0{width}d}": stems[i * per_job : (i + 1) * per_job] for i in range(n_batches)}
+
+
+def make_bands(height: int, band_rows: int) -> list[tuple[int, int]]:
+    """Row ranges [y0, y1) of ceil(height / band_rows) bands covering the channel plane."""
+    n = max(1, math.ceil(height / band_rows))
+    return [(i * band_rows, min(height, (i + 1) * band_rows)) for i in range(n)]
+
+
+def decide_mode(n: int, config: dict) -> str:
+    """Mode of METHODOLOGY §1 from the number of lights; below the minimum stop at once."""
+    from tilestack.checks import decide_mode as checks_decide_mode
+
+    return checks_decide_mode(n, config)
+
+
+def check_config(config: dict) -> None:
+    """Cross-key rules the schema cannot express (one-line ConfigError): alpha+beta+gamma = 1."""
+    from tilestack.checks import check_weight_sum
+
+    check_weight_sum(config, tol=WEIGHT_SUM_TOLERANCE)
+    for key in ("darks", "flats", "bias"):
+        if config.get(key) is None:
+            config[key] = ""
+
+
+def calibration_frames(config: dict) -> dict[str, list[str]]:
+    """Paths of the bias/darks/flats frames (empty lists when a key is empty)."""
+    from tilestack.io.manifest import list_frames
+
+    out = {}
+    for key in ("bias", "darks", "flats"):
+        spec = str(config.get(key) or "")
+        if not spec:
+            out[key] = []
+            continue
+        try:
+            out[key] = [str(p) for p in list_frames(spec)]
+        except InputError:
+            raise InputError(f"{key} = {spec!r} contains no supported frames") from None
+    return out
+
+
+def check_engines(config: dict) -> None:
+    """siril engines need siril-cli on PATH; say so before any work starts."""
+    wants = [
+        k
+        for k, v in (
+            ("registration.engine", config.get("registration", {}).get("engine")),
+            ("stacking.engine", config.get("stacking", {}).get("engine")),
+        )
+        if v == "siril"
+    ]
+    if not wants:
+        return
+    from tilestack.registration.siril import siril_available
+
+    if not siril_available():
+        raise ConfigError(f"{' and '.join(wants)} = siril needs siril-cli on PATH (not found)")
+
+
+def _frame_stems(paths: list[Path]) -> list[str]:
+    from tilestack.io.manifest import frame_stem
+
+    stems = [frame_stem(p) for p in paths]
+    seen: dict[str, Path] = {}
+    for p, s in zip(paths, stems, strict=True):
+        if s in seen:
+            raise InputError(f"{seen[s].name} and {p.name} have the same stem {s!r}; rename one")
+        seen[s] = p
+    return stems
+
+
+def make_plan(config: dict) -> Plan:
+    """Plan the run from the config (already validated and defaulted)."""
+    from tilestack.cfa import channels_for
+    from tilestack.io.frames import read_frame_info
+    from tilestack.io.manifest import list_frames
+
+    lights = str(config.get("lights", "") or "")
+    if not lights:
+        raise ConfigError("lights is empty: set it to a folder or glob of light frames")
+    try:
+        frames = [Path(p) for p in list_frames(lights)]
+    except FileNotFoundError as err:
+        raise InputError(f"lights = {lights!r}: {err}") from None
+    except InputError as err:
+        if Path(lights) == Path("example/night/lights"):
+            raise InputError(
+                f"{err} (make the example first: python -m tilestack.example)"
+            ) from None
+        raise
+    if not frames:
+        raise InputError(f"lights = {lights!r} contains no supported light frames")
+    stems = _frame_stems(frames)
+    wf = config.get("workflow", {})
+    batches = make_batches(stems, wf.get("frames_per_job", 20))
+
+    info = read_frame_info(frames[0])
+    width, height = int(info.width), int(info.height)
+    bayer = info.bayer or None
+    channels = list(channels_for(bayer))
+    if bayer:
+        cw, ch = width // 2, height // 2
+    else:
+        cw, ch = width, height
+    band_rows = int(wf.get("band_rows", 512))
+    mode = decide_mode(len(frames), config)
+    n_sample = int(wf.get("sample_batches", 1))
+    batch_ids = list(batches)
+    sample = batch_ids if n_sample <= 0 else batch_ids[:n_sample]
+    return Plan(
+        frames=frames,
+        stems=stems,
+        batches=batches,
+        bayer=bayer,
+        channels=channels,
+        width=width,
+        height=height,
+        channel_width=cw,
+        channel_height=ch,
+        band_rows=band_rows,
+        bands=make_bands(ch, band_rows),
+        mode=mode,
+        n_clusters=cluster_count(len(frames)) if mode == "full" else 0,
+        sample_batches=sample,
+    )
+
+
+def config_error_line(err) -> str:
+    """One line for a jsonschema ValidationError: the key, the value and what is allowed."""
+    path = ".".join(str(p) for p in err.absolute_path)
+    schema = err.schema if isinstance(err.schema, dict) else {}
+    validator = err.validator
+    if validator == "additionalProperties":
+        extra = _extra_keys(err)
+        where = f"{path}." if path else ""
+        return (
+            f"config error: unknown key {where}{extra} (check the spelling in config/config.yaml)"
+        )
+    if validator == "required":
+        return f"config error: {err.message}"
+    value = err.instance
+    if validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"config error: {path} = {value!r} is out of range {_range_text(schema)}"
+    if validator == "enum":
+        allowed = ", ".join(str(v) for v in schema.get("enum", []))
+        return f"config error: {path} = {value!r} is not one of: {allowed}"
+    if validator == "type":
+        extra = f" in range {_range_text(schema)}" if _has_range(schema) else ""
+        return f"config error: {path} = {value!r} must be of type {schema.get('type')}{extra}"
+    return f"config error: {path or '(top level)'}: {err.message}"
+
+
+def _extra_keys(err) -> str:
+    allowed = set(err.schema.get("properties", {})) if isinstance(err.schema, dict) else set()
+    inst = err.instance if isinstance(err.instance, dict) else {}
+    extra = sorted(k for k in inst if k not in allowed)
+    return ", ".join(extra) if extra else "?"
+
+
+def _has_range(schema: dict) -> bool:
+    return any(k in schema for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"))
+
+
+def _range_text(schema: dict) -> str:
+    lo_open = "exclusiveMinimum" in schema
+    hi_open = "exclusiveMaximum" in schema
+    lo = schema.get("exclusiveMinimum", schema.get("minimum", "-inf"))
+    hi = schema.get("exclusiveMaximum", schema.get("maximum", "inf"))
+    return f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open or hi == 'inf' else ']'}"
+
+
+def validation_error_line(exc: BaseException) -> str | None:
+    """Find the jsonschema error inside Snakemake's WorkflowError and format it."""
+    try:
+        from jsonschema.exceptions import ValidationError
+    except ImportError:  # pragma: no cover - jsonschema ships with snakemake
+        return None
+    seen = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen or e is None:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ValidationError):
+            best = _deepest(e)
+            return config_error_line(best)
+        for a in getattr(e, "args", ()):
+            if isinstance(a, BaseException):
+                stack.append(a)
+        stack.append(e.__cause__)
+        stack.append(e.__context__)
+    return None
+
+
+def _deepest(err):
+    """For anyOf/oneOf errors pick the most specific sub-error."""
+    from jsonschema.exceptions import best_match
+
+    if err.context:
+        return best_match(err.context)
+    return err
