@@ -35,3 +35,12 @@ def test_tables_round_trip_float64_exactly(tmp_path, name):
     write_table(tmp_path / name, df)
     back = pd.read_csv(tmp_path / name) if name.endswith(".csv") else pd.read_parquet(tmp_path / name)
     assert back["w"].tolist() == df["w"].tolist()
+
+
+def test_stale_partial_from_a_killed_writer_is_removed_and_output_is_readable(tmp_path):
+    stale = tmp_path / ".out.txt.abc123.part"
+    stale.write_text("left by a SIGKILL")
+    with atomic_path(tmp_path / "out.txt") as tmp:
+        tmp.write_text("done")
+    assert not stale.exists()
+    assert (tmp_path / "out.txt").stat().st_mode & 0o044  # group/other can read

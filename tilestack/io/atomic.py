@@ -22,11 +22,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # A job killed mid-write (SIGKILL skips the cleanup below) leaves its temporary file;
+    # Snakemake runs one writer per output, so leftovers for this name are stale.
+    for stale in dest.parent.glob(f".{dest.name}.*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates owner-only files; outputs should be readable like any other file.
+        os.chmod(tmp_path, 0o644 & ~_umask())
         os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -68,3 +75,10 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
