@@ -39,6 +39,8 @@ rule prepare:
         exposure_tolerance=config["assumptions"]["exposure_tolerance"],
         detect_sigma=config["registration"]["detect_sigma"],
         bayer=PLAN.bayer or "",
+        defects_from_lights=config["calibration"]["defects_from_lights"],
+        bad_pixel_sigma=config["calibration"]["bad_pixel_sigma"],
     log:
         log_path("prepare/{batch}"),
     threads: WF["threads"]

@@ -38,6 +38,21 @@ def load_masters(inp):
     return load_masters(**files) if files else None
 
 
+def defects_from_lights(manifest, masters, bayer):
+    """Hot pixels/columns of the sensor from the batch's lights (no master dark given)."""
+    import numpy as np
+
+    from tilestack.calibration import calibrate, sensor_defects
+    from tilestack.io.frames import read_frame
+
+    low = None
+    for row in manifest.itertuples(index=False):
+        frame = read_frame(row.path)
+        light, _ = calibrate(frame.data, frame.exposure, masters)
+        low = light if low is None else np.minimum(low, light)
+    return sensor_defects(low, bayer=bayer, sigma=float(sm.params.bad_pixel_sigma))
+
+
 def main():
     set_threads(sm.threads)
     from tilestack.calibration import calibrate
@@ -57,6 +72,10 @@ def main():
     prog.log("hard checks passed")
     masters = load_masters(sm.input)
     bayer = sm.params.bayer or None
+    if sm.params.defects_from_lights and not (masters and masters.get("bad_pixels") is not None):
+        masters = dict(masters or {})
+        masters["bad_pixels"] = defects_from_lights(manifest, masters, bayer)
+        prog.log(f"{int(masters['bad_pixels'].sum())} sensor defects flagged from the lights")
     tables = []
     with batch_writer(sm.output.calibrated, {"BATCH": sm.wildcards.batch}) as add:
         for row in manifest.itertuples(index=False):

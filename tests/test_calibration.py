@@ -291,3 +291,32 @@ def test_simulated_night_calibrates(tmp_path):
     strong = hot[hot["dark_rate"] * dark.exposure > 50]
     assert len(strong) > 0 and all(bad[int(r.y), int(r.x)] for r in strong.itertuples())
     assert bad.mean() < 0.05
+
+
+@pytest.mark.parametrize("bayer", [None, "RGGB"])
+def test_sensor_defects_from_lights_find_hot_pixels_and_column_not_stars(bayer):
+    from tilestack.calibration import sensor_defects
+    from tilestack.simulate import render_stars
+
+    rng = np.random.default_rng(5)
+    h, w = 160, 200
+    sky = np.full((h, w), 500.0)
+    if bayer:  # a colour pattern in the sky must not look like defects
+        sky[0::2, 0::2] *= 1.2
+        sky[1::2, 1::2] *= 0.8
+    xy = rng.uniform(10, [w - 10, h - 10], size=(60, 2))
+    stars = render_stars((h, w), xy, rng.uniform(2e3, 2e5, 60), fwhm=1.8)
+    image = sky + stars + rng.normal(0, 5, (h, w))
+    hot = [(20, 33), (90, 150), (140, 7)]
+    for y, x in hot:
+        image[y, x] += 3000.0
+    image[:, 61] += 400.0  # a hot column
+    mask = sensor_defects(image.astype(np.float32), bayer=bayer).astype(bool)
+    expected = np.zeros((h, w), bool)
+    expected[:, 61] = True
+    for y, x in hot:
+        expected[y, x] = True
+    assert not (mask & ~expected).any()  # no star, sky or colour-pattern pixel flagged
+    assert all(mask[y, x] for y, x in hot)
+    # The column is found except where a bright star lights one of its side neighbours.
+    assert mask[:, 61].sum() >= 0.95 * h

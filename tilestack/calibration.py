@@ -508,3 +508,64 @@ def phase_medians(image: np.ndarray, bayer: str | None) -> dict[str, float]:
         for dy, dx in cells:
             out[f"{letter}@{dy}{dx}"] = float(np.nanmedian(image[dy::2, dx::2]))
     return out
+
+
+# --------------------------------------------------------------------------- defects without darks
+
+
+def sensor_defects(
+    min_image: np.ndarray,
+    *,
+    bayer: str | None = None,
+    sigma: float = 5.0,
+    neighbour_fraction: float = 0.2,
+) -> np.ndarray:
+    """uint8 mask, 1 = hot pixel or hot column segment, found in lights alone (no master dark).
+
+    ``min_image`` is the per-pixel minimum of several lights in *sensor* coordinates: the sky
+    moves between frames (drift, dither, field rotation), so stars and cosmic rays fall out of
+    the minimum while defects fixed on the sensor stay. A pixel is flagged when it stands more
+    than ``sigma`` robust σ above the median of its 3×3 neighbourhood **and** every one of its 8
+    neighbours carries less than ``neighbour_fraction`` of that excess — a sampled star (FWHM ≳
+    1.5 px) always lights its neighbours, a defect does not. Hot columns (their neighbours
+    above and below are hot too) are found as vertical runs of ≥ 8 pixels standing above both
+    side neighbours, per CFA phase for mosaics so the colour pattern is not mistaken for one.
+    This is the "robust local test" of METHODOLOGY §2; flagged pixels get weight 0.
+    """
+    img = np.asarray(min_image, dtype=np.float32)
+    finite = np.isfinite(img)
+    filled = np.where(finite, img, np.float32(np.nanmedian(img) if finite.any() else 0.0))
+    bad = _isolated_spikes(filled, sigma, neighbour_fraction)
+    step = 2 if bayer else 1
+    for dy in range(step):
+        for dx in range(step):
+            plane = filled[dy::step, dx::step]
+            bad[dy::step, dx::step] |= _column_runs(plane, sigma, neighbour_fraction, 8)
+    return bad.astype(np.uint8)
+
+
+def _isolated_spikes(img: np.ndarray, sigma: float, fraction: float) -> np.ndarray:
+    from scipy.ndimage import maximum_filter, median_filter
+
+    excess = img - median_filter(img, size=3, mode="nearest")
+    s = max(_robust_sigma(excess), 1e-6)
+    ring = np.ones((3, 3), bool)
+    ring[1, 1] = False  # the largest neighbour excess, the pixel itself left out
+    nbr = maximum_filter(excess, footprint=ring, mode="nearest")
+    return (excess > sigma * s) & (nbr < fraction * excess)
+
+
+def _column_runs(plane: np.ndarray, sigma: float, fraction: float, length: int) -> np.ndarray:
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    left = np.concatenate([plane[:, 1:2], plane[:, :-1]], axis=1)
+    right = np.concatenate([plane[:, 1:], plane[:, -2:-1]], axis=1)
+    side = np.minimum(left, right)
+    excess = plane - side
+    s = max(_robust_sigma(excess), 1e-6)
+    # Both side neighbours must sit at the background: |left - right| small against the excess.
+    flat_sides = np.abs(left - right) < fraction * excess + sigma * s
+    column = (excess > sigma * s) & flat_sides
+    st = np.ones((length, 1), bool)
+    core = binary_erosion(column, structure=st, border_value=1)
+    return binary_dilation(core, structure=st) & column
