@@ -45,12 +45,19 @@ def defects_from_lights(manifest, masters, bayer):
     from tilestack.calibration import calibrate, sensor_defects
     from tilestack.io.frames import read_frame
 
-    low = None
+    # The second-lowest value per pixel: stars and cosmic rays move or vanish, defects stay,
+    # and one odd frame (a cloud-dark or a corrupt one) cannot hide them.
+    low = second = None
     for row in manifest.itertuples(index=False):
         frame = read_frame(row.path)
         light, _ = calibrate(frame.data, frame.exposure, masters)
-        low = light if low is None else np.minimum(low, light)
-    return sensor_defects(low, bayer=bayer, sigma=float(sm.params.bad_pixel_sigma))
+        if low is None:
+            low, second = light, np.full_like(light, np.inf)
+        else:
+            second = np.minimum(second, np.maximum(low, light))
+            low = np.minimum(low, light)
+    base = second if len(manifest) >= 3 else low
+    return sensor_defects(base, bayer=bayer, sigma=float(sm.params.bad_pixel_sigma))
 
 
 def main():
