@@ -446,11 +446,16 @@ def detect_stars(
     if valid is not None:
         vmask &= np.asarray(valid).astype(bool)
     all_valid = bool(vmask.all())
+    if all_valid:
+        vmask = None  # nothing to mask: do not keep a frame-sized boolean alive
     bg, noise = background_mesh(img, None if all_valid else vmask, box=box)
-    res = img - bg
+    # In place: the full-resolution background is not needed again (it is ``img - res``),
+    # which keeps detection's peak memory near 3 frames.
+    res = np.subtract(img, bg, out=bg)
+    del bg
     if not all_valid:
         res[~vmask] = 0.0
-    if saturation is None and vmask.any():
+    if saturation is None and (all_valid or vmask.any()):
         saturation = _auto_saturation(img if all_valid else img[vmask])
     if not np.isfinite(noise):
         return _empty()
@@ -460,7 +465,7 @@ def detect_stars(
     # noiseless (synthetic) data: a floor relative to the brightest pixel keeps wings apart
     noise = max(noise, 1e-4 * top)
     f0 = 3.0 if fwhm is None else float(fwhm)
-    table = _detect_pass(res, img, bg, noise, f0, sigma, min_stars, min_sigma)
+    table = _detect_pass(res, img, noise, f0, sigma, min_stars, min_sigma, vmask)
     if fwhm is None and len(table) >= 5:
         good = table[(table["sharpness"] < max_sharpness) & (table["fwhm"] > min_fwhm)]
         if len(good) >= 5:
@@ -469,7 +474,7 @@ def detect_stars(
             # matched-filter SNR of a Gaussian filter of the wrong width: 2r / (1 + r²); the
             # centroid window adapts per star anyway, so re-filter only when > 15 % is lost
             if 2.0 * r / (1.0 + r * r) < 0.85:
-                table = _detect_pass(res, img, bg, noise, fm, sigma, min_stars, min_sigma)
+                table = _detect_pass(res, img, noise, fm, sigma, min_stars, min_sigma, vmask)
     if len(table) == 0:
         return _empty()
     # hot pixels: sharp peak; cosmic-ray tracks: no width across the track
@@ -507,7 +512,27 @@ def _dedupe(table: pd.DataFrame, radius: float = 1.0) -> pd.DataFrame:
     return table[~drop]
 
 
-def _detect_pass(res, raw, bg, noise, fwhm0, sigma, min_stars, min_sigma) -> pd.DataFrame:
+def _background_at(raw, res, x, y, valid=None, radius: int = 4) -> np.ndarray:
+    """The background mesh value at the nearest pixels (``raw - res``, as res = raw - bg).
+
+    Where the nearest pixel is invalid (``res`` was zeroed there), the smooth background is
+    read from the median over the valid pixels of a small window around it.
+    """
+    h, w = raw.shape
+    iy = np.clip(np.round(y).astype(int), 0, h - 1)
+    ix = np.clip(np.round(x).astype(int), 0, w - 1)
+    out = raw[iy, ix].astype(np.float64) - res[iy, ix].astype(np.float64)
+    if valid is not None:
+        for i in np.flatnonzero(~valid[iy, ix]):
+            y0, y1 = max(0, iy[i] - radius), min(h, iy[i] + radius + 1)
+            x0, x1 = max(0, ix[i] - radius), min(w, ix[i] + radius + 1)
+            ok = valid[y0:y1, x0:x1]
+            diff = raw[y0:y1, x0:x1][ok].astype(np.float64) - res[y0:y1, x0:x1][ok]
+            out[i] = float(np.median(diff)) if diff.size else np.nan
+    return out
+
+
+def _detect_pass(res, raw, noise, fwhm0, sigma, min_stars, min_sigma, valid=None) -> pd.DataFrame:
     sk = fwhm0 * FWHM_TO_SIGMA
     ks = 2 * int(math.ceil(3.0 * sk)) + 1
     filt = cv2.GaussianBlur(res, (ks, ks), sigmaX=sk, sigmaY=sk, borderType=cv2.BORDER_REFLECT)
@@ -515,9 +540,10 @@ def _detect_pass(res, raw, bg, noise, fwhm0, sigma, min_stars, min_sigma) -> pd.
     fnoise = noise / (2.0 * math.sqrt(math.pi) * max(sk, 0.3))
     k = float(sigma)
     table = None
+    above = np.empty(filt.shape, bool)
     while True:
-        mask = (filt > k * fnoise).astype(np.uint8)
-        n, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
+        above = np.greater(filt, k * fnoise, out=above)
+        n, labels = cv2.connectedComponents(above.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
         px, py = _component_peaks(filt, labels, n, 2)
         out = _measure(res, raw, px, py, float(fwhm0))
         out = out[np.isfinite(out[:, 0])]
@@ -533,10 +559,7 @@ def _detect_pass(res, raw, bg, noise, fwhm0, sigma, min_stars, min_sigma) -> pd.
                 "sharpness": out[:, 6],
                 "peak": out[:, 7],
                 "saturated": np.zeros(len(out), bool),
-                "background": bg[
-                    np.clip(np.round(out[:, 1]).astype(int), 0, bg.shape[0] - 1),
-                    np.clip(np.round(out[:, 0]).astype(int), 0, bg.shape[1] - 1),
-                ].astype(np.float64),
+                "background": _background_at(raw, res, out[:, 0], out[:, 1], valid),
                 "npix": out[:, 8],
                 "fwhm_minor": out[:, 9],
             }
