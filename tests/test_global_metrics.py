@@ -100,3 +100,99 @@ def test_adaptive_weights_bounds_and_degenerate_defaults():
     assert adaptive_abg(np.zeros(5), np.zeros(5), np.zeros(5)) == (0.4, 0.3, 0.3)
     out = global_weights(table(), adaptive=True)
     assert abs(sum(out.attrs["abg"]) - 1) < 1e-12
+
+
+# --- robust E (§6 measurement): star stamps of a common list, noise-debiased ------------------
+
+DEEP = 256
+
+
+@pytest.fixture(scope="module")
+def deep_field():
+    """A realistic luminosity function: mostly faint stars, a few bright ones."""
+    rng = np.random.default_rng(11)
+    n = 80
+    xy = rng.uniform(12, DEEP - 12, (n, 2))
+    flux = np.minimum(60 * rng.uniform(0, 1, n) ** (-1 / 0.8), 2e5)
+    return xy, flux
+
+
+def deep_frame(field, fwhm=3.0, noise=5.0, seed=0):
+    xy, flux = field
+    rng = np.random.default_rng(seed)
+    img = 500.0 + gaussian_stars((DEEP, DEEP), xy, flux, fwhm)
+    return (img + rng.normal(0, noise, img.shape)).astype(np.float32)
+
+
+def energy(img, field, valid=None):
+    xy, flux = field
+    return frame_global_metrics(img, valid, border=8, stars_xy=xy, fwhm=3.0, stars_flux=flux)["E"]
+
+
+def plain_energy(img, valid=None):
+    """The old measurement: mean |grad I|^2 over all valid pixels."""
+    from tilestack.metrics.global_metrics import sobel_energy
+
+    ok = np.ones(img.shape, bool) if valid is None else valid.astype(bool)
+    e, inner = sobel_energy(img / np.float32(500.0), ok)
+    return float(np.mean(e[inner]))
+
+
+def with_trail(img, amplitude, width=1.0):
+    yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    d = (yy - 0.6 * xx - 30.0) / np.sqrt(1.36)
+    return (img + amplitude * np.exp(-0.5 * (d / width) ** 2)).astype(np.float32)
+
+
+def test_robust_energy_decreases_with_blur(deep_field):
+    e = energy(deep_frame(deep_field), deep_field)
+    assert e > 0
+    assert energy(deep_frame(deep_field, fwhm=4.5), deep_field) < 0.5 * e
+    # A list without fluxes (winsorized mean over stars) and no list at all (capped, debiased
+    # mean over usable pixels) go the same way.
+    xy = deep_field[0]
+    sharp = frame_global_metrics(deep_frame(deep_field), None, 8, xy, 3.0)["E"]
+    soft = frame_global_metrics(deep_frame(deep_field, fwhm=4.5), None, 8, xy, 3.0)["E"]
+    assert 0 < soft < 0.5 * sharp
+    no_list = frame_global_metrics(deep_frame(deep_field), None, border=8)["E"]
+    blurred = frame_global_metrics(deep_frame(deep_field, fwhm=4.5), None, border=8)["E"]
+    assert 0 < blurred < no_list
+
+
+def test_saturated_cores_do_not_raise_energy(deep_field):
+    img = deep_frame(deep_field)
+    e = energy(img, deep_field)
+    for level in (1500.0, 800.0):  # cores of the brightest stars saturate (good seeing)
+        valid = (img < level).astype(np.uint8)
+        assert 0 < (valid == 0).sum() < 0.01 * valid.size
+        e_sat = energy(img, deep_field, valid)
+        # Not raised, and (ratio estimator) not dropped much either: losing bright stars to
+        # saturation must not turn a sharp frame into a poor one.
+        assert 0.97 * e <= e_sat <= e
+    valid = (img < 1500.0).astype(np.uint8)
+    assert (
+        frame_global_metrics(img, valid, border=8)["E"]
+        <= frame_global_metrics(img, None, border=8)["E"]
+    )
+
+
+def test_satellite_trail_does_not_raise_energy(deep_field):
+    img = deep_frame(deep_field)
+    e = energy(img, deep_field)
+    for amplitude in (50.0, 300.0, 1000.0):  # 10 to 200 sigma
+        trail = with_trail(img, amplitude)
+        assert energy(trail, deep_field) <= 1.05 * e
+    # The old measurement is dominated by the trail.
+    assert plain_energy(with_trail(img, 300.0)) > 2.0 * plain_energy(img)
+
+
+def test_added_noise_does_not_raise_energy(deep_field):
+    clean = [energy(deep_frame(deep_field, seed=s), deep_field) for s in range(3)]
+    noisy = [energy(deep_frame(deep_field, noise=10.0, seed=s), deep_field) for s in range(3)]
+    # Noise-debiased: twice the noise leaves E where it was.
+    assert np.median(noisy) <= 1.03 * np.median(clean)
+    assert np.median(noisy) >= 0.97 * np.median(clean)
+    # The raw mean |grad I|^2 of the same frames grows with the noise.
+    assert plain_energy(deep_frame(deep_field, noise=10.0)) > 1.2 * plain_energy(
+        deep_frame(deep_field)
+    )

@@ -143,3 +143,28 @@ def test_frame_metrics_normalizes_once(field):
     # Tile metrics live on I = X / B: independent of the ADU scale.
     np.testing.assert_allclose(t1["FWHM"], t2["FWHM"], rtol=1e-4)
     np.testing.assert_allclose(t1["B_local"], t2["B_local"], rtol=1e-4)
+
+
+def test_structure_energy_ignores_cosmic_rays_and_hot_pixels(field):
+    xy = field[0]
+    grid = TileGrid.from_fwhm(3.0, S, S, min_size=32, divisor=2)
+    frames = [make_frame(field, seed=i, struct=0.02) for i in range(8)]
+    hit = make_frame(field, seed=3, struct=0.02)  # the same noise as frame 3, plus hits
+    rng = np.random.default_rng(9)
+    for _ in range(40):  # cosmic rays: single pixels and short tracks, 200-1000 sigma
+        y, x = int(rng.integers(2, S - 3)), int(rng.integers(66, S - 3))
+        hit[y, x : x + int(rng.integers(1, 3))] += rng.uniform(2.0, 10.0)
+    for _ in range(20):  # hot pixels
+        hit[int(rng.integers(0, S)), int(rng.integers(64, S))] += 1.0
+    df = metrics_for([*frames, hit], grid, xy)
+    out = local_weights(df, {f"f{i:02d}": 1.0 for i in range(9)}, star_min_count=3)
+    struct = out[out["class"] == "structure"]
+    assert struct["tile"].nunique() >= 2
+    by = struct.set_index(["frame", "tile"])["E_sigma"]
+    tiles = struct["tile"].unique()
+    # Per tile, the hits change E/sigma by less than the scatter between noise realizations.
+    for t in tiles:
+        clean = np.array([by[(f"f{i:02d}", t)] for i in range(8)])
+        spread = 1.4826 * np.median(np.abs(clean - np.median(clean)))
+        assert abs(by[("f08", t)] - by[("f03", t)]) < spread
+    assert struct.loc[struct["frame"] == "f08", "zES"].abs().max() < 3.0

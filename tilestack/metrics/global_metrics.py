@@ -16,6 +16,14 @@ from tilestack.metrics.robust import MAD_TO_SIGMA, robust_z, sigma_clipped_stats
 B_FLOOR = 1e-6
 MAX_SAMPLES = 1 << 18
 DEFAULT_ABG = (0.4, 0.3, 0.3)
+# I is capped at 1 + E_CAP * sigma before gradient energies (bright star cores do not decide).
+E_CAP = 30.0
+# Fewer measurable stars than this: E over all usable pixels instead of star stamps.
+MIN_E_STARS = 5
+# Per-star stamp energies are winsorized at this quantile (trail / cosmic-ray stamps).
+E_STAR_WINSOR = 0.9
+# A star's stamp energy is clipped at this multiple of what its reference flux predicts.
+E_STAR_CLIP = 3.0
 
 
 def _subsample(x: np.ndarray, max_samples: int = MAX_SAMPLES) -> np.ndarray:
@@ -76,21 +84,178 @@ def diff_noise(norm: np.ndarray, mask: np.ndarray, max_samples: int = MAX_SAMPLE
     return MAD_TO_SIGMA * float(np.median(np.abs(vals - med))) / np.sqrt(2.0)
 
 
-def frame_global_metrics(raw: np.ndarray, valid: np.ndarray | None, border: int = 16) -> dict:
+def robust_energy(
+    norm: np.ndarray,
+    mask: np.ndarray,
+    sigma: float,
+    cap: float = E_CAP,
+    median: bool = True,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Sobel energy map of ``I`` made robust for quality metrics, and its noise floor.
+
+    ``I`` is optionally 3x3-median filtered (cosmic rays, hot pixels and the one-pixel edges
+    of trails vanish), capped at ``1 + cap * sigma`` (the few brightest stars, whose cores
+    saturate in sharp frames only, no longer decide), then ``|grad I|^2`` is formed as in
+    :func:`sobel_energy`. Returns ``(energy, inner, k)`` where ``k`` is the noise energy per
+    unit noise variance measured on this frame's own star-free background (it includes the
+    interpolation-correlated noise of registered frames), so ``mean(energy) - k * sigma^2`` is
+    the signal part of the energy of a region whose pixel noise is ``sigma``.
+    """
+    filled = np.where(mask, norm, np.float32(1.0)).astype(np.float32)
+    img = cv2.medianBlur(filled, 3) if median else filled
+    ok_sigma = np.isfinite(sigma) and sigma > 0
+    if ok_sigma and cap is not None and np.isfinite(cap) and cap > 0:
+        img = np.minimum(img, np.float32(1.0 + cap * sigma))
+    energy, inner = sobel_energy(img, mask)
+    k = 0.0
+    if ok_sigma:
+        bg = (np.abs(filled - np.float32(1.0)) < np.float32(3.0 * sigma)) & mask
+        bg = cv2.erode(bg.astype(np.uint8), np.ones((7, 7), np.uint8), borderValue=0) > 0
+        sel = bg & inner
+        if sel.sum() >= 64:
+            k = float(np.mean(energy[sel], dtype=np.float64)) / (sigma * sigma)
+    return energy, inner, k
+
+
+def _disk_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
+    r = int(radius)
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    inside = dx * dx + dy * dy <= r * r
+    return dy[inside], dx[inside]
+
+
+def star_stamp_energy(
+    energy: np.ndarray, usable: np.ndarray, xy: np.ndarray, radius: int
+) -> np.ndarray:
+    """Mean of ``energy`` over the disk stamp (``radius``) of every star whose stamp lies fully
+    on ``usable`` pixels; NaN for the others (edge, invalid or saturated neighbourhood)."""
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    out = np.full(len(xy), np.nan)
+    if not len(xy):
+        return out
+    h, w = energy.shape
+    r = int(radius)
+    good = np.isfinite(xy).all(axis=1)
+    xi = np.zeros(len(xy), np.int64)
+    yi = np.zeros(len(xy), np.int64)
+    xi[good] = np.round(xy[good, 0]).astype(np.int64)
+    yi[good] = np.round(xy[good, 1]).astype(np.int64)
+    good &= (xi >= r) & (yi >= r) & (xi < w - r) & (yi < h - r)
+    if not good.any():
+        return out
+    dy, dx = _disk_offsets(r)
+    ys = yi[good, None] + dy[None, :]
+    xs = xi[good, None] + dx[None, :]
+    ok = usable[ys, xs].all(axis=1)
+    vals = energy[ys, xs].astype(np.float64).mean(axis=1)
+    idx = np.flatnonzero(good)
+    out[idx[ok]] = vals[ok]
+    return out
+
+
+def frame_global_metrics(
+    raw: np.ndarray,
+    valid: np.ndarray | None,
+    border: int = 16,
+    stars_xy: np.ndarray | None = None,
+    fwhm: float | None = None,
+    *,
+    cap: float = E_CAP,
+    stars_flux: np.ndarray | None = None,
+) -> dict:
     """Raw global metrics of one registered channel: ``B, sigma, E, median, mad``.
 
     ``B``: sigma-clipped median of valid raw pixels (stars clipped). ``sigma``: robust noise
     of background pixels of ``I`` (neighbour differences over the clipped, star-free pixels).
-    ``E``: ``mean(|grad I|^2)`` over valid pixels away from the border. ``median``/``mad``:
-    plain statistics of the raw frame for the classical stack's addscale normalization.
+    ``E``: noise-debiased Sobel gradient energy ``mean(|grad I|^2)`` measured away from
+    invalid/saturated pixels (see :func:`global_energy`); with ``stars_xy`` (a common star
+    list in this plane's pixels, the same for every frame, and ideally its reference fluxes
+    ``stars_flux``) only over the stars' stamps of radius ``2 * fwhm``.
+    ``median``/``mad``: plain statistics of the raw frame for the classical stack's addscale
+    normalization.
     """
-    return global_metrics_and_maps(raw, valid, border)[0]
+    return global_metrics_and_maps(
+        raw, valid, border, stars_xy, fwhm, cap=cap, stars_flux=stars_flux
+    )[0]
 
 
-def global_metrics_and_maps(raw: np.ndarray, valid: np.ndarray | None, border: int = 16):
-    """:func:`frame_global_metrics` plus ``(I, valid mask, (energy, energy mask))``.
+def global_energy(
+    norm: np.ndarray,
+    full: np.ndarray,
+    mask: np.ndarray,
+    sigma: float,
+    stars_xy: np.ndarray | None = None,
+    fwhm: float | None = None,
+    cap: float = E_CAP,
+    stars_flux: np.ndarray | None = None,
+) -> float:
+    """The global ``E`` of §6, measured robustly (METHODOLOGY §6: ``mean(|grad I|^2)``, Sobel).
 
-    The maps cover the whole frame (no border exclusion) so tile metrics can reuse them.
+    Plain ``mean|grad I|^2`` over all pixels is dominated by the few brightest stars, whose
+    cores saturate (-> invalid) only in good seeing, and by trails and cosmic rays; it then
+    rewards *bad* seeing. Here every pixel within ``4 * fwhm`` of an invalid (saturated,
+    uncovered) pixel or the border is left out and the noise energy ``k * sigma^2`` measured on
+    the frame's own background is subtracted from each star's or pixel's energy.
+
+    With a star list (the same stars in every frame), each star contributes the debiased mean
+    energy ``e_s`` of its stamp (radius ``2 * fwhm``); a star's stamp must lie fully on usable
+    pixels. With reference fluxes ``f_s`` (recommended), ``e_s`` is clipped at 3x the energy
+    its flux predicts in this frame (``3 * median(e/f^2) * f_s^2`` over the brighter half), so a
+    trail or cosmic ray crossing a stamp cannot add more, and ``E = mean_all(f^2) *
+    sum_usable(e_s) / sum_usable(f_s^2)``: a ratio estimator that does not drop when bright
+    stars saturate (are excluded) in good seeing. Without fluxes: the mean of ``e_s`` winsorized
+    at the 90th percentile. No sigma cap on this path (it would make E grow with the noise).
+    Without a list (or fewer than ``MIN_E_STARS`` usable stars), ``I`` is capped at
+    ``1 + cap * sigma`` and the debiased mean over all usable pixels is used.
+    """
+    f = float(fwhm) if fwhm is not None and np.isfinite(fwhm) and fwhm > 0 else 3.0
+    r = max(3, int(round(2.0 * f)))
+    bad = (~mask).astype(np.uint8)
+    near_bad = cv2.dilate(bad, np.ones((4 * r + 1, 4 * r + 1), np.uint8), borderValue=1) > 0
+    noise_var = sigma * sigma if np.isfinite(sigma) else 0.0
+    if stars_xy is not None and len(stars_xy):
+        energy, inner, k = robust_energy(norm, full, sigma, None, median=False)
+        per_star = star_stamp_energy(energy, inner & mask & ~near_bad, stars_xy, r)
+        per_star = per_star - k * noise_var
+        good = np.isfinite(per_star)
+        if stars_flux is not None:
+            f2 = np.asarray(stars_flux, np.float64).reshape(-1) ** 2
+            ok_f = np.isfinite(f2) & (f2 > 0)
+            good &= ok_f
+            if good.sum() >= MIN_E_STARS:
+                e, w = per_star[good], f2[good]
+                bright = w >= np.median(w)
+                scale = float(np.median(e[bright] / w[bright]))
+                if scale > 0:
+                    e = np.minimum(e, E_STAR_CLIP * scale * w)
+                return float(np.mean(f2[ok_f]) * np.sum(e) / np.sum(w))
+        elif good.sum() >= MIN_E_STARS:
+            e = per_star[good]
+            return float(np.mean(np.minimum(e, np.quantile(e, E_STAR_WINSOR))))
+    energy, inner, k = robust_energy(norm, full, sigma, cap, median=False)
+    usable = inner & mask & ~near_bad
+    if not usable.any():
+        usable = inner & mask
+    if not usable.any():
+        return float("nan")
+    return float(np.mean(energy[usable], dtype=np.float64)) - k * noise_var
+
+
+def global_metrics_and_maps(
+    raw: np.ndarray,
+    valid: np.ndarray | None,
+    border: int = 16,
+    stars_xy: np.ndarray | None = None,
+    fwhm: float | None = None,
+    *,
+    cap: float = E_CAP,
+    stars_flux: np.ndarray | None = None,
+):
+    """:func:`frame_global_metrics` plus ``(I, valid mask, (energy, energy mask, k))``.
+
+    The maps cover the whole frame (no border exclusion) so tile metrics can reuse them: the
+    energy map is :func:`robust_energy` (3x3 median, capped) and ``k`` its noise energy per
+    unit noise variance.
     """
     raw = np.asarray(raw, dtype=np.float32)
     full = usable_mask(raw, valid, 0)
@@ -98,7 +263,7 @@ def global_metrics_and_maps(raw: np.ndarray, valid: np.ndarray | None, border: i
     if not mask.any():
         nan = float("nan")
         norm = raw.copy()
-        energy = sobel_energy(np.where(full, norm, 1.0).astype(np.float32), full)
+        energy = robust_energy(norm, full, nan, cap)
         return {"B": nan, "sigma": nan, "E": nan, "median": nan, "mad": nan}, norm, full, energy
     b, bsig = background_level(raw, mask)
     norm = raw / np.float32(max(b, B_FLOOR))
@@ -108,9 +273,7 @@ def global_metrics_and_maps(raw: np.ndarray, valid: np.ndarray | None, border: i
     else:
         bg = mask
     sigma = diff_noise(norm, bg)
-    energy, inner = sobel_energy(norm, full)
-    sel = inner & mask
-    e = float(np.mean(energy[sel], dtype=np.float64)) if sel.any() else float("nan")
+    e = global_energy(norm, full, mask, sigma, stars_xy, fwhm, cap, stars_flux)
     vals = _subsample(raw[mask].astype(np.float64))
     med = float(np.median(vals))
     metrics = {
@@ -120,7 +283,7 @@ def global_metrics_and_maps(raw: np.ndarray, valid: np.ndarray | None, border: i
         "median": med,
         "mad": float(np.median(np.abs(vals - med))),
     }
-    return metrics, norm, full, (energy, inner)
+    return metrics, norm, full, robust_energy(norm, full, sigma, cap)
 
 
 def check_abg(alpha: float, beta: float, gamma: float) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 from numba import njit
 
 from tilestack.kernels import median_inplace
-from tilestack.metrics.global_metrics import global_metrics_and_maps, sobel_energy
+from tilestack.metrics.global_metrics import diff_noise, global_metrics_and_maps, robust_energy
 from tilestack.metrics.robust import MAD_TO_SIGMA, Z_FLOOR
 from tilestack.tiles import TileGrid
 
@@ -140,16 +140,22 @@ def _measure(img, valid, xs, ys, sigma0, half, out):
 
 
 @njit(cache=True, nogil=True)
-def _tile_stats(img, mask, energy, inner, boxes, step, out):
+def _tile_stats(img, mask, energy, inner, boxes, step, block_div, out):
     """Per tile: median and MAD of I, neighbour-difference noise (every ``step``-th pixel of
-    each axis for the order statistics) and the mean Sobel energy (all inner pixels)."""
+    each axis for the order statistics) and the median over blocks (tile height /
+    ``block_div``, at least 8 px, at least half inner pixels) of the block-mean Sobel energy:
+    a trail segment, a cosmic-ray cluster or one bright star touches a few blocks only."""
     nt = boxes.shape[0]
     maxn = 0
+    maxb = 0
     for t in range(nt):
         n = ((boxes[t, 1] - boxes[t, 0]) // step + 1) * ((boxes[t, 3] - boxes[t, 2]) // step + 1)
         maxn = max(maxn, n)
+        nb = ((boxes[t, 1] - boxes[t, 0]) // 8 + 1) * ((boxes[t, 3] - boxes[t, 2]) // 8 + 1)
+        maxb = max(maxb, nb)
     buf = np.empty(maxn, np.float64)
     dbuf = np.empty(maxn, np.float64)
+    ebuf = np.empty(maxb, np.float64)
     for t in range(nt):
         y0, y1, x0, x1 = boxes[t, 0], boxes[t, 1], boxes[t, 2], boxes[t, 3]
         m = 0
@@ -162,14 +168,23 @@ def _tile_stats(img, mask, energy, inner, boxes, step, out):
                     if x + 1 < x1 and mask[y, x + 1]:
                         dbuf[nd] = np.float64(img[y, x + 1]) - img[y, x]
                         nd += 1
-        es = 0.0
-        ne = 0
-        for y in range(y0, y1):
-            for x in range(x0, x1):
-                if inner[y, x]:
-                    es += energy[y, x]
-                    ne += 1
-        out[t, 3] = es / ne if ne > 0 else np.nan
+        blk = max(8, (y1 - y0) // block_div)
+        nb = 0
+        for by in range(y0, max(y0 + 1, y1 - blk // 2), blk):
+            for bx in range(x0, max(x0 + 1, x1 - blk // 2), blk):
+                es = 0.0
+                ne = 0
+                tot = 0
+                for y in range(by, min(by + blk, y1)):
+                    for x in range(bx, min(bx + blk, x1)):
+                        tot += 1
+                        if inner[y, x]:
+                            es += energy[y, x]
+                            ne += 1
+                if ne > 0 and 2 * ne >= tot:
+                    ebuf[nb] = es / ne
+                    nb += 1
+        out[t, 3] = median_inplace(ebuf, nb) if nb > 0 else np.nan
         if m == 0:
             out[t, 0] = np.nan
             out[t, 1] = np.nan
@@ -188,13 +203,21 @@ def _tile_stats(img, mask, energy, inner, boxes, step, out):
             out[t, 2] = MAD_TO_SIGMA * median_inplace(dbuf, nd) / np.sqrt(2.0)
 
 
-def tile_statistics(norm, mask, grid: TileGrid, energy=None, step: int = 2) -> np.ndarray:
-    """``(T, 4)`` array of ``B_local, S_local, sigma, E`` per tile of the normalized image."""
+def tile_statistics(
+    norm, mask, grid: TileGrid, energy=None, step: int = 2, block_div: int = 4
+) -> np.ndarray:
+    """``(T, 4)`` array of ``B_local, S_local, sigma, E`` per tile of the normalized image.
+
+    ``E`` is the signal part of the robust gradient energy: the block median of
+    :func:`~tilestack.metrics.global_metrics.robust_energy` minus the noise energy
+    ``k * sigma_tile^2``. ``energy`` is ``(energy map, inner mask, k)`` from that function
+    (computed here when omitted).
+    """
     img = np.ascontiguousarray(norm, np.float32)
     mask = np.ascontiguousarray(mask, np.bool_)
     if energy is None:
-        energy = sobel_energy(np.where(mask, img, 1.0).astype(np.float32), mask)
-    en, inner = energy
+        energy = robust_energy(img, mask, diff_noise(img, mask))
+    en, inner, k = energy
     boxes = np.array(grid.tiles, np.int64).reshape(-1, 4)
     out = np.empty((len(boxes), 4), np.float64)
     _tile_stats(
@@ -204,8 +227,12 @@ def tile_statistics(norm, mask, grid: TileGrid, energy=None, step: int = 2) -> n
         np.ascontiguousarray(inner, np.bool_),
         boxes,
         int(step),
+        int(block_div),
         out,
     )
+    sig = out[:, 2]
+    with np.errstate(invalid="ignore"):
+        out[:, 3] = out[:, 3] - float(k) * np.where(np.isfinite(sig), sig * sig, 0.0)
     return out
 
 
@@ -265,25 +292,26 @@ def frame_tile_metrics(
     stars_ref_xy_df: pd.DataFrame | np.ndarray | None = None,
     *,
     snr_min: float = 5.0,
-    energy: tuple[np.ndarray, np.ndarray] | None = None,
+    energy: tuple[np.ndarray, np.ndarray, float] | None = None,
 ) -> pd.DataFrame:
     """Raw local metrics of one frame/channel, one row per tile.
 
     ``norm_image`` is ``I`` (registered, divided by ``B_f``); star positions are in channel
     pixels of the reference grid (``x``, ``y`` columns or an (N, 2) array); without them stars
     are found on this frame. Columns: ``tile star_count FWHM R C E sigma E_sigma B_local
-    S_local``; star columns are NaN where no star in the tile could be measured.
+    S_local``; star columns are NaN where no star in the tile could be measured. ``E`` is the
+    noise-debiased block-median gradient energy of the 3x3-median-filtered, capped ``I`` (see
+    :func:`tile_statistics`), so cosmic rays, hot pixels and trail segments do not decide
+    ``E/sigma``. ``energy``: the ``(map, inner, k)`` of
+    :func:`~tilestack.metrics.global_metrics.robust_energy` when already computed.
     """
     img = np.asarray(norm_image, np.float32)
     mask = np.isfinite(img)
     if valid is not None:
         mask &= np.asarray(valid) > 0
-    if stars_ref_xy_df is None:
+    xy = _as_xy(stars_ref_xy_df)
+    if xy is None:
         xy = find_peaks(img, mask, grid.fwhm)
-    elif isinstance(stars_ref_xy_df, pd.DataFrame):
-        xy = stars_ref_xy_df[["x", "y"]].to_numpy(np.float64)
-    else:
-        xy = np.asarray(stars_ref_xy_df, np.float64).reshape(-1, 2)
     stars = measure_stars(img, mask.astype(np.uint8), xy, grid.fwhm)
     stars = stars[stars["snr"] >= snr_min]
     sx = stars["x"].to_numpy()
@@ -393,8 +421,74 @@ def frame_metrics(
 ) -> tuple[dict, pd.DataFrame]:
     """Global raw metrics (``B sigma E median mad``) and the per-tile table of one channel.
 
-    The single entry point of the per-frame metrics job: normalizes once by ``B`` (§5).
+    The single entry point of the per-frame metrics job: normalizes once by ``B`` (§5). The
+    star list (reference-grid positions in this plane's pixels, ideally the common deep list
+    of :func:`reference_star_list` as a table with its ``flux`` column) feeds both the global
+    ``E`` (star stamps) and the star tiles.
     """
-    g, norm, mask, energy = global_metrics_and_maps(raw, valid, border)
-    tiles = frame_tile_metrics(norm, mask, grid, stars_ref_xy_df, snr_min=snr_min, energy=energy)
+    xy = _as_xy(stars_ref_xy_df)
+    flux = None
+    if isinstance(stars_ref_xy_df, pd.DataFrame) and "flux" in stars_ref_xy_df:
+        flux = stars_ref_xy_df["flux"].to_numpy(np.float64)
+    g, norm, mask, energy = global_metrics_and_maps(
+        raw, valid, border, xy, grid.fwhm, stars_flux=flux
+    )
+    tiles = frame_tile_metrics(norm, mask, grid, xy, snr_min=snr_min, energy=energy)
     return g, tiles
+
+
+def _as_xy(stars) -> np.ndarray | None:
+    if stars is None:
+        return None
+    if isinstance(stars, pd.DataFrame):
+        return stars[["x", "y"]].to_numpy(np.float64)
+    return np.asarray(stars, np.float64).reshape(-1, 2)
+
+
+def reference_star_list(
+    image: np.ndarray,
+    valid: np.ndarray | None = None,
+    bayer: str | None = None,
+    *,
+    sigma: float = 3.0,
+) -> pd.DataFrame:
+    """The common, deep star list for the local metrics and the global ``E`` of every frame.
+
+    Stars detected at ``sigma`` (3) on the reference image (already on the reference grid;
+    for OSC the reference mosaic, detected on its 2x2-binned luminance like the per-frame
+    detection and mapped back to full-resolution pixels), without saturated stars and stars
+    whose neighbourhood touches an invalid pixel. Measuring the same ~1000 stars in every
+    frame gives each star tile many stars and a FWHM series over frames that tracks seeing,
+    not which stars happened to be detected in a frame. Returns the detector's table with
+    ``x, y`` in full-resolution reference pixels (map to channel planes with
+    :func:`tilestack.pipeline_steps.to_channel_xy`).
+    """
+    from tilestack.pipeline_steps import binned_luminance, stars_to_full_resolution
+    from tilestack.registration.stars import detect_stars
+
+    img = np.asarray(image, np.float32)
+    ok = np.isfinite(img)
+    if valid is not None:
+        ok &= np.asarray(valid) > 0
+    if bayer:
+        lum, lok = binned_luminance(img, ok)
+        lok = lok.astype(bool) & np.isfinite(lum)
+    else:
+        lum, lok = img, ok
+    if not lok.any():
+        return detect_stars(np.zeros((0, 0), np.float32))
+    fill = np.where(lok, lum, np.float32(np.median(lum[lok]))).astype(np.float32)
+    st = detect_stars(fill, sigma=float(sigma), valid=lok.astype(np.uint8))
+    if len(st):
+        fw = st["fwhm"].to_numpy(np.float64)
+        f = float(np.nanmedian(fw)) if np.isfinite(fw).any() else 3.0
+        r = max(2, int(np.ceil(1.5 * f)))
+        near_bad = cv2.dilate((~lok).astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8))
+        h, w = lok.shape
+        xi = np.clip(np.round(st["x"].to_numpy()).astype(int), 0, w - 1)
+        yi = np.clip(np.round(st["y"].to_numpy()).astype(int), 0, h - 1)
+        keep = (near_bad[yi, xi] == 0) & ~st["saturated"].to_numpy(bool)
+        st = st[keep].reset_index(drop=True)
+    if bayer:
+        st = stars_to_full_resolution(st)
+    return st
