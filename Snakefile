@@ -22,12 +22,10 @@ include: "rules/common.smk"
 include: "rules/scan.smk"
 include: "rules/calibrate.smk"
 include: "rules/register.smk"
-include: "rules/tiles.smk"
 include: "rules/warp.smk"
 include: "rules/weights.smk"
 include: "rules/reconstruct.smk"
-include: "rules/postprocess.smk"
-include: "rules/validate.smk"
+include: "rules/finish.smk"
 include: "rules/archive.smk"
 
 

@@ -37,10 +37,17 @@ FINISHED = re.compile(r"finished .* in ([0-9.]+) s")
 TARGET = 0.15
 
 
-def run_workflow(workdir: Path, cores: int) -> tuple[float, float, float, str]:
+def run_workflow(
+    workdir: Path, cores: int, frames_per_job: int | None = None
+) -> tuple[float, float, float, str]:
     """Run the example from scratch; (launch time, exit time, wall seconds, stderr tail)."""
     for d in ("results", ".snakemake"):
         shutil.rmtree(workdir / d, ignore_errors=True)
+    extra = []
+    if frames_per_job:
+        cfg = workdir / "bench_config.yaml"
+        cfg.write_text(f"workflow:\n  frames_per_job: {int(frames_per_job)}\n")
+        extra = ["--configfile", str(cfg)]
     cmd = [
         sys.executable,
         "-m",
@@ -51,6 +58,7 @@ def run_workflow(workdir: Path, cores: int) -> tuple[float, float, float, str]:
         str(workdir),
         "--cores",
         str(cores),
+        *extra,
         "--config",
         "lights=example/night/lights",
         "results=results",
@@ -190,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "job_overhead.md"))
     p.add_argument("--frames", type=int, help="a longer night than the example (same sensor)")
     p.add_argument("--append", action="store_true", help="add to --out instead of replacing it")
+    p.add_argument("--frames-per-job", type=int, help="override workflow.frames_per_job")
     args = p.parse_args(argv)
 
     from tilestack.example import EXAMPLE, make_example
@@ -204,9 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{params['n_frames']} frames {params['width']}x{params['height']} "
         f"{params.get('bayer') or 'mono'}"
         + ("" if params["n_frames"] == EXAMPLE["n_frames"] else ", the example sensor, longer")
+        + (f"; frames_per_job {args.frames_per_job}" if args.frames_per_job else "")
     )
     load0 = os.getloadavg()[0]
-    t_launch, t_exit, wall, _ = run_workflow(workdir, args.cores)
+    t_launch, t_exit, wall, _ = run_workflow(workdir, args.cores, args.frames_per_job)
     a = analyse(workdir, t_launch, t_exit, wall)
     a["load"] = (load0, os.getloadavg()[1])
     text = markdown(a, args.cores, example)

@@ -162,22 +162,27 @@ def channel_truth(night, channel: str) -> tuple[np.ndarray, pd.DataFrame]:
 
 
 def methodology_metrics(cube, vcube, star_tables, *, scale: float, border: int = 16) -> dict:
-    """Raw global metrics (§5-§6), the tile grid (§7) and raw local metrics (§8) per frame."""
-    from tilestack.metrics.global_metrics import B_FLOOR, frame_global_metrics
-    from tilestack.metrics.local import frame_tile_metrics
+    """Raw global metrics (§5-§6), the tile grid (§7) and raw local metrics (§8) per frame.
+
+    As the workflow's warp jobs do: one common deep star list (3σ, unsaturated) detected on the
+    reference image — here the registered frame with most detections (the channel plane for
+    OSC: the harness keeps no registered mosaic) — feeds the global E (star stamps) and the
+    star tiles of every frame (:func:`tilestack.metrics.local.frame_metrics`).
+    """
+    from tilestack.metrics.local import frame_metrics, reference_star_list
     from tilestack.tiles import TileGrid, estimate_fwhm
 
     n, h, w = cube.shape
     # F from the registration detector's PSF measurements (sensor pixels -> channel pixels).
     fwhm = estimate_fwhm({f"{i:04d}": t for i, t in enumerate(star_tables)}, scale=1.0)
     grid = TileGrid.from_fwhm(fwhm, w, h)
+    ref = int(np.argmax([len(t) for t in star_tables]))
+    common = reference_star_list(np.asarray(cube[ref]), np.asarray(vcube[ref]))
+    xy = common[["x", "y", "flux"]]
     g_rows, t_rows = [], []
     for i in range(n):
-        g = frame_global_metrics(cube[i], vcube[i], border)
+        g, t = frame_metrics(cube[i], vcube[i], grid, xy, border=border)
         g_rows.append({"frame": f"f{i:04d}", **g})
-        b = g["B"] if np.isfinite(g["B"]) and g["B"] > B_FLOOR else B_FLOOR
-        norm = cube[i] / np.float32(b)
-        t = frame_tile_metrics(norm, vcube[i], grid, star_tables[i][["x", "y"]].to_numpy())
         t.insert(0, "frame", f"f{i:04d}")
         t_rows.append(t)
     return {
@@ -185,6 +190,7 @@ def methodology_metrics(cube, vcube, star_tables, *, scale: float, border: int =
         "local": pd.concat(t_rows, ignore_index=True),
         "grid": grid,
         "F": fwhm,
+        "n_common": len(xy),
     }
 
 
@@ -555,7 +561,8 @@ def evaluate_channel(night, prep, channel: str, args, log) -> dict:
     grid = met["grid"]
     log(
         f"[{channel}] metrics {time.perf_counter() - t0:.1f} s; F={met['F']:.2f} "
-        f"tile {grid.size} stride {grid.stride} ({grid.n_tiles} tiles)"
+        f"tile {grid.size} stride {grid.stride} ({grid.n_tiles} tiles); "
+        f"{met['n_common']} common stars"
     )
     gdf, ldf = met["global"], met["local"]
     bg = gdf["B"].to_numpy()
@@ -628,7 +635,12 @@ def evaluate_channel(night, prep, channel: str, args, log) -> dict:
     ldf_deep = ldf_p.copy()
     ldf_deep["E_sigma"] = ldf.sort_values(["frame", "tile"])["E_sigma"].to_numpy()
     _, loc1, W1 = weights_tbqr(gdf, ldf_deep, grid)
-    add("fix_stars", W1, "local metrics at one deep star list (reference frame, 3σ)")
+    add(
+        "fix_stars",
+        W1,
+        "prototype: star tiles at the harness's deep list (no saturation cut), "
+        "E and E/σ as implemented (≈ default since the fixes are implemented)",
+    )
     # (2) + robust, debiased E (global and structure tiles)
     g2 = gdf.copy()
     g2["E"] = e_rob
@@ -636,7 +648,8 @@ def evaluate_channel(night, prep, channel: str, args, log) -> dict:
     add(
         "fix_stars_E",
         W2,
-        "+ robust E (global: star stamps, winsorized at 30σ, noise-debiased; tiles: median3, block median)",
+        "prototype robust E (global: pixel mean over star stamps, capped at 1+30σ, "
+        "noise-debiased; tiles: median3, block median of full-tile σ)",
     )
     add("fix_E_global_only", gx2["G"].to_numpy(), "W = G with the robust E")
     # (2b) Ablation of the local terms: structure tiles neutral (their E/σ and B_local carry

@@ -27,26 +27,3 @@ rule archive:
     script:
         "../scripts/archive.py"
 
-
-rule run_info:
-    """Verdict, effective config and software versions as one page of the HTML report."""
-    input:
-        validation=R("validation/validation.json"),
-    output:
-        report(
-            R("report/run_info.html"),
-            caption="../report/run_info.rst",
-            category="Run",
-            labels={"item": "verdict, config, software"},
-        ),
-    log:
-        log_path("run_info"),
-    localrule: True
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=10,
-    conda:
-        ENV
-    script:
-        "../scripts/run_info.py"

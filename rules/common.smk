@@ -170,12 +170,13 @@ def weights_outputs():
     return out
 
 
-def reconstruct_inputs(wildcards):
+def reconstruct_inputs(wildcards=None):
+    """Everything one band job reads: every channel's registered batches and weights."""
     out = {
-        "registered": expand(R("registered/{c}/{batch}.fits"), c=wildcards.c, batch=BATCHES),
+        "registered": expand(R("registered/{c}/{batch}.fits"), c=CHANNELS, batch=BATCHES),
         "metrics": expand(R("metrics/batches/{batch}.parquet"), batch=BATCHES),
-        "global_": R(f"metrics/global_{wildcards.c}.csv"),
-        "local": R(f"metrics/local_{wildcards.c}.parquet"),
+        "global_": [R(f"metrics/global_{c}.csv") for c in CHANNELS],
+        "local": [R(f"metrics/local_{c}.parquet") for c in CHANNELS],
         "grid": R("tiles/grid.json"),
     }
     if FULL:
@@ -183,22 +184,56 @@ def reconstruct_inputs(wildcards):
     return out
 
 
+def band_files(band):
+    """The band results of every channel (`band` may be a wildcard pattern)."""
+    return [R(f"reconstruction/{c}/band_{band}.npz") for c in CHANNELS]
+
+
 def assemble_outputs():
+    """Every channel's stack, classical stack, maps and tile flags (lists in CHANNELS order)."""
     out = {
-        "weight": R("reconstruction/{c}_weight.fits"),
-        "coverage": R("reconstruction/{c}_coverage.fits"),
-        "classical": R("classical/{c}.fits"),
-        "flags": R("reconstruction/{c}_tiles.csv"),
+        "weight": [R(f"reconstruction/{c}_weight.fits") for c in CHANNELS],
+        "coverage": [R(f"reconstruction/{c}_coverage.fits") for c in CHANNELS],
+        "classical": [R(f"classical/{c}.fits") for c in CHANNELS],
+        "flags": [R(f"reconstruction/{c}_tiles.csv") for c in CHANNELS],
     }
     if STACK_ENGINE == "siril":
-        out["stack"] = R("reconstruction/{c}.fits")
+        out["stack"] = [R(f"reconstruction/{c}.fits") for c in CHANNELS]
     else:
-        out["stack"] = R("stack/{c}.fits")
+        out["stack"] = [R(f"stack/{c}.fits") for c in CHANNELS]
     if FULL:
         out["synthetic"] = [
-            R(f"synthetic/{{c}}/k{k:02d}.fits") for k in range(PLAN.n_clusters)
+            R(f"synthetic/{c}/k{k:02d}.fits") for c in CHANNELS for k in range(PLAN.n_clusters)
         ]
     return out
+
+
+def reconstruct_params(rows):
+    """What a band job needs: its rows (a list, or a function of the band wildcard) and
+    the reconstruction settings."""
+    return {
+        "channels": CHANNELS,
+        "rows": rows,
+        "reconstruction": config["reconstruction"],
+        "synthetic": config["synthetic"],
+        "final": config["final"],
+        "mode": PLAN.mode,
+        "n_clusters": PLAN.n_clusters,
+        "memory_mb": WF["memory_mb"],
+    }
+
+
+def assemble_params():
+    """What joining the bands needs (provenance: the config hash is taken in the script)."""
+    return {
+        "channels": CHANNELS,
+        "bands": [band_rows(b) for b in BANDS],
+        "mode": PLAN.mode,
+        "n_frames": PLAN.n_frames,
+        "n_clusters": PLAN.n_clusters,
+        "channel_width": PLAN.channel_width,
+        "channel_height": PLAN.channel_height,
+    }
 
 
 def postprocess_outputs():

@@ -1,56 +1,73 @@
-# §9 tile reconstruction (reduced mode) or §11 synthetic frames + final stack (full mode), per
-# channel and band of rows; `assemble` joins the bands into the channel's stack and maps.
+# §9 tile reconstruction (reduced mode) or §11 synthetic frames + final stack (full mode), one
+# job per band of rows for every channel (the band is the parallel unit for big images; one
+# job per channel and band would mostly be start-up). The band results are joined into each
+# channel's stack and maps by `assemble`, or, when the image is a single band, by the band
+# job itself.
 
 
-rule reconstruct:
-    input:
-        unpack(reconstruct_inputs),
-    output:
-        band=R("reconstruction/{c}/band_{band}.npz"),
-    params:
-        rows=lambda wildcards: band_rows(wildcards.band),
-        reconstruction=config["reconstruction"],
-        synthetic=config["synthetic"],
-        final=config["final"],
-        mode=PLAN.mode,
-        n_clusters=PLAN.n_clusters,
-        memory_mb=WF["memory_mb"],
-    log:
-        log_path("reconstruct/{c}_{band}"),
-    threads: WF["threads"]
-    resources:
-        mem_mb=mem_mb(),
-        runtime=runtime_min(),
-    conda:
-        ENV
-    script:
-        "../scripts/reconstruct.py"
+if len(BANDS) == 1:
 
+    rule reconstruct:
+        """The whole image is one band: reconstruct every channel and write its products."""
+        input:
+            **reconstruct_inputs(),
+        output:
+            bands=band_files(BANDS[0]),
+            **assemble_outputs(),
+        params:
+            **reconstruct_params(band_rows(BANDS[0])),
+            assemble=assemble_params(),
+        log:
+            log_path(f"reconstruct/{BANDS[0]}"),
+        threads: WF["threads"]
+        resources:
+            mem_mb=mem_mb(),
+            runtime=runtime_min(),
+        conda:
+            ENV
+        script:
+            "../scripts/reconstruct.py"
 
-rule assemble:
-    input:
-        bands=expand(R("reconstruction/{{c}}/band_{band}.npz"), band=BANDS),
-        grid=R("tiles/grid.json"),
-    output:
-        **assemble_outputs(),
-    params:
-        bands=[band_rows(b) for b in BANDS],
-        mode=PLAN.mode,
-        n_frames=PLAN.n_frames,
-        n_clusters=PLAN.n_clusters,
-        channel_width=PLAN.channel_width,
-        channel_height=PLAN.channel_height,
-        config=config,
-    log:
-        log_path("assemble/{c}"),
-    threads: 1
-    resources:
-        mem_mb=mem_mb(),
-        runtime=runtime_min(),
-    conda:
-        ENV
-    script:
-        "../scripts/assemble.py"
+else:
+
+    rule reconstruct:
+        """One band of rows of every channel."""
+        input:
+            **reconstruct_inputs(),
+        output:
+            bands=band_files("{band}"),
+        params:
+            **reconstruct_params(lambda wildcards: band_rows(wildcards.band)),
+        log:
+            log_path("reconstruct/{band}"),
+        threads: WF["threads"]
+        resources:
+            mem_mb=mem_mb(),
+            runtime=runtime_min(),
+        conda:
+            ENV
+        script:
+            "../scripts/reconstruct.py"
+
+    rule assemble:
+        """Join the bands of every channel into its stack, classical stack and maps."""
+        input:
+            bands=[f for b in BANDS for f in band_files(b)],
+            grid=R("tiles/grid.json"),
+        output:
+            **assemble_outputs(),
+        params:
+            assemble=assemble_params(),
+        log:
+            log_path("assemble"),
+        threads: 1
+        resources:
+            mem_mb=mem_mb(),
+            runtime=runtime_min(),
+        conda:
+            ENV
+        script:
+            "../scripts/assemble.py"
 
 
 if STACK_ENGINE == "siril":

@@ -1,17 +1,24 @@
-# §3 registration: choose the reference, register each batch against it, merge the table.
+# §3 registration: choose the reference (and, from the same stars, the §7 tile grid), register
+# each batch against it, merge the table.
 
 
 rule reference:
-    """Choose the reference frame (or take the named one) and extract its stars and image."""
+    """Choose the reference frame (or take the named one) and extract its stars and image;
+    size the tile grid (§7) from the same leading batch's star FWHMs."""
     input:
         **reference_inputs(),
+        grid_stars=sample_batch_files("stars/{batch}.parquet"),
     output:
         reference=R("registration/reference.json"),
         stars=R("registration/reference_stars.parquet"),
         image=R("registration/reference.fits"),
+        grid=R("tiles/grid.json"),
     params:
         reference=config["registration"]["reference"],
         bayer=PLAN.bayer or "",
+        tile=config["tile"],
+        channel_width=PLAN.channel_width,
+        channel_height=PLAN.channel_height,
     log:
         log_path("reference"),
     threads: 1
@@ -82,6 +89,7 @@ rule transforms:
         table=R("registration/transforms.csv"),
     log:
         log_path("transforms"),
+    localrule: True
     threads: 1
     resources:
         mem_mb=mem_mb(0.25),

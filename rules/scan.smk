@@ -18,6 +18,7 @@ rule scan:
         bayer=PLAN.bayer or "",
     log:
         log_path("scan"),
+    localrule: True
     threads: 1
     resources:
         mem_mb=mem_mb(0.5),

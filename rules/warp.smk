@@ -11,7 +11,7 @@
 rule warp:
     input:
         calibrated=R("calibrated/{batch}.fits"),
-        stars=R("stars/{batch}.parquet"),
+        reference_image=R("registration/reference.fits"),
         table=R("registration/batches/{batch}.csv"),
         grid=R("tiles/grid.json"),
     output:
@@ -26,6 +26,7 @@ rule warp:
         interpolation=config["registration"]["interpolation"],
         anti_ringing=config["registration"]["anti_ringing"],
         border_px=config["global_metrics"]["border_px"],
+        star_sigma=3.0,  # common deep star list (reference image) for the local metrics and E
     log:
         log_path("warp/{batch}"),
     threads: WF["threads"]

@@ -18,6 +18,7 @@ rule weights:
         n_clusters=PLAN.n_clusters,
     log:
         log_path("weights"),
+    localrule: True
     threads: 1
     resources:
         mem_mb=mem_mb(0.5),

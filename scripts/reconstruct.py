@@ -1,10 +1,13 @@
-"""reconstruct: one band of rows of one channel (§9; full mode §11 synthetic frames + final).
+"""reconstruct: one band of rows of every channel (§9; full mode §11 synthetic frames + final).
 
 Reads only the band's rows from every registered frame (memory-mapped batch files), in chunks
-sized by workflow.memory_mb, so memory does not grow with the number of frames. Also computes
-the classical stack of the same rows (addscale normalization, equal weights, 3-sigma clipping)
-for validation.
+sized by workflow.memory_mb, so memory does not grow with the number of frames; the channels
+are done one after the other. Also computes the classical stack of the same rows (addscale
+normalization, equal weights, 3-sigma clipping) for validation. When the image is a single
+band, the job also writes every channel's stack and maps (what `assemble` does otherwise).
 """
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,25 +18,22 @@ from tilestack.runtime import run_script, set_threads
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
 
-def main():
-    set_threads(sm.threads)
+def reconstruct_channel(c, i, grid, prog):
+    """Reconstruct rows y0:y1 of channel ``c`` (index ``i`` in the channel lists); save it."""
     from tilestack.metrics.local import weight_matrix
-    from tilestack.pipeline_steps import Progress, RegisteredReader
+    from tilestack.pipeline_steps import RegisteredReader
     from tilestack.reconstruction import reconstruct_band, save_band
-    from tilestack.tiles import TileGrid
 
     p = sm.params
-    c = sm.wildcards.c
     y0, y1 = (int(v) for v in p.rows)
     rc = p.reconstruction
-    grid = TileGrid.from_json(sm.input.grid)
-    g = pd.read_csv(sm.input.global_).sort_values("frame", kind="stable").reset_index(drop=True)
+    g = pd.read_csv(sm.input.global_[i])
+    g = g.sort_values("frame", kind="stable").reset_index(drop=True)
     frames = g["frame"].astype(str).tolist()
     stems = g["stem"].astype(str).tolist()
-    local = pd.read_parquet(sm.input.local)
+    local = pd.read_parquet(sm.input.local[i])
     weights = weight_matrix(local, frames, grid.n_tiles)
-    prog = Progress(sm.log[0], y1 - y0, "rows", f"reconstruct {c} rows {y0}:{y1}")
-    prog.log(f"{len(frames)} frames, {grid.n_tiles} tiles, mode {p.mode}")
+    prog.log(f"{c}: {len(frames)} frames, {grid.n_tiles} tiles, mode {p.mode}")
     kwargs = {}
     if "clusters" in sm.input.keys():
         from tilestack.stacking import final_cluster_weights
@@ -54,7 +54,8 @@ def main():
         # v3 rule (conformance studies): per frame x tile median and MAD of I.
         kwargs["tile_offset"] = weight_matrix(local, frames, grid.n_tiles, "B_local")
         kwargs["tile_scale"] = weight_matrix(local, frames, grid.n_tiles, "S_local")
-    reader = RegisteredReader(sm.input.registered, stems)
+    registered = [f for f in sm.input.registered if Path(f).parent.name == c]
+    reader = RegisteredReader(registered, stems)
     try:
         result = reconstruct_band(
             reader,
@@ -77,9 +78,39 @@ def main():
         )
     finally:
         reader.close()
-    save_band(sm.output.band, result)
-    prog.step(y1 - y0)
-    prog.finish(f"{int(result.fallback.sum())} fallback tiles")
+    save_band(sm.output.bands[i], result)
+    return int(result.fallback.sum())
+
+
+def main():
+    set_threads(sm.threads)
+    from tilestack.pipeline_steps import Progress, assemble_channel, channel_outputs
+    from tilestack.tiles import TileGrid
+
+    p = sm.params
+    channels = list(p.channels)
+    y0, y1 = (int(v) for v in p.rows)
+    prog = Progress(sm.log[0], len(channels), "channels", f"reconstruct rows {y0}:{y1}")
+    grid = TileGrid.from_json(sm.input.grid)
+    for i, c in enumerate(channels):
+        n_fallback = reconstruct_channel(c, i, grid, prog)
+        prog.step(note=f"{c}: {n_fallback} fallback tiles")
+    if "stack" in sm.output.keys():  # a single band: join it into the products right away
+        a = p.assemble
+        per = channel_outputs(sm.output, channels, int(a["n_clusters"]))
+        for i, c in enumerate(channels):
+            n_fallback, n_used = assemble_channel(
+                [sm.output.bands[i]],
+                per[c],
+                channel=c,
+                grid=grid,
+                mode=a["mode"],
+                n_frames=int(a["n_frames"]),
+                channel_height=int(a["channel_height"]),
+                config=dict(sm.config),  # hashed into the provenance header
+            )
+            prog.log(f"assembled {c}: {n_fallback} fallback tiles, {n_used} frames")
+    prog.finish()
 
 
 run_script(logged(main, sm.log[0]))

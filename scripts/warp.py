@@ -4,6 +4,11 @@ For each registered frame of the batch: warp (mono: warp_image; OSC: warp_mosaic
 subplane), split into channel planes, then per channel the global raw metrics (B, sigma, E,
 median, mad) and the local per-tile raw metrics on I = X / B. Registered planes of one channel
 go to one batch file (see rules/warp.smk); unregistered frames are skipped and not listed.
+
+Star positions for the local metrics and the global E are ONE deep list for every frame: stars
+detected at 3 sigma on the reference image (already on the reference grid), unsaturated, found
+again here by every batch job (cheap, deterministic), so every frame is measured at the same
+stars.
 """
 
 import numpy as np
@@ -23,12 +28,11 @@ def main():
 
     from tilestack.cfa import split_channels
     from tilestack.io.atomic import write_table
-    from tilestack.metrics.global_metrics import frame_global_metrics
-    from tilestack.metrics.local import frame_tile_metrics
+    from tilestack.io.frames import read_image
+    from tilestack.metrics.local import frame_metrics, reference_star_list
     from tilestack.pipeline_steps import (
         BatchFile,
         Progress,
-        apply_matrix,
         batch_writer,
         to_channel_xy,
     )
@@ -46,10 +50,18 @@ def main():
     grid = TileGrid.from_json(sm.input.grid)
     table = pd.read_csv(sm.input.table)
     table = table[table["status"] != "unregistered"]
-    stars = pd.read_parquet(sm.input.stars)
-    stars_by_frame = {f: g for f, g in stars.groupby("frame", sort=False)}
+    ref_img = read_image(sm.input.reference_image)
+    ref_valid = read_image(sm.input.reference_image, hdu="VALID", dtype=None)
+    common = reference_star_list(ref_img, ref_valid, bayer, sigma=float(p.star_sigma))
+    ref_xy = common[["x", "y"]].to_numpy(np.float64)
+    star_xy = {}
+    for c in channels:
+        xy = to_channel_xy(ref_xy, bayer, c)
+        star_xy[c] = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "flux": common["flux"].to_numpy()})
+    del ref_img, ref_valid
     out_files = dict(zip(channels, sm.output.registered, strict=True))
     prog = Progress(sm.log[0], len(table), "frames", f"warp {sm.wildcards.batch}")
+    prog.log(f"{len(common)} common stars from the reference image (3 sigma, unsaturated)")
     global_rows, tile_rows = [], []
     with BatchFile(sm.input.calibrated) as src, ExitStack() as stack:
         adders = {
@@ -73,21 +85,11 @@ def main():
                     image, m, out_shape, kernel=kernel, clamp=clamp, valid=valid
                 )
             planes = split_channels(warped, bayer, cov)
-            fs = stars_by_frame.get(row.frame)
-            ref_xy = (
-                apply_matrix(m, fs[["x", "y"]].to_numpy(np.float64))
-                if fs is not None and len(fs)
-                else np.empty((0, 2))
-            )
             for c in channels:
                 plane, ok = planes[c]
                 adders[c](stem, plane, ok, {"FRAME": row.frame})
-                g = frame_global_metrics(plane, ok, border=border)
+                g, t = frame_metrics(plane, ok, grid, star_xy[c], border=border)
                 global_rows.append({"frame": row.frame, "stem": stem, "channel": c, **g})
-                b = g["B"] if np.isfinite(g["B"]) and g["B"] > 1e-6 else 1e-6
-                norm = plane / np.float32(b)
-                xy = to_channel_xy(ref_xy, bayer, c)
-                t = frame_tile_metrics(norm, ok, grid, xy)
                 t.insert(0, "channel", c)
                 t.insert(0, "stem", stem)
                 t.insert(0, "frame", row.frame)

@@ -31,9 +31,11 @@ def test_json_is_byte_identical_across_runs(tmp_path):
 
 @pytest.mark.parametrize("name", ["t.csv", "t.parquet"])
 def test_tables_round_trip_float64_exactly(tmp_path, name):
-    df = pd.DataFrame({"frame": ["a.fits", "b.fits"], "w": [1 / 3, 2.0 ** -40]})
+    df = pd.DataFrame({"frame": ["a.fits", "b.fits"], "w": [1 / 3, 2.0**-40]})
     write_table(tmp_path / name, df)
-    back = pd.read_csv(tmp_path / name) if name.endswith(".csv") else pd.read_parquet(tmp_path / name)
+    back = (
+        pd.read_csv(tmp_path / name) if name.endswith(".csv") else pd.read_parquet(tmp_path / name)
+    )
     assert back["w"].tolist() == df["w"].tolist()
 
 

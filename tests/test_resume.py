@@ -23,6 +23,7 @@ pytestmark = pytest.mark.timeout(400)
 
 # (stage, rule whose start triggers the kill, seconds to wait after it started,
 #  an output that must still be missing when the kill lands)
+# (The test night is two bands of rows, so the stack is joined by its own `assemble` job.)
 KILL_POINTS = [
     ("registration", "register", 0.8, "registration/transforms.csv"),
     ("reconstruction", "reconstruct", 0.8, "stack/L.fits"),

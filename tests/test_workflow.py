@@ -122,29 +122,39 @@ def mono_run(mono_night, tmp_path_factory):
 def test_dry_run_lists_the_real_jobs(mono_night, tmp_path):
     config = {"lights": str(mono_night), "results": str(tmp_path / "results")}
     counts = job_counts(ok(snakemake(tmp_path, config, "-n")))
-    # 56 frames / 20 per job = 3 batches; 256 rows / 512 per band = 1 band; mono = 1 channel.
+    # 56 frames / 30 per job = 2 batches; 256 rows / 512 per band = 1 band, whose job also
+    # assembles the stack (no `assemble` job); mono = 1 channel. reference also makes the
+    # tile grid; finish = postprocess + validate + run-info page.
     expected = {
-        "prepare": 3,
+        "prepare": 2,
         "reference": 1,
-        "register": 3,
+        "register": 2,
         "transforms": 1,
-        "tile_grid": 1,
-        "warp": 3,
+        "warp": 2,
         "weights": 1,
         "reconstruct": 1,
-        "assemble": 1,
         "scan": 1,
-        "postprocess": 1,
-        "validate": 1,
-        "run_info": 1,
+        "finish": 1,
         "all": 1,
     }
     assert counts == {**expected, "total": sum(expected.values())}
 
     config["workflow"] = {"frames_per_job": 10, "band_rows": 100}
     counts = job_counts(ok(snakemake(tmp_path, config, "-n")))
-    assert counts["prepare"] == counts["register"] == counts["warp"] == 6
-    assert counts["reconstruct"] == 3  # ceil(256 / 100)
+    expected = {
+        "prepare": 6,
+        "reference": 1,
+        "register": 6,
+        "transforms": 1,
+        "warp": 6,
+        "weights": 1,
+        "reconstruct": 3,  # ceil(256 / 100) bands, each for every channel
+        "assemble": 1,  # joins the bands of every channel
+        "scan": 1,
+        "finish": 1,
+        "all": 1,
+    }
+    assert counts == {**expected, "total": sum(expected.values())}
 
 
 def test_calibration_adds_the_masters_job(tmp_path):
@@ -158,7 +168,7 @@ def test_calibration_adds_the_masters_job(tmp_path):
     config.update({k: str(night / k) for k in ("bias", "darks", "flats")})
     text = ok(snakemake(tmp_path, config, "-n"))
     counts = job_counts(text)
-    assert counts["masters"] == 1 and counts["prepare"] == 3
+    assert counts["masters"] == 1 and counts["prepare"] == 2  # 50 frames, 30 per job
     assert "master_flat.fits" in text and "bad_pixels.fits" in text
 
 
@@ -175,7 +185,7 @@ def test_siril_engines_route_registration_and_stack(mono_night, tmp_path):
     }
     counts = job_counts(ok(snakemake(tmp_path, config, "-n")))
     assert counts["register_siril"] == 1 and counts["stack_siril"] == 1
-    assert counts["register"] == 3  # the siril table is split per batch for the warp
+    assert counts["register"] == 2  # the siril table is split per batch for the warp
 
 
 # --------------------------------------------------------------------------- reduced mono run
@@ -229,7 +239,7 @@ def test_mono_run_writes_every_contract_output(mono_run):
     assert bad["status"] == "unregistered" and isinstance(bad["reason"], str) and bad["reason"]
     assert "light_0005.fits" not in set(g["frame"])
     with fits.open(res / "registered/L/b000.fits") as h:
-        assert "LIGHT_0005" not in [x.name for x in h] and h[0].header["NFRAMES"] == 19
+        assert "LIGHT_0005" not in [x.name for x in h] and h[0].header["NFRAMES"] == 29
 
     v = json.loads((res / "validation/validation.json").read_text())
     assert v["mode"] == "reduced"
@@ -260,11 +270,11 @@ def test_forced_rerun_is_bit_identical(mono_run):
 def test_adding_lights_reruns_only_the_new_batch(mono_run, mono_night):
     work, config, _, names = mono_run
     lights = Path(config["lights"])
-    for name in names[50:]:  # 6 more frames sort after the others: they join batch b002
+    for name in names[50:]:  # 6 more frames sort after the others: they join batch b001
         (lights / name).symlink_to(mono_night / name)
     counts = job_counts(ok(snakemake(work, config, "-n")))
     assert counts["prepare"] == 1 and counts["register"] == 1 and counts["warp"] == 1
-    assert "reference" not in counts and "tile_grid" not in counts
+    assert "reference" not in counts  # reference frame and tile grid: leading batch only
     assert counts["weights"] == 1 and counts["reconstruct"] == 1
 
 
@@ -279,7 +289,8 @@ def test_osc_run_produces_channel_stacks_and_rgb(tmp_path_factory):
         "lights": str(lights),
         "results": str(work / "results"),
         "assumptions": {"frames_min": 25},
-        "workflow": {"frames_per_job": 30},
+        # 2 bands of 64 channel rows: the band jobs and the `assemble` job for every channel
+        "workflow": {"frames_per_job": 30, "band_rows": 64},
     }
     ok(snakemake(work, config))
     res = Path(config["results"])
@@ -358,8 +369,8 @@ def test_missing_lights_is_one_line(tmp_path):
 
 
 PHASE_RULES = (
-    "scan masters prepare reference register_siril register transforms tile_grid warp weights "
-    "reconstruct assemble stack_siril postprocess validate"
+    "scan masters prepare reference register_siril register transforms warp weights "
+    "reconstruct assemble stack_siril finish"
 ).split()
 
 

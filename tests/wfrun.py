@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = Path(os.environ.get("TILESTACK_SNAKEFILE", ROOT / "Snakefile"))
 
 # A small mono night: 60 frames of 256x256; the first 40 are the base run, the last 20 are
-# "added later" by the incremental test. 20 frames per job -> batches b000, b001 (+ b002), one
-# band of rows: 15 jobs, because every job costs seconds of start-up.
+# "added later" by the incremental test. 20 frames per job -> batches b000, b001 (+ b002); two
+# bands of 128 rows, so the band jobs and the `assemble` job that joins them both run: 14 jobs.
 N_TOTAL = 60
 N_BASE = 40
 SIZE = 256
@@ -35,7 +35,7 @@ TEST_CONFIG = {
     "lights": "night/lights",
     "results": "results",
     "assumptions": {"frames_min": 20},
-    "workflow": {"frames_per_job": 20, "band_rows": 256, "threads": 1},
+    "workflow": {"frames_per_job": 20, "band_rows": 128, "threads": 1},
 }
 
 _CACHE: dict[str, Path] = {}

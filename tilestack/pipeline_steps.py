@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from tilestack.io.atomic import atomic_path
 
@@ -71,6 +70,8 @@ class Progress:
 @contextlib.contextmanager
 def batch_writer(path, header: dict | None = None) -> Iterator[callable]:
     """Yield ``add(stem, image, valid, header=None)``; the file appears only when complete."""
+    from astropy.io import fits  # imported here: scripts that only log skip astropy's 0.5 s
+
     with atomic_path(path) as tmp:
         primary = fits.PrimaryHDU()
         for k, v in (header or {}).items():
@@ -104,6 +105,8 @@ class BatchFile:
     """Read frames of a batch file by stem; rows are memory-mapped."""
 
     def __init__(self, path):
+        from astropy.io import fits
+
         self.path = Path(path)
         self._hdul = fits.open(self.path, memmap=True, lazy_load_hdus=False)
         self._index: dict[str, tuple[int, int]] = {}
@@ -296,3 +299,80 @@ def logged(main, log_path):
             raise
 
     return wrapped
+
+
+# --------------------------------------------------------------------------- joining bands
+
+
+def assemble_channel(
+    band_paths,
+    outputs: dict,
+    *,
+    channel: str,
+    grid,
+    mode: str,
+    n_frames: int,
+    channel_height: int,
+    config: dict,
+) -> tuple[int, int]:
+    """Join one channel's band results into its stack, classical stack, maps and tile flags.
+
+    ``outputs`` maps ``stack``, ``weight``, ``coverage``, ``classical``, ``flags`` to paths and
+    optionally ``synthetic`` to the K synthetic-frame paths (full mode). Every FITS carries the
+    provenance header (``config`` is hashed, not stored). Returns (fallback tiles, frames used).
+    """
+    import pandas as pd
+
+    from tilestack.io.atomic import write_table
+    from tilestack.io.frames import write_fits
+    from tilestack.provenance import provenance_header
+    from tilestack.reconstruction import assemble_bands
+
+    out = assemble_bands(list(band_paths), height=int(channel_height))
+    meta = out["meta"]
+    n_used = int(meta.get("n_frames", n_frames))
+
+    def header(kind):
+        return provenance_header(
+            n_frames=n_used,
+            mode=mode,
+            config=config,
+            channel=channel,
+            extra={"PRODUCT": kind, "NLIGHTS": int(n_frames), "TILESIZE": grid.size},
+        )
+
+    write_fits(outputs["stack"], out["stack"], header=header("stack"))
+    write_fits(outputs["weight"], out["weight"], header=header("weight sum"))
+    write_fits(outputs["coverage"], out["coverage"], header=header("coverage"), dtype=np.int32)
+    classical = out["classical"]
+    if classical is None:
+        classical = np.full_like(out["stack"], np.nan)
+    write_fits(outputs["classical"], classical, header=header("classical stack"))
+    syn = out["synthetic"]
+    for k, path in enumerate(outputs.get("synthetic") or []):
+        plane = (
+            syn[k] if syn is not None and k < syn.shape[0] else np.full_like(out["stack"], np.nan)
+        )
+        write_fits(path, plane, header=header(f"synthetic frame k={k}"))
+    flags = pd.DataFrame(
+        {
+            "tile": np.arange(grid.n_tiles),
+            "fallback_used": np.asarray(out["fallback"], bool).reshape(-1)[: grid.n_tiles],
+        }
+    )
+    if out.get("cluster_fallback") is not None:
+        cf = np.asarray(out["cluster_fallback"], bool)
+        flags["cluster_fallbacks"] = cf.sum(axis=0)[: grid.n_tiles]
+    write_table(outputs["flags"], flags)
+    return int(flags["fallback_used"].sum()), n_used
+
+
+def channel_outputs(output, channels: list[str], n_clusters: int = 0) -> dict[str, dict]:
+    """Split a job's per-channel output lists (CHANNELS order) into one dict per channel."""
+    keys = ("stack", "weight", "coverage", "classical", "flags")
+    per = {c: {k: getattr(output, k)[i] for k in keys} for i, c in enumerate(channels)}
+    if "synthetic" in output.keys():
+        syn = list(output.synthetic)
+        for i, c in enumerate(channels):
+            per[c]["synthetic"] = syn[i * n_clusters : (i + 1) * n_clusters]
+    return per

@@ -164,7 +164,7 @@ def make_plan(config: dict) -> Plan:
         raise InputError(f"lights = {lights!r} contains no supported light frames")
     stems = _frame_stems(frames)
     wf = config.get("workflow", {})
-    batches = make_batches(stems, wf.get("frames_per_job", 20))
+    batches = make_batches(stems, wf.get("frames_per_job", 30))
 
     info = read_frame_info(frames[0])
     width, height = int(info.width), int(info.height)

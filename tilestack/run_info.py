@@ -1,10 +1,12 @@
-"""run_info: one HTML page with the verdict, the effective config and the software versions.
+"""The run-info page: one HTML page with the verdict, the effective config and the versions.
 
 Why: ``snakemake --report`` shows result files; this page puts what a reader needs to judge
 and reproduce the run (verdict and figures, every parameter, every library version) into the
 report as one item. Self-contained (inline CSS, no scripts) and free of timestamps, so it is
-the same for the same run.
+the same for the same run. Written by the workflow's ``finish`` job.
 """
+
+from __future__ import annotations
 
 import html
 import json
@@ -12,11 +14,6 @@ import platform
 import shutil
 import subprocess
 from importlib import metadata
-from pathlib import Path
-
-from tilestack.runtime import run_script
-
-sm = snakemake  # noqa: F821  (injected by the script: directive)
 
 PACKAGES = (
     "tilestack",
@@ -146,14 +143,3 @@ def page(validation: dict, config: dict) -> str:
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
-
-
-def main() -> None:
-    from tilestack.io.atomic import write_text
-
-    validation = json.loads(Path(sm.input.validation).read_text())
-    write_text(sm.output[0], page(validation, dict(sm.config)))
-    Path(sm.log[0]).write_text(f"run_info: verdict {validation.get('verdict')}\n")
-
-
-run_script(main)

@@ -1,8 +1,11 @@
-"""validate: §13 figures (final vs classical stack), the verdict and the plots.
+"""finish: the tail of the run in one job (a job's start-up costs more than each part).
 
-Each channel is measured the same way in both stacks (validation.compare_stacks); the verdict
-uses the primary channel (L for mono, G for OSC: the best-sampled plane), every channel's
-figures are in validation.json under "channels". Plots are for the primary channel.
+1. post-processing (§12): full-resolution linear RGB (OSC) or the mono copy, the preview PNG;
+2. validation (§13): figures of the final vs the classical stack, the verdict and the plots;
+   each channel is measured the same way in both stacks (validation.compare_stacks); the
+   verdict uses the primary channel (L for mono, G for OSC: the best-sampled plane), every
+   channel's figures are in validation.json under "channels". Plots are for the primary one;
+3. the run-info page of the HTML report (verdict, effective config, software versions).
 """
 
 import json
@@ -44,11 +47,36 @@ def tile_fwhm(image, grid):
     return out
 
 
-def main():
-    set_threads(sm.threads)
+def postprocess(prog, stacks):
+    """Linear RGB at sensor resolution + super-pixel RGB (OSC) or the mono copy; preview."""
+    from tilestack.io.frames import write_fits
+    from tilestack.postprocess import demosaic_channels, preview_png, superpixel_rgb, write_rgb_fits
+    from tilestack.provenance import provenance_header
+
+    p = sm.params
+    checks = json.loads(open(sm.input.checks).read())
+    n = int(checks.get("n_frames", 0))
+    # The hash of the run's whole effective config is provenance, not an input: taken from
+    # the config of the run that writes the file, so unrelated config edits rerun nothing.
+    config = dict(sm.config)
+
+    def header(kind):
+        return provenance_header(n_frames=n, mode=p.mode, config=config, extra={"PRODUCT": kind})
+
+    if p.bayer:
+        rgb = demosaic_channels(stacks, p.bayer)
+        write_rgb_fits(sm.output.rgb, rgb, header("linear RGB, demosaiced, sensor resolution"))
+        write_rgb_fits(sm.output.superpixel, superpixel_rgb(stacks), header("super-pixel RGB"))
+        preview_png(rgb, sm.output.preview, max_size=2048)
+    else:
+        write_fits(sm.output.mono, stacks["L"], header=header("linear mono stack"))
+        preview_png(stacks["L"], sm.output.preview, max_size=2048)
+    prog.log("postprocess: final images and preview written")
+
+
+def validate(prog, stacks):
     from tilestack.io.atomic import write_json
     from tilestack.io.frames import read_image
-    from tilestack.pipeline_steps import Progress
     from tilestack.tiles import TileGrid
     from tilestack.validation import plots
     from tilestack.validation.measure import compare_stacks
@@ -64,7 +92,6 @@ def main():
     out = sm.output
     channels = list(p.channels)
     primary = "G" if "G" in channels else channels[0]
-    prog = Progress(sm.log[0], len(channels), "channels", "validate")
     grid = TileGrid.from_json(inp.grid)
     transforms = pd.read_csv(inp.transforms)
     frames = pd.read_csv(inp.frames)
@@ -73,7 +100,7 @@ def main():
     per = {}
     images = {}
     for i, c in enumerate(channels):
-        final = read_image(inp.stacks[i])
+        final = stacks[c]
         classical = read_image(inp.classical[i])
         local = pd.read_parquet(inp.local[i])
         flags = pd.read_csv(inp.flags[i])
@@ -85,7 +112,7 @@ def main():
         per[c]["fallback_tiles"] = int(len(fb))
         per[c]["fwhm_stars"] = (fig["fwhm_classical_stars"], fig["fwhm_final_stars"])
         images[c] = (final, classical, local)
-        prog.step(note=f"{c}: FWHM {per[c]['fwhm_classical']} -> {per[c]['fwhm_final']}")
+        prog.log(f"validation {c}: FWHM {per[c]['fwhm_classical']} -> {per[c]['fwhm_final']}")
     pc = per[primary]
     doc = build_validation(
         mode=p.mode,
@@ -138,6 +165,32 @@ def main():
     plots.plot_tile_grid(final, grid.tiles, out.tile_grid, star_tiles=star_tiles.tolist())
     weight = read_image(inp.weight[channels.index(primary)])
     plots.plot_weight_map(weight, out.weight_map)
+    prog.log(f"validation: verdict {doc.get('verdict')}")
+    return doc
+
+
+def run_info(prog, doc):
+    from tilestack.io.atomic import write_text
+    from tilestack.run_info import page
+
+    write_text(sm.output.run_info, page(doc, dict(sm.config)))
+    prog.log(f"run_info: verdict {doc.get('verdict')}")
+
+
+def main():
+    set_threads(sm.threads)
+    from tilestack.io.frames import read_image
+    from tilestack.pipeline_steps import Progress
+
+    channels = list(sm.params.channels)
+    prog = Progress(sm.log[0], 3, "steps", "finish")
+    stacks = {c: read_image(path) for c, path in zip(channels, sm.input.stacks, strict=True)}
+    postprocess(prog, stacks)
+    prog.step(note="postprocess")
+    doc = validate(prog, stacks)
+    prog.step(note="validate")
+    run_info(prog, json.loads(open(sm.output.validation).read()))
+    prog.step(note="run_info")
     prog.finish(f"verdict {doc.get('verdict')}")
 
 

@@ -1,10 +1,14 @@
-# §13 validation: figures against the classical stack, the verdict and the plots.
+# The tail of the DAG in one job: §12 post-processing (full-resolution RGB for OSC, the linear
+# mono copy, the preview PNG), §13 validation (figures against the classical stack, the
+# verdict, the plots) and the run-info page of the HTML report. Each is cheap next to a job's
+# start-up, so they share one.
 
 
-rule validate:
+rule finish:
     input:
         **validate_inputs(),
     output:
+        **postprocess_outputs(),
         validation=R("validation/validation.json"),
         fwhm_hist=report(
             R("validation/fwhm_histograms.png"),
@@ -46,13 +50,20 @@ rule validate:
             caption="../report/weight_map.rst",
             category="Validation",
         ),
+        run_info=report(
+            R("report/run_info.html"),
+            caption="../report/run_info.rst",
+            category="Run",
+            labels={"item": "verdict, config, software"},
+        ),
     params:
         channels=CHANNELS,
+        bayer=PLAN.bayer or "",
         mode=PLAN.mode,
         n_frames=PLAN.n_frames,
         validation=config["validation"],
     log:
-        log_path("validate"),
+        log_path("finish"),
     threads: 1
     resources:
         mem_mb=mem_mb(),
@@ -60,4 +71,4 @@ rule validate:
     conda:
         ENV
     script:
-        "../scripts/validate.py"
+        "../scripts/finish.py"
