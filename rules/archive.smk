@@ -11,7 +11,6 @@ rule archive:
     output:
         R("archive/tilestack-run.tar.gz"),
     params:
-        results=RESULTS,
         basedir=workflow.basedir,
         calibration={k: calibration_frames(k) for k in ("bias", "darks", "flats")},
         with_report=True,

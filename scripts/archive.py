@@ -301,7 +301,7 @@ def main() -> None:
     with open(sm.log[0], "w") as log:
         summary = build_archive(
             dest=Path(sm.output[0]),
-            results=Path(sm.params.results),
+            results=Path(sm.output[0]).parent.parent,  # the file is {results}/archive/*.tar.gz
             basedir=Path(sm.params.basedir),
             workdir=Path.cwd(),
             config=dict(sm.config),
