@@ -84,7 +84,7 @@ def reconstruct_channel(c, i, grid, prog):
 
 def main():
     set_threads(sm.threads)
-    from tilestack.pipeline_steps import Progress, assemble_channel, channel_outputs
+    from tilestack.pipeline_steps import Progress, assemble_all
     from tilestack.tiles import TileGrid
 
     p = sm.params
@@ -96,20 +96,14 @@ def main():
         n_fallback = reconstruct_channel(c, i, grid, prog)
         prog.step(note=f"{c}: {n_fallback} fallback tiles")
     if "stack" in sm.output.keys():  # a single band: join it into the products right away
-        a = p.assemble
-        per = channel_outputs(sm.output, channels, int(a["n_clusters"]))
-        for i, c in enumerate(channels):
-            n_fallback, n_used = assemble_channel(
-                [sm.output.bands[i]],
-                per[c],
-                channel=c,
-                grid=grid,
-                mode=a["mode"],
-                n_frames=int(a["n_frames"]),
-                channel_height=int(a["channel_height"]),
-                config=dict(sm.config),  # hashed into the provenance header
-            )
-            prog.log(f"assembled {c}: {n_fallback} fallback tiles, {n_used} frames")
+        assemble_all(
+            {c: [sm.output.bands[i]] for i, c in enumerate(channels)},
+            sm.output,
+            p.assemble,
+            grid,
+            dict(sm.config),
+            lambda c, nf, nu: prog.log(f"assembled {c}: {nf} fallback tiles, {nu} frames"),
+        )
     prog.finish()
 
 

@@ -376,3 +376,25 @@ def channel_outputs(output, channels: list[str], n_clusters: int = 0) -> dict[st
         for i, c in enumerate(channels):
             per[c]["synthetic"] = syn[i * n_clusters : (i + 1) * n_clusters]
     return per
+
+
+def assemble_all(bands_by_channel: dict, output, params: dict, grid, config: dict, report) -> None:
+    """Assemble every channel of a job: ``bands_by_channel[c]`` are its band files in order.
+
+    ``params`` is the rule's ``assemble`` parameter block (channels, mode, n_frames, n_clusters,
+    channel_height); ``report(c, n_fallback, n_used)`` is called after each channel.
+    """
+    channels = list(params["channels"])
+    per = channel_outputs(output, channels, int(params["n_clusters"]))
+    for c in channels:
+        n_fallback, n_used = assemble_channel(
+            bands_by_channel[c],
+            per[c],
+            channel=c,
+            grid=grid,
+            mode=params["mode"],
+            n_frames=int(params["n_frames"]),
+            channel_height=int(params["channel_height"]),
+            config=config,  # hashed into the provenance header
+        )
+        report(c, n_fallback, n_used)
