@@ -26,7 +26,7 @@ rule warp:
         interpolation=config["registration"]["interpolation"],
         anti_ringing=config["registration"]["anti_ringing"],
         border_px=config["global_metrics"]["border_px"],
-        star_sigma=3.0,  # common deep star list (reference image) for the local metrics and E
+        star_sigma=config["tile"]["star_sigma"],  # common deep star list for local metrics and E
     log:
         log_path("warp/{batch}"),
     threads: WF["threads"]
