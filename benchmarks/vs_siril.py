@@ -476,7 +476,7 @@ def markdown(r: dict) -> str:
         "",
         "**Code**: tilestack at commit "
         f"{r['code'].get('head', '?')} plus {r['code'].get('changed_files', '?')} uncommitted "
-        "changed files (the co-developers' work in progress at the time of the runs; the "
+        "changed files (work in progress at the time of the runs; the "
         "tilestack runs of one benchmark produced bit-identical stacks); workflow defaults "
         f"then: `{json.dumps(r['code'].get('workflow', {}))}`.",
         "",
@@ -485,7 +485,7 @@ def markdown(r: dict) -> str:
         + "):",
         "",
         "```",
-        f"{sys.executable} -m snakemake --snakefile {ROOT}/Snakefile --directory <fresh dir> \\",
+        "python -m snakemake --snakefile Snakefile --directory <fresh dir> \\",
         f"    --configfile <fresh dir>/bench_config.yaml --cores {r['cores']}",
         "    # bench_config.yaml: lights: <night>/lights, results: results (all else default:",
         "    # reduced mode, 50 frames = assumptions.frames_min)",
