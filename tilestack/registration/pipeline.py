@@ -356,15 +356,53 @@ def _load(loader):
     return np.asarray(img, dtype=np.float32), valid
 
 
+# A candidate must overlap the reference this much before its NCC counts: over a sliver of
+# overlap, smooth residual gradients correlate by chance and a wrong transform can "win".
+MIN_FALLBACK_OVERLAP = 0.3
+
+
 def _ncc_of(matrix, image_hp, reference_hp, ref_valid, ncc, warp_image):
     """NCC of the warped (background-free) frame with the reference over the covered pixels."""
     warped, cov = warp_image(image_hp, matrix, reference_hp.shape, kernel="bilinear", clamp=False)
     ok = (cov > 0) & np.isfinite(warped)
     if ref_valid is not None:
         ok &= np.asarray(ref_valid) != 0
-    if ok.mean() < 0.05:
+    if ok.mean() < MIN_FALLBACK_OVERLAP:
         return -1.0
     return float(ncc(warped, reference_hp, ok))
+
+
+# With at least STAR_CHECK_MIN stars on both sides, a fallback transform must bring at least
+# MIN_STAR_VOTES frame stars onto reference stars (a right one brings most of them).
+STAR_CHECK_MIN = 8
+MIN_STAR_VOTES = 3
+
+
+class _NoVotes:
+    enough = False
+
+    def __call__(self, m):
+        return 0
+
+
+def _star_vote_counter(stars_xy, ref_xy, radius):
+    """``votes(matrix)``: how many frame stars land within ``radius`` px of a reference star.
+
+    ``votes.enough`` says whether both lists are long enough for the count to veto a candidate.
+    """
+    if stars_xy is None or ref_xy is None or len(stars_xy) < 3 or len(ref_xy) < 3:
+        return _NoVotes()
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(np.asarray(ref_xy, dtype=np.float64))
+    src = np.asarray(stars_xy, dtype=np.float64)
+
+    def votes(m):
+        d, _ = tree.query(Transform(m).apply(src), distance_upper_bound=radius)
+        return int(np.isfinite(d).sum())
+
+    votes.enough = min(len(src), len(ref_xy)) >= STAR_CHECK_MIN
+    return votes
 
 
 def image_fallback(
@@ -377,6 +415,9 @@ def image_fallback(
     initial=None,
     delta_ncc=0.01,
     min_ncc=0.05,
+    stars_xy=None,
+    ref_xy=None,
+    match_radius=2.0,
 ) -> tuple[Transform | None, str, str, dict]:
     """Phase correlation (+ ECC), or ECC from a star solution, checked by the NCC gain.
 
@@ -384,10 +425,14 @@ def image_fallback(
     raises the NCC with the reference by ≥ ``delta_ncc`` over the unregistered frame and reaches
     at least ``min_ncc`` (a chance gain on pure noise stays far below); a frame
     already aligned (candidate within 0.1 px of identity, NCC ≥ 0.5) is accepted as well.
+    Among accepted candidates the winner is the one that brings most frame stars (``stars_xy``)
+    within ``match_radius`` of a reference star (``ref_xy``), then the highest NCC: a few stars
+    too few for the acceptance rule still tell a right transform from a wrong one (e.g. a
+    meridian flip that an NCC over residual gradients would miss).
     """
     from .ecc import ecc_refine, ncc
     from .interpolation import warp_image
-    from .phase_correlation import phase_correlate, remove_background
+    from .phase_correlation import phase_correlate, phase_correlate_rigid, remove_background
 
     if image.shape != reference.shape:
         raise SizeMismatch(f"frame {image.shape} and reference {reference.shape} differ in size")
@@ -408,9 +453,17 @@ def image_fallback(
         t0 = Transform.translation(dx, dy).matrix
         cands.append(("phase_correlation+ecc", t0, True))
         cands.append(("phase_correlation", t0, False))
+    if model not in ("translation",):  # rotated frames (alt-az field rotation, meridian flip)
+        try:
+            m_rigid, _ = phase_correlate_rigid(image, reference, valid=valid)
+        except Exception:  # noqa: BLE001 - one candidate less, not a crash
+            m_rigid = None
+        if m_rigid is not None and np.all(np.isfinite(m_rigid)):
+            cands.append(("phase_correlation_rigid+ecc", np.asarray(m_rigid, np.float64), True))
     if initial is not None:  # a star solution that missed acceptance (e.g. < 10 inliers)
         init_m = initial.matrix if isinstance(initial, Transform) else initial
         cands.append(("stars+ncc", np.asarray(init_m, dtype=np.float64), False))
+    star_votes = _star_vote_counter(stars_xy, ref_xy, match_radius)
     emodel = _ECC_MODEL.get(model, "euclidean")
     probe = _probe(image.shape)
     tried = []
@@ -434,13 +487,17 @@ def image_fallback(
             best = (m, name, n1)
         near_ident = np.abs(Transform(m).apply(probe) - probe).max() < 0.1
         # the NCC gain must be real: on pure noise ECC can "gain" 0.01 by chance, never 0.05
-        if (n1 >= n0 + delta_ncc and n1 >= min_ncc) or (near_ident and n1 >= 0.5):
-            if winner is None or n1 > winner[2]:
-                winner = (m, name, n1, refine)
+        votes = star_votes(m)
+        if star_votes.enough and votes < MIN_STAR_VOTES:
+            # plenty of stars, yet almost none land on a reference star: a wrong transform
+            tried.append(f"{name}: NCC {n0:.3f} → {n1:.3f} but only {votes} stars coincide")
+        elif (n1 >= n0 + delta_ncc and n1 >= min_ncc) or (near_ident and n1 >= 0.5):
+            if winner is None or (votes, n1) > (winner[4], winner[2]):
+                winner = (m, name, n1, refine, votes)
         else:
             tried.append(f"{name}: NCC {n0:.3f} → {n1:.3f}")
     if winner is not None:
-        m, name, n1, refine = winner
+        m, name, n1, refine, _ = winner
         details = {"ncc_before": n0, "ncc_after": n1, "pc_confidence": conf}
         if refine:
             model_name = emodel
@@ -465,6 +522,13 @@ def _probe(shape):
 
 
 # --- batch entry points ----------------------------------------------------------------------
+def _xy(stars_df):
+    """The x, y columns of a star table as an (n, 2) array, or None."""
+    if stars_df is None or len(stars_df) == 0:
+        return None
+    return stars_df[["x", "y"]].to_numpy(np.float64)
+
+
 def register_frame(
     stars_df,
     ref_stars_df,
@@ -507,6 +571,8 @@ def register_frame(
                 model=model,
                 initial=init,
                 delta_ncc=opts.delta_ncc,
+                stars_xy=_xy(stars_df),
+                ref_xy=_xy(ref_stars_df),
             )
         except SizeMismatch as e:
             t, method, why, det = None, "none", str(e), {}
