@@ -135,38 +135,34 @@ def check_not_empty(manifest: pd.DataFrame, lights=None) -> None:
         raise InputError(f"no light frames found{where}")
 
 
-def check_sizes(manifest: pd.DataFrame) -> None:
-    sizes = [(int(w), int(h)) for w, h in zip(manifest["width"], manifest["height"], strict=True)]
-    ref = _majority(sizes)
-    bad = [i for i, s in enumerate(sizes) if s != ref]
+def _check_uniform(values: list, frames, what: str, show) -> None:
+    """Raise one line naming the frames whose value differs from the majority's.
+
+    ``show(value)`` renders a value for the message (e.g. ``80x60`` or ``RGGB``).
+    """
+    ref = _majority(values)
+    bad = [i for i, v in enumerate(values) if v != ref]
     if not bad:
         return
-    frames = [manifest["frame"].iloc[i] for i in bad]
-    others = Counter(sizes[i] for i in bad)
+    names = [frames.iloc[i] for i in bad]
+    others = Counter(values[i] for i in bad)
     if len(others) == 1:
         ((odd, _),) = others.items()
-        what = f"{_n_of(len(bad), len(sizes))} {_size(*odd)}"
+        detail = f"{_n_of(len(bad), len(values))} {show(odd)}"
     else:
-        parts = ", ".join(f"{c} {_size(*s)}" for s, c in sorted(others.items()))
-        what = f"{len(bad)} of {len(sizes)} frames differ ({parts})"
-    raise InputError(f"mixed image sizes: {what}, expected {_size(*ref)}: {_names(frames)}")
+        parts = ", ".join(f"{c} {show(v)}" for v, c in sorted(others.items()))
+        detail = f"{len(bad)} of {len(values)} frames differ ({parts})"
+    raise InputError(f"mixed {what}: {detail}, expected {show(ref)}: {_names(names)}")
+
+
+def check_sizes(manifest: pd.DataFrame) -> None:
+    sizes = [(int(w), int(h)) for w, h in zip(manifest["width"], manifest["height"], strict=True)]
+    _check_uniform(sizes, manifest["frame"], "image sizes", lambda s: _size(*s))
 
 
 def check_bayer(manifest: pd.DataFrame) -> None:
     pats = [_bayer_name(_none_if_nan(b)) for b in manifest["bayer"]]
-    ref = _majority(pats)
-    bad = [i for i, p in enumerate(pats) if p != ref]
-    if not bad:
-        return
-    frames = [manifest["frame"].iloc[i] for i in bad]
-    others = Counter(pats[i] for i in bad)
-    if len(others) == 1:
-        ((odd, _),) = others.items()
-        what = f"{_n_of(len(bad), len(pats))} {odd}"
-    else:
-        parts = ", ".join(f"{c} {p}" for p, c in sorted(others.items()))
-        what = f"{len(bad)} of {len(pats)} frames differ ({parts})"
-    raise InputError(f"mixed Bayer patterns: {what}, expected {ref}: {_names(frames)}")
+    _check_uniform(pats, manifest["frame"], "Bayer patterns", str)
 
 
 def check_exposures(manifest: pd.DataFrame, tolerance: float = 0.05) -> None:
