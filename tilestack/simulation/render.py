@@ -110,6 +110,22 @@ def _render_moffat(
                 img[r, c] += flux[i, ch] * i0 * val
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _sersic_pixel(c, r, cx, cy, ct, st, q, r_e, bn, n, rad):
+    """Sérsic profile summed over a 2x2 sub-pixel grid of pixel (c, r), cut at ``rad``."""
+    acc = 0.0
+    for sy in range(2):
+        for sx in range(2):
+            dx = c + 0.25 + 0.5 * sx - 0.5 - cx
+            dy = r + 0.25 + 0.5 * sy - 0.5 - cy
+            u = dx * ct + dy * st
+            v = (-dx * st + dy * ct) / q
+            rr = math.sqrt(u * u + v * v) / r_e
+            if rr * r_e <= rad:
+                acc += math.exp(-bn * (rr ** (1.0 / n) - 1.0))
+    return acc
+
+
 @njit(cache=True, nogil=True)
 def _render_sersic(img, x, y, flux, r_e, n_idx, q_axis, theta, r_max, off_x, off_y):
     """Add Sérsic galaxies (2×2 supersampled, normalised to their sampled sum) to ``img``.
@@ -135,16 +151,7 @@ def _render_sersic(img, x, y, flux, r_e, n_idx, q_axis, theta, r_max, off_x, off
         total = 0.0
         for r in range(y0, y1 + 1):
             for c in range(x0, x1 + 1):
-                acc = 0.0
-                for sy in range(2):
-                    for sx in range(2):
-                        dx = c + 0.25 + 0.5 * sx - 0.5 - cx
-                        dy = r + 0.25 + 0.5 * sy - 0.5 - cy
-                        u = dx * ct + dy * st
-                        v = (-dx * st + dy * ct) / q_axis[i]
-                        rr = math.sqrt(u * u + v * v) / r_e[i]
-                        if rr * r_e[i] <= rad:
-                            acc += math.exp(-bn * (rr ** (1.0 / n) - 1.0))
+                acc = _sersic_pixel(c, r, cx, cy, ct, st, q_axis[i], r_e[i], bn, n, rad)
                 stamp[r - y0, c - x0] = acc
                 total += acc
         if total <= 0.0:
@@ -158,15 +165,7 @@ def _render_sersic(img, x, y, flux, r_e, n_idx, q_axis, theta, r_max, off_x, off
         if fx0 < 0 or fy0 < 0 or fx1 > w - 1 or fy1 > h - 1:
             for r in range(fy0, fy1 + 1):
                 for c in range(fx0, fx1 + 1):
-                    for sy in range(2):
-                        for sx in range(2):
-                            dx = c + 0.25 + 0.5 * sx - 0.5 - cx
-                            dy = r + 0.25 + 0.5 * sy - 0.5 - cy
-                            u = dx * ct + dy * st
-                            v = (-dx * st + dy * ct) / q_axis[i]
-                            rr = math.sqrt(u * u + v * v) / r_e[i]
-                            if rr * r_e[i] <= rad:
-                                full += math.exp(-bn * (rr ** (1.0 / n) - 1.0))
+                    full += _sersic_pixel(c, r, cx, cy, ct, st, q_axis[i], r_e[i], bn, n, rad)
         else:
             full = total
         scale = flux[i] / full
