@@ -67,10 +67,8 @@ PHASES = {
     "masters": "calibration masters",
     "prepare": "prepare (read, calibrate, stars)",
     "reference": "registration",  # the reference job also builds the tile grid
-    "register": "registration",
+    "align": "register + warp + raw metrics",
     "transforms": "registration",
-    "tile_grid": "tile grid",
-    "warp": "warp + raw metrics",
     "weights": "global/local weights",
     "reconstruct": "reconstruction (bands)",
     "assemble": "assemble stacks",

@@ -1,5 +1,5 @@
-# §3 registration: choose the reference (and, from the same stars, the §7 tile grid), register
-# each batch against it, merge the table.
+# §3 registration: choose the reference (and, from the same stars, the §7 tile grid); per batch
+# register against it, warp (§3, §4 channels) and measure raw metrics (§5-8); merge the table.
 
 
 rule reference:
@@ -54,22 +54,40 @@ if REG_ENGINE == "siril":
             "../scripts/register_siril.py"
 
 
-rule register:
-    """Register one batch: triangle matching + RANSAC, then the image-based fallbacks."""
+rule align:
+    """Register one batch (triangle matching + RANSAC, then the image-based fallbacks, or
+    siril-cli's rows), warp it onto the reference grid, split channels, measure raw metrics.
+
+    Registered frames of one batch and one channel are stored in ONE file,
+    registered/{c}/{batch}.fits: for every registered frame an image HDU named after its stem
+    (float32 raw registered values, NaN outside the frame) followed by a uint8 validity HDU
+    named "<stem>.valid". Uncompressed, so band jobs memory-map just their rows. Unregistered
+    frames have no HDUs; the batch metrics table lists exactly the frames present."""
     input:
         stars=R("stars/{batch}.parquet"),
         calibrated=R("calibrated/{batch}.fits"),
         reference=R("registration/reference.json"),
         reference_stars=R("registration/reference_stars.parquet"),
         reference_image=R("registration/reference.fits"),
+        grid=R("tiles/grid.json"),
         siril=[R("registration/siril_transforms.csv")] if REG_ENGINE == "siril" else [],
     output:
         table=R("registration/batches/{batch}.csv"),
+        registered=expand(R("registered/{c}/{{batch}}.fits"), c=CHANNELS),
+        metrics=R("metrics/batches/{batch}.parquet"),
+        tiles=R("metrics/batches/{batch}_tiles.parquet"),
     params:
         registration=config["registration"],
+        channels=CHANNELS,
         bayer=PLAN.bayer or "",
+        width=PLAN.width,
+        height=PLAN.height,
+        interpolation=config["registration"]["interpolation"],
+        anti_ringing=config["registration"]["anti_ringing"],
+        border_px=config["global_metrics"]["border_px"],
+        star_sigma=config["tile"]["star_sigma"],  # common deep star list for local metrics and E
     log:
-        log_path("register/{batch}"),
+        log_path("align/{batch}"),
     threads: WF["threads"]
     resources:
         mem_mb=mem_mb(),
@@ -77,7 +95,7 @@ rule register:
     conda:
         ENV
     script:
-        "../scripts/register.py"
+        "../scripts/align.py"
 
 
 rule transforms:

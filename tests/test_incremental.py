@@ -1,7 +1,7 @@
 """Incremental stacking: new lights rerun only their own batches plus the aggregates.
 
 Starts from a copy of a finished run (with Snakemake's metadata) and asks ``snakemake -n``
-what it would do after the lights folder changed. Per-frame work (prepare, register, warp)
+what it would do after the lights folder changed. Per-frame work (prepare, align)
 must be planned only for batches whose frames changed; every aggregate downstream must be
 planned again. Removing a light is detected the same way.
 """
@@ -18,7 +18,7 @@ import wfrun
 
 pytestmark = pytest.mark.timeout(300)
 
-PER_FRAME_RULES = {"prepare", "register", "warp"}
+PER_FRAME_RULES = {"prepare", "align"}
 # Aggregates that must follow any change of the frame set.
 AGGREGATE_RULES = {"scan", "transforms", "weights", "reconstruct", "assemble", "finish"}
 RULE_LINE = re.compile(r"^(?:local)?rule (\w+):$")

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(400)
 #  an output that must still be missing when the kill lands)
 # (The test night is two bands of rows, so the stack is joined by its own `assemble` job.)
 KILL_POINTS = [
-    ("registration", "register", 0.8, "registration/transforms.csv"),
+    ("registration", "align", 0.8, "registration/transforms.csv"),
     ("reconstruction", "reconstruct", 0.8, "stack/L.fits"),
     ("stacking", "assemble", 0.4, "final/preview.png"),
 ]

@@ -128,9 +128,8 @@ def test_dry_run_lists_the_real_jobs(mono_night, tmp_path):
     expected = {
         "prepare": 2,
         "reference": 1,
-        "register": 2,
+        "align": 2,
         "transforms": 1,
-        "warp": 2,
         "weights": 1,
         "reconstruct": 1,
         "scan": 1,
@@ -144,9 +143,8 @@ def test_dry_run_lists_the_real_jobs(mono_night, tmp_path):
     expected = {
         "prepare": 6,
         "reference": 1,
-        "register": 6,
+        "align": 6,
         "transforms": 1,
-        "warp": 6,
         "weights": 1,
         "reconstruct": 3,  # ceil(256 / 100) bands, each for every channel
         "assemble": 1,  # joins the bands of every channel
@@ -185,7 +183,7 @@ def test_siril_engines_route_registration_and_stack(mono_night, tmp_path):
     }
     counts = job_counts(ok(snakemake(tmp_path, config, "-n")))
     assert counts["register_siril"] == 1 and counts["stack_siril"] == 1
-    assert counts["register"] == 2  # the siril table is split per batch for the warp
+    assert counts["align"] == 2  # the siril table is split per batch for the warp
 
 
 # --------------------------------------------------------------------------- reduced mono run
@@ -249,7 +247,7 @@ def test_mono_run_writes_every_contract_output(mono_run):
     assert checks["mode"] == "reduced" and checks["n_frames"] == 50
 
     # progress lines in the rule logs
-    log = (res / "logs/warp/b001.log").read_text()
+    log = (res / "logs/align/b001.log").read_text()
     assert "frames 20/20 done" in log and "ETA" in log
 
 
@@ -273,7 +271,7 @@ def test_adding_lights_reruns_only_the_new_batch(mono_run, mono_night):
     for name in names[50:]:  # 6 more frames sort after the others: they join batch b001
         (lights / name).symlink_to(mono_night / name)
     counts = job_counts(ok(snakemake(work, config, "-n")))
-    assert counts["prepare"] == 1 and counts["register"] == 1 and counts["warp"] == 1
+    assert counts["prepare"] == 1 and counts["align"] == 1
     assert "reference" not in counts  # reference frame and tile grid: leading batch only
     assert counts["weights"] == 1 and counts["reconstruct"] == 1
 

@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
         "--rotation", type=float, default=3.0, help="field rotation over the night (deg)"
     )
     p.add_argument("--dither", type=float, default=4.0, help="dither amplitude (px)")
+    p.add_argument(
+        "--seeing",
+        default="calm",
+        choices=("calm", "variable"),
+        help="seeing walk: calm (steady night) or variable (frames spread over the FWHM range)",
+    )
     p.add_argument("--meridian-flip", action="store_true", help="rotate the second half by 180 deg")
     p.add_argument("--no-clouds", action="store_true", help="no transparency dips")
     p.add_argument("--calibration", action="store_true", help="also write bias/, darks/, flats/")
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             exposure=args.exposure,
             fwhm_range=(args.fwhm_min, args.fwhm_max),
+            seeing=args.seeing,
             rotation_deg_total=args.rotation,
             dither_px=args.dither,
             meridian_flip=args.meridian_flip,

@@ -84,7 +84,7 @@ def chan_map(bayer: str | None) -> np.ndarray:
     return np.array([[_CHAN_INDEX[bayer[2 * dy + dx]] for dx in (0, 1)] for dy in (0, 1)])
 
 
-def _check(n_frames, width, height, bayer, fwhm_range, bit_depth):
+def _check(n_frames, width, height, bayer, fwhm_range, bit_depth, seeing="calm"):
     if n_frames < 1:
         raise ConfigError(f"simulate: n_frames must be >= 1, got {n_frames}")
     if width < 32 or height < 32:
@@ -93,6 +93,10 @@ def _check(n_frames, width, height, bayer, fwhm_range, bit_depth):
         raise ConfigError(f"simulate: bayer must be one of {', '.join(PATTERNS)}, got {bayer!r}")
     if bayer is not None and (width % 2 or height % 2):
         raise ConfigError("simulate: colour frames need an even width and height")
+    if seeing not in timeline.SEEING_PROFILES:
+        raise ConfigError(
+            f"simulate: seeing {seeing!r} is not one of {', '.join(timeline.SEEING_PROFILES)}"
+        )
     if not 0.5 <= fwhm_range[0] <= fwhm_range[1]:
         raise ConfigError(f"simulate: invalid fwhm_range {fwhm_range}")
     if bit_depth not in (12, 14, 16):
@@ -275,6 +279,7 @@ def simulate_night(
     bayer: str | None = None,
     seed: int = 0,
     fwhm_range: tuple[float, float] = (1.8, 5.0),
+    seeing: str = "calm",
     exposure: float = 10.0,
     rotation_deg_total: float = 3.0,
     meridian_flip: bool = False,
@@ -311,11 +316,12 @@ def simulate_night(
     vignetting, cosmic rays or satellites — only the bias pedestal, quantisation and clipping.
     ``stars`` replaces the random star field by a table in truth-grid coordinates (x, y, flux
     and optionally flux_r, flux_g, flux_b or temperature).
+    ``seeing`` chooses the seeing walk (``timeline.SEEING_PROFILES``: ``calm`` or ``variable``).
     ``frame_overrides`` forces conditions of chosen frames for hard cases, e.g.
     ``{5: {"transparency": 0.02}, 9: {"fwhm_px": 9.0, "rotation_deg": 90.0}}``; pose keys
     (rotation_deg, shift_x, shift_y) rebuild that frame's true transform.
     """
-    _check(n_frames, width, height, bayer, fwhm_range, bit_depth)
+    _check(n_frames, width, height, bayer, fwhm_range, bit_depth, seeing)
     out = Path(out_dir)
     level = 2.0 ** (bit_depth - 16)
     frames = timeline.make_timeline(
@@ -324,6 +330,7 @@ def simulate_night(
         width,
         height,
         fwhm_range=fwhm_range,
+        seeing=seeing,
         exposure=exposure,
         rotation_deg_total=rotation_deg_total,
         meridian_flip=meridian_flip,
@@ -438,6 +445,7 @@ def simulate_night(
         "bayer": bayer,
         "seed": seed,
         "fwhm_range": list(fwhm_range),
+        "seeing": seeing,
         "exposure": exposure,
         "rotation_deg_total": rotation_deg_total,
         "meridian_flip": meridian_flip,

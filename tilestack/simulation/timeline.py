@@ -47,6 +47,12 @@ def _bumps(rng, n, count, width_range, height_range):
     return out
 
 
+# Seeing walks: (centre, amplitude) of the smooth random walk, as fractions of fwhm_range.
+# "calm": a steady night, most frames within ±10 % of the median, rare bursts;
+# "variable": a poor, unsteady night whose frames spread over most of the range.
+SEEING_PROFILES = {"calm": (0.22, 0.12), "variable": (0.36, 0.26)}
+
+
 def make_timeline(
     rng: np.random.Generator,
     n_frames: int,
@@ -54,6 +60,7 @@ def make_timeline(
     height: int,
     *,
     fwhm_range=(1.8, 5.0),
+    seeing: str = "calm",
     exposure: float = 10.0,
     overhead: float = 2.0,
     rotation_deg_total: float = 3.0,
@@ -71,7 +78,8 @@ def make_timeline(
     frac = idx / max(n - 1, 1)
     lo, hi = fwhm_range
     # seeing: smooth random walk in the lower part of the range plus bad-seeing bursts
-    base = 0.22 + 0.12 * _smooth_noise(rng, n, corr=max(3.0, n / 12))
+    centre, amplitude = SEEING_PROFILES[seeing]
+    base = centre + amplitude * _smooth_noise(rng, n, corr=max(3.0, n / 12))
     bursts = _bumps(rng, n, max(1, n // 40) if n >= 8 else 0, (0.7, 2.5), (0.5, 0.9))
     u = np.clip(base + bursts, 0.0, 1.0)
     fwhm = lo + (hi - lo) * u

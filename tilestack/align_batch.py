@@ -1,0 +1,195 @@
+"""One batch's per-frame work after calibration, in one pass: register, warp, measure.
+
+For each frame of a calibrated batch file: register it against the reference (stars → RANSAC
+→ image fallbacks, or take siril-cli's row), and when it registered, warp it onto the
+reference grid (mono: `warp_image`; OSC: `warp_mosaic` per Bayer subplane), split it into
+channel planes and measure the raw global and per-tile metrics on each plane.
+
+Registration and warping used to be two jobs per batch; joined, a batch costs one Python
+start-up and reads each frame once, and the frame in memory is warped right after it is
+registered (peak memory: one frame plus its warped planes).
+
+Star positions for the local metrics and the global E are ONE deep list for every frame:
+stars detected at ``star_sigma`` on the reference image (already on the reference grid),
+unsaturated, found again by every batch job (cheap, deterministic), so every frame is measured
+at the same stars.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tilestack.cfa import split_channels
+from tilestack.errors import InputError
+from tilestack.metrics.local import frame_metrics, reference_star_list
+from tilestack.pipeline_steps import BatchFile, Progress, luminance_image, to_channel_xy
+from tilestack.registration.cfa_warp import warp_mosaic
+from tilestack.registration.interpolation import warp_image
+from tilestack.registration.pipeline import register_frame, result_row
+from tilestack.tiles import TileGrid
+
+MATRIX = ["m00", "m01", "m02", "m10", "m11", "m12", "m20", "m21", "m22"]
+
+# registration.* keys passed straight to `register_frame`
+REGISTRATION_OPTION_KEYS = (
+    "max_stars",
+    "ransac_threshold_px",
+    "ransac_confidence",
+    "min_inliers",
+    "min_inlier_ratio",
+    "min_quadrants",
+    "max_rms_fwhm_fraction",
+    "max_rms_px",
+    "delta_ncc",
+    "seed",
+    "sip",
+)
+GLOBAL_COLUMNS = ["frame", "stem", "channel", "B", "sigma", "E", "median", "mad"]
+
+
+@dataclass
+class Reference:
+    """What every batch registers against and measures with."""
+
+    frame: str  # the reference light's file name
+    stars: pd.DataFrame  # its star list (registration)
+    image: np.ndarray  # its calibrated image (mosaic for OSC)
+    valid: np.ndarray
+    _luminance: np.ndarray | None = field(default=None, repr=False)
+
+    def luminance(self, bayer: str | None) -> np.ndarray:
+        if self._luminance is None:
+            self._luminance = luminance_image(self.image, self.valid, bayer)
+        return self._luminance
+
+
+@dataclass
+class WarpSettings:
+    channels: list[str]
+    bayer: str | None
+    out_shape: tuple[int, int]  # (height, width) of the reference grid
+    kernel: str = "lanczos3"
+    clamp: bool = True
+    border: int = 16
+    star_sigma: float = 3.0
+
+
+@dataclass
+class AlignResult:
+    registration: pd.DataFrame  # the batch's rows of the transforms contract (+ stem, reason…)
+    global_metrics: pd.DataFrame  # one row per registered frame and channel
+    tile_metrics: pd.DataFrame  # one row per registered frame, channel and tile
+
+
+def common_star_xy(ref: Reference, settings: WarpSettings) -> dict[str, pd.DataFrame]:
+    """The deep reference star list in each channel plane's coordinates."""
+    common = reference_star_list(ref.image, ref.valid, settings.bayer, sigma=settings.star_sigma)
+    ref_xy = common[["x", "y"]].to_numpy(np.float64)
+    flux = common["flux"].to_numpy()
+    out = {}
+    for c in settings.channels:
+        xy = to_channel_xy(ref_xy, settings.bayer, c)
+        out[c] = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "flux": flux})
+    return out
+
+
+def register_row(
+    name: str,
+    image: np.ndarray,
+    valid: np.ndarray,
+    stars: pd.DataFrame | None,
+    ref: Reference,
+    bayer: str | None,
+    registration: dict,
+) -> dict:
+    """One frame's row of the transforms table (the reference gets the identity)."""
+    if name == ref.frame:
+        return result_row(name, None, True)
+    options = {k: registration[k] for k in REGISTRATION_OPTION_KEYS}
+    result = register_frame(
+        stars,
+        ref.stars,
+        image_loader=lambda: luminance_image(image, valid, bayer),
+        reference_loader=ref.luminance(bayer),
+        model=registration["model"],
+        shape=image.shape,
+        **options,
+    )
+    return result_row(name, result, False)
+
+
+def warp_planes(
+    image: np.ndarray, valid: np.ndarray, matrix: np.ndarray, settings: WarpSettings
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Warp one calibrated frame onto the reference grid and split it into channel planes."""
+    kw = {"kernel": settings.kernel, "clamp": settings.clamp, "valid": valid}
+    if settings.bayer:
+        warped, cov = warp_mosaic(image, matrix, settings.bayer, settings.out_shape, **kw)
+    else:
+        warped, cov = warp_image(image, matrix, settings.out_shape, **kw)
+    return split_channels(warped, settings.bayer, cov)
+
+
+def row_matrix(row: dict) -> np.ndarray:
+    return np.array([row[k] for k in MATRIX], dtype=np.float64).reshape(3, 3)
+
+
+def align_batch(
+    batch: BatchFile,
+    stars: pd.DataFrame,
+    ref: Reference,
+    grid: TileGrid,
+    settings: WarpSettings,
+    registration: dict,
+    writers: dict,
+    progress: Progress,
+    siril_rows: pd.DataFrame | None = None,
+) -> AlignResult:
+    """Register, warp and measure every frame of ``batch``.
+
+    ``writers[c](stem, plane, valid, header)`` appends a registered plane to channel c's batch
+    file; ``siril_rows`` (registration.engine: siril) replaces the own registration by
+    siril-cli's rows for these frames.
+    """
+    by_frame = {f: g.drop(columns=["frame", "stem"]) for f, g in stars.groupby("frame", sort=False)}
+    star_xy = common_star_xy(ref, settings)
+    progress.log(f"{len(next(iter(star_xy.values())))} common stars from the reference image")
+    siril_by_frame = (
+        {r["frame"]: r for r in siril_rows.to_dict("records")} if siril_rows is not None else None
+    )
+    reg_rows, global_rows, tile_rows = [], [], []
+    for stem in batch.stems:
+        name = str(batch.header(stem).get("FRAME", stem))
+        image, valid = batch.image(stem)
+        if siril_by_frame is not None:
+            if name not in siril_by_frame:
+                raise InputError(f"{name}: no row in siril-cli's registration table")
+            row = dict(siril_by_frame[name])
+        else:
+            row = register_row(
+                name, image, valid, by_frame.get(name), ref, settings.bayer, registration
+            )
+        row = {"frame": row.pop("frame"), **row, "stem": stem}
+        reg_rows.append(row)
+        note = f"{name}: {row['status']} {row['method']} rms {float(row['rms_px']):.3f}"
+        if row["status"] != "unregistered":
+            planes = warp_planes(image, valid, row_matrix(row), settings)
+            for c in settings.channels:
+                plane, ok = planes[c]
+                writers[c](stem, plane, ok, {"FRAME": name})
+                g, t = frame_metrics(plane, ok, grid, star_xy[c], border=settings.border)
+                global_rows.append({"frame": name, "stem": stem, "channel": c, **g})
+                t.insert(0, "channel", c)
+                t.insert(0, "stem", stem)
+                t.insert(0, "frame", name)
+                tile_rows.append(t)
+            del planes
+        progress.step(note=note)
+    return AlignResult(
+        registration=pd.DataFrame(reg_rows),
+        global_metrics=pd.DataFrame(global_rows, columns=GLOBAL_COLUMNS),
+        tile_metrics=pd.concat(tile_rows, ignore_index=True) if tile_rows else pd.DataFrame(),
+    )
