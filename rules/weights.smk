@@ -12,6 +12,7 @@ rule weights:
     params:
         channels=CHANNELS,
         global_metrics=config["global_metrics"],
+        kappa=config["weights"]["kappa"],
         star_min_count=config["tile"]["star_min_count"],
         clustering=config["clustering"],
         mode=PLAN.mode,

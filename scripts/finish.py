@@ -24,6 +24,7 @@ SCALARS = (
     "n_stars",
     "bg_rms_final",
     "bg_rms_classical",
+    "flux_ratio",
     "snr_final",
     "snr_classical",
     "seam_final",

@@ -32,9 +32,12 @@ def main():
             beta=float(gm["beta"]),
             gamma=float(gm["gamma"]),
             adaptive=bool(gm["adaptive_weights"]),
+            kappa=float(p.kappa),
         )
         t = raw_t[raw_t["channel"] == c].drop(columns=["channel"])
-        t = local_weights(t.reset_index(drop=True), g, star_min_count=float(p.star_min_count))
+        t = local_weights(
+            t.reset_index(drop=True), g, star_min_count=float(p.star_min_count), kappa=float(p.kappa)
+        )
         t = t.sort_values(["frame", "tile"], kind="stable").reset_index(drop=True)
         write_table(gout, g[GLOBAL_COLUMNS])
         write_table(lout, t)

@@ -86,6 +86,19 @@ def test_global_weights_formula():
     assert global_weights(df2)["G"][0] > out["G"][0]
 
 
+def test_kappa_scales_q_inside_the_clamped_exponential():
+    df = table()
+    q = global_weights(df)["Q"].to_numpy()
+    for kappa in (0.25, 0.5, 2.0):
+        out = global_weights(df, kappa=kappa)
+        np.testing.assert_array_equal(out["Q"], q)  # the quality itself is unchanged
+        np.testing.assert_allclose(out["G"], np.exp(np.clip(kappa * q, -3, 3)), rtol=1e-12)
+    # smaller kappa -> narrower spread of weights, same ordering
+    g1, g5 = global_weights(df)["G"], global_weights(df, kappa=0.5)["G"]
+    assert np.ptp(np.log(g5)) < np.ptp(np.log(g1))
+    np.testing.assert_array_equal(np.argsort(g1, kind="stable"), np.argsort(g5, kind="stable"))
+
+
 def test_weights_must_sum_to_one():
     with pytest.raises(ConfigError, match="alpha"):
         global_weights(table(), 0.5, 0.3, 0.3)

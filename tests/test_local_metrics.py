@@ -130,6 +130,9 @@ def test_class_is_fixed_per_tile_and_uses_median_count():
     assert out.loc[1, "zFWHM"] == 0.0  # unmeasured: neutral, the frame keeps its weight
     assert (out["W"] > 0).all()
     np.testing.assert_allclose(out["W"], out["L"] * out["frame"].map({"a": 2, "b": 1, "c": 0.5}))
+    half = local_weights(df, {"a": 2.0, "b": 1.0, "c": 0.5}, star_min_count=3, kappa=0.5)
+    np.testing.assert_array_equal(half["Q"], out["Q"])
+    np.testing.assert_allclose(half["L"], np.exp(np.clip(0.5 * out["Q"], -3, 3)), rtol=1e-12)
 
 
 def test_frame_metrics_normalizes_once(field):

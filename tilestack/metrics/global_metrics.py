@@ -315,12 +315,15 @@ def global_weights(
     gamma: float = 0.3,
     adaptive: bool = False,
     clip: float = 3.0,
+    kappa: float = 1.0,
 ) -> pd.DataFrame:
     """Add ``zB zS zE Q G`` to a table with columns ``B sigma E`` (one row per frame).
 
     ``Q = alpha(-zB) + beta(-zS) + gamma zE`` and ``G = exp(clip(Q, -3, 3))``: the clamp is
     applied *before* the exponential so no frame can dominate or vanish. The weights used are
-    stored in ``df.attrs['abg']``.
+    stored in ``df.attrs['abg']``. ``kappa`` (config ``weights.kappa``, 1 = the methodology)
+    scales Q inside the exponential: z-scores give every night the same spread of weights
+    whatever its spread of seeing, and κ < 1 trades sharpening for signal-to-noise.
     """
     check_abg(alpha, beta, gamma)
     out = df.copy()
@@ -334,6 +337,6 @@ def global_weights(
     q = alpha * (-zb) + beta * (-zs) + gamma * ze
     out["zB"], out["zS"], out["zE"] = zb, zs, ze
     out["Q"] = q
-    out["G"] = np.exp(np.clip(q, -clip, clip))
+    out["G"] = np.exp(np.clip(kappa * q, -clip, clip))
     out.attrs["abg"] = (alpha, beta, gamma)
     return out

@@ -358,12 +358,14 @@ def local_weights(
     G: Mapping | pd.Series | pd.DataFrame,
     star_min_count: float = 3,
     clip: float = 3.0,
+    kappa: float = 1.0,
 ) -> pd.DataFrame:
     """Add ``class zFWHM zR zC zES zB Q L W`` to the raw local table of all frames of a channel.
 
     Tile class (fixed for all frames): ``star`` when the median star count over frames is
     ``>= star_min_count``. Star tiles ``Q = 0.6(-zFWHM) + 0.2 zR + 0.2 zC``; structure tiles
     ``Q = 0.7 z(E/sigma) - 0.3 zB``; ``L = exp(clip(Q, -3, 3))``; ``W = G_f L``.
+    ``kappa`` scales Q inside the exponential as in ``global_weights`` (1 = the methodology).
     """
     if isinstance(G, pd.DataFrame):
         gmap = dict(zip(G["frame"], G["G"], strict=True))
@@ -392,7 +394,7 @@ def local_weights(
         out[name] = z[key][fi, ti]
     out["zB"] = z["B_local"][fi, ti]
     out["Q"] = q[fi, ti]
-    out["L"] = np.exp(np.clip(out["Q"].to_numpy(), -clip, clip))
+    out["L"] = np.exp(np.clip(kappa * out["Q"].to_numpy(), -clip, clip))
     gf = np.array([gmap[f] for f in out["frame"]], np.float64)
     out["W"] = gf * out["L"].to_numpy()
     return out

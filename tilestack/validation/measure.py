@@ -569,7 +569,9 @@ def compare_stacks(
     classical FWHM) for both. Seam scores: with ``truth``, both stacks against the truth;
     without, the final stack against the classical stack (tile-free, same scene) and the
     classical stack against its own smooth copy; ``seam_final_self`` is the final stack against
-    its own smooth copy. Returns scalar figures plus the per-star FWHM arrays for the histogram.
+    its own smooth copy. Background RMS of the final stack is given in the classical stack's
+    photometric units (``flux_ratio`` = final / classical star flux). Returns scalar figures
+    plus the per-star FWHM arrays for the histogram.
     """
     from scipy.spatial import cKDTree
 
@@ -603,6 +605,24 @@ def compare_stacks(
         if ok.any():
             snr_c, snr_f = float(np.median(sc[ok])), float(np.median(sf[ok]))
 
+    # The two stacks are normalized differently (the final by each frame's background, the
+    # classical one by addscale), so their pixel units differ by a factor; noise is compared in
+    # the same photometric units: the final's background RMS divided by the median flux ratio
+    # final / classical of the brighter detected stars (wide aperture, 2 × FWHM).
+    flux_ratio = float("nan")
+    if len(ref) >= 4:
+        bright = ref.sort_values("flux")[["x", "y"]].to_numpy()[len(ref) // 2 :]
+        ra = 2.0 * radius
+        pc = aperture_photometry(cla_img, bright, radius=ra)
+        pf = aperture_photometry(fin_img, bright, radius=ra)
+        good = (pc["snr"].to_numpy() > 20) & np.isfinite(pf["flux"].to_numpy())
+        if good.sum() >= 3:
+            flux_ratio = float(
+                np.median(pf["flux"].to_numpy()[good] / pc["flux"].to_numpy()[good])
+            )
+    if not (np.isfinite(flux_ratio) and flux_ratio > 0):
+        flux_ratio = 1.0
+
     seam_self = seam_score_without_truth(fin_img, stride, offset)
     if truth is not None:
         seam_f = seam_score(fin_img, truth, stride, offset)
@@ -618,8 +638,9 @@ def compare_stacks(
         "n_stars": int(fa.size),
         "fwhm_final_stars": fb,
         "fwhm_classical_stars": fa,
-        "bg_rms_final": background_rms(fin_img),
+        "bg_rms_final": background_rms(fin_img) / flux_ratio,  # in the classical's units
         "bg_rms_classical": background_rms(cla_img),
+        "flux_ratio": flux_ratio,
         "snr_final": snr_f,
         "snr_classical": snr_c,
         "aperture_radius": radius,
