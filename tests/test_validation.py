@@ -296,6 +296,21 @@ def test_compare_stacks_sees_the_sharper_stack():
     assert blind["seam_classical"] < 3
 
 
+def test_background_noise_is_compared_in_the_same_photometric_units():
+    shape = (320, 320)
+    xy, flux = star_field(30, shape, n=90)
+    classical = sky(shape, 31, 2.0, gradient=False) + render(shape, xy, flux, 3.0)
+    same = sky(shape, 32, 2.0, gradient=False) + render(shape, xy, flux, 3.0)
+    res = compare_stacks(3.0 * same, classical, stride=48, max_stars=60)
+    assert res["flux_ratio"] == pytest.approx(3.0, rel=0.03)
+    # three times the pixel values, the same signal-to-noise: not "worse" background
+    assert res["bg_rms_final"] == pytest.approx(res["bg_rms_classical"], rel=0.06)
+    noisier = same + np.random.default_rng(5).normal(0.0, 2.0, shape)
+    res2 = compare_stacks(noisier, classical, stride=48, max_stars=60)
+    assert res2["flux_ratio"] == pytest.approx(1.0, rel=0.03)
+    assert res2["bg_rms_final"] / res2["bg_rms_classical"] == pytest.approx(np.sqrt(2), rel=0.1)
+
+
 # --- plots ----------------------------------------------------------------------------------
 
 
