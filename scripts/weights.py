@@ -36,7 +36,10 @@ def main():
         )
         t = raw_t[raw_t["channel"] == c].drop(columns=["channel"])
         t = local_weights(
-            t.reset_index(drop=True), g, star_min_count=float(p.star_min_count), kappa=float(p.kappa)
+            t.reset_index(drop=True),
+            g,
+            star_min_count=float(p.star_min_count),
+            kappa=float(p.kappa),
         )
         t = t.sort_values(["frame", "tile"], kind="stable").reset_index(drop=True)
         write_table(gout, g[GLOBAL_COLUMNS])

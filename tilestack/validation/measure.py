@@ -617,9 +617,7 @@ def compare_stacks(
         pf = aperture_photometry(fin_img, bright, radius=ra)
         good = (pc["snr"].to_numpy() > 20) & np.isfinite(pf["flux"].to_numpy())
         if good.sum() >= 3:
-            flux_ratio = float(
-                np.median(pf["flux"].to_numpy()[good] / pc["flux"].to_numpy()[good])
-            )
+            flux_ratio = float(np.median(pf["flux"].to_numpy()[good] / pc["flux"].to_numpy()[good]))
     if not (np.isfinite(flux_ratio) and flux_ratio > 0):
         flux_ratio = 1.0
 
