@@ -105,6 +105,30 @@ def test_each_submetric_follows_the_data(field):
     assert m.shape == (len(frames), grid.n_tiles) and np.isfinite(m).all()
 
 
+def test_contrast_does_not_reward_frames_that_lose_their_faint_stars():
+    # One tile, stars from faint to bright. In a noisy frame only the bright ones pass the SNR
+    # cut; their raw contrast is higher, so without the per-star reference flux the worse frame
+    # would look better. Normalized by the reference flux, C follows the frame's real peak
+    # contrast (same seeing, same transparency: the same C).
+    rng = np.random.default_rng(3)
+    xy = np.column_stack([rng.uniform(8, 120, 24), rng.uniform(8, 120, 24)])
+    flux = np.geomspace(40, 1200, 24)
+    grid = TileGrid.from_fwhm(3.0, S, S, min_size=128, divisor=1)
+    assert grid.n_tiles == 1
+    stars = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]})
+
+    def frame(noise, seed):
+        img = 1.0 + render(xy, flux / 100.0, 3.0 / 2.3548)
+        return (img + np.random.default_rng(seed).normal(0, noise, img.shape)).astype(np.float32)
+
+    clean, noisy = frame(0.004, 1), frame(0.05, 2)
+    raw = [frame_tile_metrics(f, None, grid, stars) for f in (clean, noisy)]
+    norm = [frame_tile_metrics(f, None, grid, stars, star_flux=flux) for f in (clean, noisy)]
+    assert raw[1]["star_count"][0] < raw[0]["star_count"][0]  # faint stars lost in the noise
+    assert raw[1]["C"][0] > 1.5 * raw[0]["C"][0]  # raw contrast rewards the noisy frame
+    assert norm[1]["C"][0] == pytest.approx(norm[0]["C"][0], rel=0.15)
+
+
 def test_finds_stars_without_a_list(field):
     grid = TileGrid.from_fwhm(3.0, S, S, min_size=32, divisor=2)
     t = frame_tile_metrics(make_frame(field), None, grid, None)

@@ -261,7 +261,9 @@ def measure_stars(
         )
     ok = out[:, 7] > 0
     cols = ["x", "y", "fwhm", "roundness", "amplitude", "background", "snr"]
-    return pd.DataFrame(out[ok, :7], columns=cols)
+    df = pd.DataFrame(out[ok, :7], columns=cols)
+    df["index"] = np.flatnonzero(ok)  # row of the star in ``xy``
+    return df
 
 
 def find_peaks(
@@ -293,8 +295,16 @@ def frame_tile_metrics(
     *,
     snr_min: float = 5.0,
     energy: tuple[np.ndarray, np.ndarray, float] | None = None,
+    star_flux: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Raw local metrics of one frame/channel, one row per tile.
+
+    Contrast ``C`` is a star's peak over the local sky; with ``star_flux`` (the reference
+    fluxes of the star list) each star's contrast is divided by its reference flux (times the
+    list's median flux, to keep the scale readable). Without that, ``C`` would depend on
+    *which* stars were measured: in a thin or cloudy frame only the brightest stars of a tile
+    pass the SNR cut, and their raw peak contrast is high, so the worst frames would get the
+    best ``C``.
 
     ``norm_image`` is ``I`` (registered, divided by ``B_f``); star positions are in channel
     pixels of the reference grid (``x``, ``y`` columns or an (N, 2) array); without them stars
@@ -317,6 +327,12 @@ def frame_tile_metrics(
     sx = stars["x"].to_numpy()
     sy = stars["y"].to_numpy()
     contrast = (stars["amplitude"] / np.maximum(stars["background"], 1e-6)).to_numpy()
+    if star_flux is not None and len(stars):
+        ref_flux = np.asarray(star_flux, np.float64).reshape(-1)
+        f = ref_flux[stars["index"].to_numpy()]
+        scale = float(np.median(ref_flux[ref_flux > 0])) if (ref_flux > 0).any() else 1.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            contrast = np.where(f > 0, contrast * scale / f, np.nan)
     stats = tile_statistics(img, mask, grid, energy)
     fw = stars["fwhm"].to_numpy()
     rn = stars["roundness"].to_numpy()
@@ -331,7 +347,9 @@ def frame_tile_metrics(
                 n,
                 float(np.median(fw[sel])) if n else np.nan,
                 float(np.median(rn[sel])) if n else np.nan,
-                float(np.median(contrast[sel])) if n else np.nan,
+                float(np.nanmedian(contrast[sel]))
+                if n and np.isfinite(contrast[sel]).any()
+                else np.nan,
                 e,
                 sig,
                 e / sig if np.isfinite(sig) and sig > 0 else np.nan,
@@ -435,7 +453,7 @@ def frame_metrics(
     g, norm, mask, energy = global_metrics_and_maps(
         raw, valid, border, xy, grid.fwhm, stars_flux=flux
     )
-    tiles = frame_tile_metrics(norm, mask, grid, xy, snr_min=snr_min, energy=energy)
+    tiles = frame_tile_metrics(norm, mask, grid, xy, snr_min=snr_min, energy=energy, star_flux=flux)
     return g, tiles
 
 
