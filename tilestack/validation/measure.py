@@ -41,6 +41,9 @@ STAR_COLUMNS = [
 # --- background ----------------------------------------------------------------------------
 
 
+SAMPLE_MAX = 1 << 20
+
+
 def robust_sigma(values: np.ndarray) -> float:
     """1.4826·MAD of the finite values (NaN when there are none)."""
     v = np.asarray(values, dtype=np.float64)
@@ -54,9 +57,15 @@ def robust_sigma(values: np.ndarray) -> float:
 def clipped_stats(
     values: np.ndarray, *, kappa: float = 3.0, max_iter: int = 5
 ) -> tuple[float, float]:
-    """Sigma-clipped (median, standard deviation) of the finite values."""
+    """Sigma-clipped (median, standard deviation) of the finite values.
+
+    Beyond ``SAMPLE_MAX`` values a fixed regular subsample is used (deterministic; with 2^20
+    samples the standard deviation is known to 0.1 %): whole 2048² stacks cost 4× less.
+    """
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
+    if v.size > SAMPLE_MAX:
+        v = v[:: math.ceil(v.size / SAMPLE_MAX)]
     if v.size == 0:
         return float("nan"), float("nan")
     keep = v
