@@ -287,6 +287,18 @@ def find_peaks(
     return np.column_stack([xx[order], yy[order]]).astype(np.float64)
 
 
+def star_contrast(stars: pd.DataFrame) -> np.ndarray:
+    """A star's peak over its local sky (on normalized data)."""
+    return (stars["amplitude"] / np.maximum(stars["background"], 1e-6)).to_numpy(np.float64)
+
+
+def _relative(values: np.ndarray, ref: np.ndarray, scale: float) -> np.ndarray:
+    """``values / ref * scale`` (NaN where the reference is unknown or not positive)."""
+    ok = np.isfinite(ref) & (ref > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ok, values * scale / np.where(ok, ref, 1.0), np.nan)
+
+
 def frame_tile_metrics(
     norm_image: np.ndarray,
     valid: np.ndarray | None,
@@ -299,13 +311,6 @@ def frame_tile_metrics(
 ) -> pd.DataFrame:
     """Raw local metrics of one frame/channel, one row per tile.
 
-    Contrast ``C`` is a star's peak over the local sky; with ``star_flux`` (the reference
-    fluxes of the star list) each star's contrast is divided by its reference flux (times the
-    list's median flux, to keep the scale readable). Without that, ``C`` would depend on
-    *which* stars were measured: in a thin or cloudy frame only the brightest stars of a tile
-    pass the SNR cut, and their raw peak contrast is high, so the worst frames would get the
-    best ``C``.
-
     ``norm_image`` is ``I`` (registered, divided by ``B_f``); star positions are in channel
     pixels of the reference grid (``x``, ``y`` columns or an (N, 2) array); without them stars
     are found on this frame. Columns: ``tile star_count FWHM R C E sigma E_sigma B_local
@@ -314,6 +319,14 @@ def frame_tile_metrics(
     :func:`tile_statistics`), so cosmic rays, hot pixels and trail segments do not decide
     ``E/sigma``. ``energy``: the ``(map, inner, k)`` of
     :func:`~tilestack.metrics.global_metrics.robust_energy` when already computed.
+
+    Contrast ``C`` is a star's peak over the local sky; with ``star_flux`` (the reference
+    fluxes of the star list) each star's contrast is divided by its reference flux (times the
+    list's median flux, to keep the scale readable). Without that, ``C`` would depend on
+    *which* stars were measured: in a thin or cloudy frame only the brightest stars of a tile
+    pass the SNR cut, and their raw peak contrast is high, so the worst frames would get the
+    best ``C``. A star whose FWHM, roundness or contrast could not be measured is left out of
+    that median only.
     """
     img = np.asarray(norm_image, np.float32)
     mask = np.isfinite(img)
@@ -326,16 +339,16 @@ def frame_tile_metrics(
     stars = stars[stars["snr"] >= snr_min]
     sx = stars["x"].to_numpy()
     sy = stars["y"].to_numpy()
-    contrast = (stars["amplitude"] / np.maximum(stars["background"], 1e-6)).to_numpy()
+    idx = stars["index"].to_numpy()
+    fw = stars["fwhm"].to_numpy(np.float64)
+    rn = stars["roundness"].to_numpy(np.float64)
+    contrast = star_contrast(stars)
     if star_flux is not None and len(stars):
         ref_flux = np.asarray(star_flux, np.float64).reshape(-1)
-        f = ref_flux[stars["index"].to_numpy()]
-        scale = float(np.median(ref_flux[ref_flux > 0])) if (ref_flux > 0).any() else 1.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            contrast = np.where(f > 0, contrast * scale / f, np.nan)
+        good = np.isfinite(ref_flux) & (ref_flux > 0)
+        scale = float(np.median(ref_flux[good])) if good.any() else 1.0  # the whole list's
+        contrast = _relative(contrast, ref_flux[idx], scale)
     stats = tile_statistics(img, mask, grid, energy)
-    fw = stars["fwhm"].to_numpy()
-    rn = stars["roundness"].to_numpy()
     rows = []
     for t, (y0, y1, x0, x1) in enumerate(grid.tiles):
         sel = (sx >= x0 - 0.5) & (sx < x1 - 0.5) & (sy >= y0 - 0.5) & (sy < y1 - 0.5)
@@ -345,11 +358,9 @@ def frame_tile_metrics(
             (
                 t,
                 n,
-                float(np.median(fw[sel])) if n else np.nan,
-                float(np.median(rn[sel])) if n else np.nan,
-                float(np.nanmedian(contrast[sel]))
-                if n and np.isfinite(contrast[sel]).any()
-                else np.nan,
+                _median(fw[sel]),
+                _median(rn[sel]),
+                _median(contrast[sel]),
                 e,
                 sig,
                 e / sig if np.isfinite(sig) and sig > 0 else np.nan,
@@ -358,6 +369,11 @@ def frame_tile_metrics(
             )
         )
     return pd.DataFrame(rows, columns=["tile", *RAW_COLUMNS])
+
+
+def _median(v: np.ndarray) -> float:
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else float("nan")
 
 
 def _z_matrix(m: np.ndarray) -> np.ndarray:
