@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numba
 import numpy as np
 from numba import njit, prange
@@ -263,9 +264,10 @@ def _prepare(image: np.ndarray, valid: np.ndarray | None):
     ok = finite if valid is None else finite & (np.asarray(valid) != 0)
     if valid is not None and ok.shape != img.shape:
         raise ValueError(f"valid mask shape {ok.shape} differs from image shape {img.shape}")
-    bad = (~ok).astype(np.int32)
-    bad_sum = np.zeros((img.shape[0] + 1, img.shape[1] + 1), dtype=np.int32)
-    np.cumsum(np.cumsum(bad, axis=0), axis=1, out=bad_sum[1:, 1:])
+    if all_finite and ok.all():  # a validity mask that flags nothing: the fast path
+        return img, np.ones((1, 1), dtype=np.bool_), False, np.zeros((1, 1), dtype=np.int32)
+    # summed-area table of invalid pixels, (H+1, W+1) with a zero first row and column
+    bad_sum = cv2.integral((~ok).view(np.uint8), sdepth=cv2.CV_32S)
     if not all_finite:
         img = np.where(ok, img, np.float32(0.0)).astype(np.float32)
     return img, np.ascontiguousarray(ok), True, bad_sum
