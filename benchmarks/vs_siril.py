@@ -68,8 +68,7 @@ PHASES = {
     "prepare": "prepare (read, calibrate, stars)",
     "reference": "registration",  # the reference job also builds the tile grid
     "align": "register + warp + raw metrics",
-    "transforms": "registration",
-    "weights": "global/local weights",
+    "weights": "transforms table + global/local weights",
     "reconstruct": "reconstruction (bands)",
     "assemble": "assemble stacks",
     "postprocess": "post-processing",

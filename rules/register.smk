@@ -1,5 +1,6 @@
 # §3 registration: choose the reference (and, from the same stars, the §7 tile grid); per batch
-# register against it, warp (§3, §4 channels) and measure raw metrics (§5-8); merge the table.
+# register against it, warp (§3, §4 channels) and measure raw metrics (§5-8). The batch tables
+# are merged into registration/transforms.csv by the `weights` aggregate (rules/weights.smk).
 
 
 rule reference:
@@ -96,23 +97,3 @@ rule align:
         ENV
     script:
         "../scripts/align.py"
-
-
-rule transforms:
-    """Merge the batch tables into registration/transforms.csv (exactly one reference)."""
-    input:
-        tables=expand(R("registration/batches/{batch}.csv"), batch=BATCHES),
-        reference=R("registration/reference.json"),
-    output:
-        table=R("registration/transforms.csv"),
-    log:
-        log_path("transforms"),
-    localrule: True
-    threads: 1
-    resources:
-        mem_mb=mem_mb(0.25),
-        runtime=runtime_min(),
-    conda:
-        ENV
-    script:
-        "../scripts/transforms.py"

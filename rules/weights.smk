@@ -1,13 +1,16 @@
-# §6 global and §8 local weights per channel, §10 clustering (full mode). One aggregate job.
+# The aggregate after the batch jobs: §3 transforms table, §6 global and §8 local weights per
+# channel, §10 clustering (full mode). One job.
 
 
 rule weights:
     input:
         metrics=expand(R("metrics/batches/{batch}.parquet"), batch=BATCHES),
         tiles=expand(R("metrics/batches/{batch}_tiles.parquet"), batch=BATCHES),
-        transforms=R("registration/transforms.csv"),
+        tables=expand(R("registration/batches/{batch}.csv"), batch=BATCHES),
+        reference=R("registration/reference.json"),
         grid=R("tiles/grid.json"),
     output:
+        transforms=R("registration/transforms.csv"),
         **weights_outputs(),
     params:
         channels=CHANNELS,

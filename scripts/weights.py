@@ -1,4 +1,11 @@
-"""weights: global (§6) and local (§8) weights per channel; clustering (§10) in full mode."""
+"""weights: the run's aggregate after the batch jobs.
+
+Merges the batch registration tables into registration/transforms.csv (§3), computes the
+global (§6) and local (§8) weights per channel and, in full mode, the clusters (§10). One job
+for all of it: each part takes well under a second, a job's start-up about one.
+"""
+
+import json
 
 import pandas as pd
 
@@ -16,10 +23,17 @@ def main():
     from tilestack.metrics.global_metrics import global_weights
     from tilestack.metrics.local import local_weights
     from tilestack.pipeline_steps import Progress
+    from tilestack.registration.table import merge_batch_tables
 
     p = sm.params
     channels = list(p.channels)
     prog = Progress(sm.log[0], len(channels), "channels", "weights")
+    reference = json.loads(open(sm.input.reference).read())["frame"]
+    transforms = merge_batch_tables([pd.read_csv(t) for t in sm.input.tables], reference)
+    write_table(sm.output.transforms, transforms)
+    prog.log(
+        f"transforms: {len(transforms)} frames: {transforms['status'].value_counts().to_dict()}"
+    )
     gm = p.global_metrics
     raw_g = pd.concat([pd.read_parquet(f) for f in sm.input.metrics], ignore_index=True)
     raw_t = pd.concat([pd.read_parquet(f) for f in sm.input.tiles], ignore_index=True)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(300)
 
 PER_FRAME_RULES = {"prepare", "align"}
 # Aggregates that must follow any change of the frame set.
-AGGREGATE_RULES = {"scan", "transforms", "weights", "reconstruct", "assemble", "finish"}
+AGGREGATE_RULES = {"scan", "weights", "reconstruct", "assemble", "finish"}
 RULE_LINE = re.compile(r"^(?:local)?rule (\w+):$")
 
 

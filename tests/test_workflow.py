@@ -129,7 +129,6 @@ def test_dry_run_lists_the_real_jobs(mono_night, tmp_path):
         "prepare": 2,
         "reference": 1,
         "align": 2,
-        "transforms": 1,
         "weights": 1,
         "reconstruct": 1,
         "scan": 1,
@@ -144,7 +143,6 @@ def test_dry_run_lists_the_real_jobs(mono_night, tmp_path):
         "prepare": 6,
         "reference": 1,
         "align": 6,
-        "transforms": 1,
         "weights": 1,
         "reconstruct": 3,  # ceil(256 / 100) bands, each for every channel
         "assemble": 1,  # joins the bands of every channel

@@ -107,7 +107,6 @@ def _make_warp_kernel(a: int):
     """Compile the warp loop for a fixed tap count so the inner loops unroll."""
     ntap = 2 * a
 
-    @njit(cache=True, parallel=True)
     def warp(img, ok, use_ok, bad_sum, minv, out_h, out_w, lut, nsub, clamp, max_missing):
         h, w = img.shape
         lut32 = lut.astype(np.float32)
@@ -211,7 +210,12 @@ def _make_warp_kernel(a: int):
                 cov[yo, xo] = 1
         return out, cov
 
-    return warp
+    # One cache file per tap count: numba names a cached function's files after its qualified
+    # name, so kernels sharing `_make_warp_kernel.<locals>.warp` would share one index, and
+    # jobs compiling different kernels at the same time (cold cache) could overwrite each
+    # other's entries and load the wrong machine code.
+    warp.__qualname__ = warp.__name__ = f"warp_{ntap}taps"
+    return njit(cache=True, parallel=True)(warp)
 
 
 @njit(cache=True, parallel=True)
