@@ -23,7 +23,7 @@ def main():
     from tilestack.metrics.global_metrics import global_weights
     from tilestack.metrics.local import local_weights
     from tilestack.pipeline_steps import Progress
-    from tilestack.registration.table import merge_batch_tables
+    from tilestack.transforms_table import merge_batch_tables
 
     p = sm.params
     channels = list(p.channels)
