@@ -64,7 +64,7 @@ rule finish:
         validation=config["validation"],
     log:
         log_path("finish"),
-    threads: 1
+    threads: max(WF["threads"], 2)  # the tail of the run: star fits spread over 2 processes
     resources:
         mem_mb=mem_mb(),
         runtime=runtime_min(),

@@ -36,7 +36,7 @@ def tile_fwhm(image, grid):
     """Median FWHM of the stars of the final stack in each tile (NaN where none)."""
     from tilestack.validation.measure import measure_stars
 
-    stars = measure_stars(image)
+    stars = measure_stars(image, workers=int(sm.threads))
     out = np.full(grid.n_tiles, np.nan)
     if not len(stars):
         return out
@@ -106,7 +106,7 @@ def validate(prog, stacks):
         local = pd.read_parquet(inp.local[i])
         flags = pd.read_csv(inp.flags[i])
         fb = flags.loc[flags["fallback_used"].astype(bool), "tile"].to_numpy()
-        fig = compare_stacks(final, classical, stride=float(grid.stride))
+        fig = compare_stacks(final, classical, stride=float(grid.stride), workers=int(sm.threads))
         per[c] = {k: fig.get(k) for k in SCALARS}
         per[c]["weight_variance"] = weight_variance(local)
         per[c]["usable_tile_fraction"] = usable_tile_fraction(local, fallback_tiles=fb)
