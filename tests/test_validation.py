@@ -63,6 +63,17 @@ def sky(shape, seed, sigma=2.0, gradient=True):
 # --- stars and photometry ---------------------------------------------------------------------
 
 
+def test_parallel_star_fits_are_identical_to_serial_ones():
+    shape = (384, 384)
+    xy, flux = star_field(7, shape, n=260)
+    img = sky(shape, 8) + render(shape, xy, flux, 3.0)
+    for kw in ({}, {"xy": xy}):  # detection (stops after max_stars) and given positions
+        serial = measure_stars(img, max_stars=100, **kw)
+        parallel = measure_stars(img, max_stars=100, workers=2, **kw)
+        assert len(serial) >= 60
+        pd.testing.assert_frame_equal(serial, parallel)
+
+
 @pytest.mark.parametrize("fwhm", [2.2, 4.0])
 def test_measure_stars_recovers_gaussian_fwhm(fwhm):
     shape = (384, 384)
