@@ -4,29 +4,48 @@ Main entry points: :func:`detect_stars`, :class:`Transform`, :class:`Registrator
 :func:`register_frame` / :func:`result_row` (workflow batches) and :func:`choose_reference`.
 """
 
-from .errors import (
-    AccuracyTooLow,
-    NoPatternFound,
-    RansacFailed,
-    RegistrationError,
-    SizeMismatch,
-    TooFewStars,
-)
-from .pipeline import (
-    PRESETS,
-    Options,
-    RegistrationResult,
-    Registrator,
-    image_fallback,
-    reference_result,
-    register_frame,
-    register_stars,
-    result_row,
-)
-from .quality import Quality
-from .reference import choose_reference
-from .stars import background_mesh, detect_stars
-from .transforms import MODELS, Transform, estimate, transform_error
+import importlib
+
+# Names are imported from their submodule on first use (PEP 562): a job that only detects
+# stars should not pay for importing the matcher, RANSAC and the warp kernels.
+_WHERE = {
+    "AccuracyTooLow": "errors",
+    "NoPatternFound": "errors",
+    "RansacFailed": "errors",
+    "RegistrationError": "errors",
+    "SizeMismatch": "errors",
+    "TooFewStars": "errors",
+    "PRESETS": "pipeline",
+    "Options": "pipeline",
+    "RegistrationResult": "pipeline",
+    "Registrator": "pipeline",
+    "image_fallback": "pipeline",
+    "reference_result": "pipeline",
+    "register_frame": "pipeline",
+    "register_stars": "pipeline",
+    "result_row": "pipeline",
+    "Quality": "quality",
+    "choose_reference": "reference",
+    "background_mesh": "stars",
+    "detect_stars": "stars",
+    "MODELS": "transforms",
+    "Transform": "transforms",
+    "estimate": "transforms",
+    "transform_error": "transforms",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "MODELS",
