@@ -13,8 +13,6 @@ from tilestack.runtime import run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
-DEFECT_FRAMES = 12
-
 
 def check_batch(paths, first_light, exposure_tolerance):
     from tilestack import checks
@@ -40,34 +38,9 @@ def load_masters(inp):
     return load_masters(**files) if files else None
 
 
-def defects_from_lights(manifest, masters, bayer):
-    """Hot pixels/columns of the sensor from the batch's lights (no master dark given)."""
-    import numpy as np
-
-    from tilestack.calibration import calibrate, sensor_defects
-    from tilestack.io.frames import read_frame
-
-    # The second-lowest value per pixel: stars and cosmic rays move or vanish, defects stay,
-    # and one odd frame (a cloud-dark or a corrupt one) cannot hide them. At most
-    # DEFECT_FRAMES frames, evenly spread over the batch: enough for that statistic, and this
-    # pass no longer reads every light twice.
-    pick = np.unique(np.linspace(0, len(manifest) - 1, min(len(manifest), DEFECT_FRAMES)).round())
-    low = second = None
-    for row in manifest.iloc[pick.astype(int)].itertuples(index=False):
-        frame = read_frame(row.path)
-        light, _ = calibrate(frame.data, frame.exposure, masters)
-        if low is None:
-            low, second = light, np.full_like(light, np.inf)
-        else:
-            second = np.minimum(second, np.maximum(low, light))
-            low = np.minimum(low, light)
-    base = second if len(pick) >= 3 else low
-    return sensor_defects(base, bayer=bayer, sigma=float(sm.params.bad_pixel_sigma))
-
-
 def main():
     set_threads(sm.threads)
-    from tilestack.calibration import calibrate
+    from tilestack.calibration import calibrate, defects_from_lights
     from tilestack.io.atomic import write_table
     from tilestack.io.frames import read_frame
     from tilestack.pipeline_steps import (
@@ -86,7 +59,9 @@ def main():
     bayer = sm.params.bayer or None
     if sm.params.defects_from_lights and not (masters and masters.get("bad_pixels") is not None):
         masters = dict(masters or {})
-        masters["bad_pixels"] = defects_from_lights(manifest, masters, bayer)
+        masters["bad_pixels"] = defects_from_lights(
+            list(manifest["path"]), masters, bayer=bayer, sigma=float(sm.params.bad_pixel_sigma)
+        )
         prog.log(f"{int(masters['bad_pixels'].sum())} sensor defects flagged from the lights")
     tables = []
     with batch_writer(sm.output.calibrated, {"BATCH": sm.wildcards.batch}) as add:

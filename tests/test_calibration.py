@@ -1,6 +1,7 @@
 """Calibration against synthetic bias/dark/flat with known answers."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from astropy.io import fits
 
@@ -320,3 +321,24 @@ def test_sensor_defects_from_lights_find_hot_pixels_and_column_not_stars(bayer):
     assert all(mask[y, x] for y, x in hot)
     # The column is found except where a bright star lights one of its side neighbours.
     assert mask[:, 61].sum() >= 0.95 * h
+
+
+def test_defects_from_lights_reads_a_dozen_lights_and_finds_the_hot_pixels(tmp_path, monkeypatch):
+    from tilestack import calibration
+    from tilestack.io import frames as frames_mod
+    from tilestack.simulate import simulate_night
+
+    night = simulate_night(tmp_path / "n", n_frames=20, width=160, height=128, seed=4)
+    lights = sorted(str(p) for p in (tmp_path / "n" / "lights").iterdir())
+    hot = pd.read_csv(tmp_path / "n" / "truth" / "hot_pixels.csv")
+    read = []
+    real = frames_mod.read_frame
+    monkeypatch.setattr(frames_mod, "read_frame", lambda p: read.append(p) or real(p))
+    mask = calibration.defects_from_lights(lights, None, sigma=5.0).astype(bool)
+    assert len(read) == calibration.DEFECT_FRAMES and len(set(read)) == len(read)
+    assert read[0] == lights[0] and read[-1] == lights[-1]  # spread over the whole batch
+    # every strong hot pixel (dark current well above the noise over an exposure) is found
+    strong = hot[hot["dark_rate"] * float(night.params["exposure"]) > 200]
+    assert len(strong) >= 3
+    assert all(mask[int(r.y), int(r.x)] for r in strong.itertuples())
+    assert mask.mean() < 0.01  # and the sky and stars are left alone

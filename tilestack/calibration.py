@@ -569,3 +569,40 @@ def _column_runs(plane: np.ndarray, sigma: float, fraction: float, length: int) 
     st = np.ones((length, 1), bool)
     core = binary_erosion(column, structure=st, border_value=1)
     return binary_dilation(core, structure=st) & column
+
+
+DEFECT_FRAMES = 12  # lights read by `defects_from_lights` at most
+
+
+def defects_from_lights(
+    paths: Sequence,
+    masters: Mapping | None = None,
+    *,
+    bayer: str | None = None,
+    sigma: float = 5.0,
+    max_frames: int = DEFECT_FRAMES,
+) -> np.ndarray:
+    """Hot pixels and hot columns of the sensor, found from lights (no master dark given).
+
+    The per-pixel second-lowest value over the lights: stars and cosmic rays move or vanish,
+    defects stay, and one odd frame (a cloud-dark or a corrupt one) cannot hide them. At most
+    ``max_frames`` lights, evenly spread over ``paths``, are read — enough for that statistic,
+    so preparing a batch does not read every light twice. Returns :func:`sensor_defects`.
+    """
+    from tilestack.io.frames import read_frame
+
+    n = len(paths)
+    if n == 0:
+        raise InputError("defects_from_lights: no lights")
+    pick = np.unique(np.linspace(0, n - 1, min(n, max(1, int(max_frames)))).round().astype(int))
+    low = second = None
+    for i in pick:
+        frame = read_frame(paths[i])
+        light, _ = calibrate(frame.data, frame.exposure, masters)
+        if low is None:
+            low, second = light, np.full_like(light, np.inf)
+        else:
+            second = np.minimum(second, np.maximum(low, light))
+            low = np.minimum(low, light)
+    base = second if len(pick) >= 3 else low
+    return sensor_defects(base, bayer=bayer, sigma=sigma)
