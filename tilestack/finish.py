@@ -1,0 +1,181 @@
+"""The tail of a run: §12 post-processing, §13 validation and the report's run-info page.
+
+One workflow job (rule ``finish``) does all three: each is cheap next to a job's start-up.
+The functions take the rule's ``input``/``output`` objects (anything with the same attributes)
+so they run the same way outside Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+SCALARS = (
+    "fwhm_final",
+    "fwhm_classical",
+    "n_stars",
+    "bg_rms_final",
+    "bg_rms_classical",
+    "flux_ratio",
+    "snr_final",
+    "snr_classical",
+    "seam_final",
+    "seam_classical",
+)
+
+
+def tile_fwhm(image, grid, workers: int = 1):
+    """Median FWHM of the stars of the final stack in each tile (NaN where none)."""
+    from tilestack.validation.measure import measure_stars
+
+    stars = measure_stars(image, workers=workers)
+    out = np.full(grid.n_tiles, np.nan)
+    if not len(stars):
+        return out
+    x, y, f = (stars[k].to_numpy(float) for k in ("x", "y", "fwhm"))
+    for t, (y0, y1, x0, x1) in enumerate(grid.tiles):
+        sel = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+        if sel.any():
+            out[t] = float(np.median(f[sel]))
+    return out
+
+
+def postprocess(stacks: dict, inp, out, *, bayer: str | None, mode: str, config: dict, log) -> None:
+    """Linear RGB at sensor resolution + super-pixel RGB (OSC) or the mono copy; preview.
+
+    ``inp``/``out``: the rule's input and output (anything with those attributes). ``config``
+    is the run's effective config, hashed into the provenance headers.
+    """
+    from tilestack.io.frames import write_fits
+    from tilestack.postprocess import demosaic_channels, preview_png, superpixel_rgb, write_rgb_fits
+    from tilestack.provenance import provenance_header
+
+    checks = json.loads(open(inp.checks).read())
+    n = int(checks.get("n_frames", 0))
+
+    def header(kind):
+        return provenance_header(n_frames=n, mode=mode, config=config, extra={"PRODUCT": kind})
+
+    if bayer:
+        rgb = demosaic_channels(stacks, bayer)
+        write_rgb_fits(out.rgb, rgb, header("linear RGB, demosaiced, sensor resolution"))
+        write_rgb_fits(out.superpixel, superpixel_rgb(stacks), header("super-pixel RGB"))
+        preview_png(rgb, out.preview, max_size=2048)
+    else:
+        write_fits(out.mono, stacks["L"], header=header("linear mono stack"))
+        preview_png(stacks["L"], out.preview, max_size=2048)
+    log("postprocess: final images and preview written")
+
+
+def validate(
+    stacks: dict,
+    inp,
+    out,
+    *,
+    channels: list[str],
+    mode: str,
+    validation: dict,
+    workers: int,
+    log,
+) -> dict:
+    """§13: every channel measured against its classical stack, the verdict (primary channel:
+    G for OSC, else the only one), validation.json and the plots of the primary channel."""
+    from tilestack.io.atomic import write_json
+    from tilestack.io.frames import read_image
+    from tilestack.tiles import TileGrid
+    from tilestack.validation import plots
+    from tilestack.validation.measure import compare_stacks
+    from tilestack.validation.verdict import (
+        build_validation,
+        thresholds_from_config,
+        usable_tile_fraction,
+        weight_variance,
+    )
+
+    primary = "G" if "G" in channels else channels[0]
+    grid = TileGrid.from_json(inp.grid)
+    transforms = pd.read_csv(inp.transforms)
+    frames = pd.read_csv(inp.frames)
+    checks = json.loads(open(inp.checks).read())
+    n_unreg = int((transforms["status"] == "unregistered").sum())
+    per = {}
+    images = {}
+    for i, c in enumerate(channels):
+        final = stacks[c]
+        classical = read_image(inp.classical[i])
+        local = pd.read_parquet(inp.local[i])
+        flags = pd.read_csv(inp.flags[i])
+        fb = flags.loc[flags["fallback_used"].astype(bool), "tile"].to_numpy()
+        fig = compare_stacks(final, classical, stride=float(grid.stride), workers=workers)
+        per[c] = {k: fig.get(k) for k in SCALARS}
+        per[c]["weight_variance"] = weight_variance(local)
+        per[c]["usable_tile_fraction"] = usable_tile_fraction(local, fallback_tiles=fb)
+        per[c]["fallback_tiles"] = int(len(fb))
+        per[c]["fwhm_stars"] = (fig["fwhm_classical_stars"], fig["fwhm_final_stars"])
+        images[c] = (final, classical, local)
+        log(f"validation {c}: FWHM {per[c]['fwhm_classical']} -> {per[c]['fwhm_final']}")
+    pc = per[primary]
+    doc = build_validation(
+        mode=mode,
+        n_frames=int(len(transforms) - n_unreg),
+        n_unregistered=n_unreg,
+        fwhm_final=pc["fwhm_final"],
+        fwhm_classical=pc["fwhm_classical"],
+        bg_rms_final=pc["bg_rms_final"],
+        bg_rms_classical=pc["bg_rms_classical"],
+        weight_variance=pc["weight_variance"],
+        seam_final=pc["seam_final"],
+        seam_classical=pc["seam_classical"],
+        usable_tile_fraction=pc["usable_tile_fraction"],
+        fallback_tiles=pc["fallback_tiles"],
+        n_tiles=grid.n_tiles,
+        snr_final=pc["snr_final"],
+        snr_classical=pc["snr_classical"],
+        thresholds=thresholds_from_config({"validation": dict(validation)}),
+        channels={c: {k: v for k, v in d.items() if k != "fwhm_stars"} for c, d in per.items()},
+        extra={
+            "primary_channel": primary,
+            "n_lights": int(len(frames)),
+            "unregistered_frames": transforms.loc[
+                transforms["status"] == "unregistered", "frame"
+            ].tolist(),
+            "warnings": checks.get("warnings", []),
+            "tile_size": grid.size,
+            "tile_stride": grid.stride,
+            "fwhm_grid_px": grid.fwhm,
+        },
+    )
+    write_json(out.validation, doc)
+
+    final, classical, local = images[primary]
+    g = pd.read_csv(inp.global_[channels.index(primary)])
+    g = g.merge(frames[["frame", "time"]], on="frame", how="left")
+    g_all = []
+    for i, c in enumerate(channels):
+        gc = pd.read_csv(inp.global_[i]).merge(frames[["frame", "time"]], on="frame", how="left")
+        gc["channel"] = c
+        g_all.append(gc)
+    fc, ff = per[primary]["fwhm_stars"]
+    plots.plot_fwhm_histograms(fc, ff, out.fwhm_hist)
+    plots.plot_fwhm_map(grid.tiles, tile_fwhm(final, grid, workers), final.shape, out.fwhm_map)
+    plots.plot_background_over_time(pd.concat(g_all, ignore_index=True), out.background)
+    plots.plot_quality_over_time(g, local.groupby("frame")["L"].mean(), out.quality)
+    plots.plot_weight_histogram(local["W"].to_numpy(float), out.weight_hist)
+    plots.plot_difference_image(final, classical, out.difference)
+    star_tiles = local.groupby("tile")["class"].first().reindex(range(grid.n_tiles)) == "star"
+    plots.plot_tile_grid(final, grid.tiles, out.tile_grid, star_tiles=star_tiles.tolist())
+    weight = read_image(inp.weight[channels.index(primary)])
+    plots.plot_weight_map(weight, out.weight_map)
+    log(f"validation: verdict {doc.get('verdict')}")
+    return doc
+
+
+def run_info(doc: dict, config: dict, path, log) -> None:
+    """The run-info page of the HTML report: verdict, effective config, software versions."""
+    from tilestack.io.atomic import write_text
+    from tilestack.run_info import page
+
+    write_text(path, page(doc, config))
+    log(f"run_info: verdict {doc.get('verdict')}")
