@@ -87,3 +87,26 @@ def test_estimate_fwhm_filters_bad_stars():
     assert estimate_fwhm({"a": good}, scale=0.5) == 1.5
     assert estimate_fwhm({"a": bad}) == 3.0  # nothing measurable -> F = 3
     assert estimate_fwhm([]) == 3.0
+
+
+def test_grid_from_star_tables_halves_fwhm_for_colour_planes():
+    import pandas as pd
+
+    from tilestack.tiles import grid_from_star_tables
+
+    rng = np.random.default_rng(2)
+    stars = pd.DataFrame(
+        {
+            "frame": np.repeat(["a.fits", "b.fits", "c.fits"], 40),
+            "fwhm": rng.normal(4.0, 0.1, 120),
+            "snr": 50.0,
+            "ellipticity": 0.05,
+            "saturated": False,
+        }
+    )
+    tile = {"size_factor": 32, "min_size": 64, "max_divisor": 6, "overlap": 0.25}
+    mono, f_mono, n = grid_from_star_tables(stars, 4000, 3000, bayer=None, tile=tile)
+    osc, f_osc, _ = grid_from_star_tables(stars, 2000, 1500, bayer="RGGB", tile=tile)
+    assert n == 3 and abs(f_mono - 4.0) < 0.05 and f_osc == f_mono / 2
+    assert mono.size == TileGrid.from_fwhm(f_mono, 4000, 3000).size == int(32 * f_mono)
+    assert osc.size == int(32 * f_osc)

@@ -7,11 +7,15 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tilestack.errors import InputError
 from tilestack.io.atomic import write_json
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_FWHM = 3.0
 ABSOLUTE_MIN_TILE = 16
@@ -219,3 +223,25 @@ class TileGrid:
 
     def col_windows(self) -> list[np.ndarray]:
         return [self.axis_window(x, self.width) for x in self.xs]
+
+
+def grid_from_star_tables(
+    stars: pd.DataFrame, width: int, height: int, *, bayer: str | None, tile: dict
+) -> tuple[TileGrid, float, int]:
+    """The §7 grid sized from the registration detector's star FWHMs of some frames.
+
+    Star FWHMs are in sensor pixels; OSC channel planes have half the resolution, so they are
+    halved. ``tile`` holds the config's ``tile`` keys. Returns ``(grid, F, frames used)``.
+    """
+    tables = {f: g for f, g in stars.groupby("frame", sort=True)}
+    fwhm = estimate_fwhm(tables, scale=0.5 if bayer else 1.0)
+    grid = TileGrid.from_fwhm(
+        fwhm,
+        width,
+        height,
+        size_factor=float(tile["size_factor"]),
+        min_size=int(tile["min_size"]),
+        divisor=float(tile["max_divisor"]),
+        overlap=float(tile["overlap"]),
+    )
+    return grid, fwhm, len(tables)

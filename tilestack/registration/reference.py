@@ -79,3 +79,45 @@ def choose_reference(
         "excluded_pass1": sorted(s.loc[~keep, "frame"].astype(str).tolist()),
     }
     return best, details
+
+
+def reference_from_batches(
+    stars: pd.DataFrame, calibrated_paths, named: str | None = None
+) -> tuple[dict, np.ndarray, np.ndarray, pd.DataFrame]:
+    """Choose the reference among the frames of the given calibrated batch files.
+
+    ``stars``: the batches' star tables (columns frame, stem, ...); ``named``: a light's file
+    name or stem, or None/"auto" for the automatic choice (FWHM, star count, noise measured
+    here on each calibrated frame). Returns ``(details, image, valid, star table)`` of the
+    chosen frame; ``details`` is what ``registration/reference.json`` holds.
+    """
+    from tilestack.metrics.global_metrics import diff_noise
+    from tilestack.pipeline_steps import BatchFile
+
+    frames = sorted(stars["frame"].unique()) if len(stars) else []
+    tables = {f: g.drop(columns=["frame", "stem"]) for f, g in stars.groupby("frame", sort=True)}
+    stem_of = dict(zip(stars["frame"], stars["stem"], strict=False))
+    noise, where = {}, {}
+    for path in calibrated_paths:
+        with BatchFile(path) as bf:
+            for stem in bf.stems:
+                name = str(bf.header(stem).get("FRAME", stem))
+                where[name] = (path, stem)
+                stem_of.setdefault(name, stem)
+                img, ok = bf.image(stem)
+                noise[name] = float(diff_noise(img, ok.astype(bool) & np.isfinite(img)))
+                tables.setdefault(name, stars.iloc[0:0].drop(columns=["frame", "stem"]))
+    if named in ("", "auto"):
+        named = None
+    if named is not None:
+        by_stem = {s: f for f, s in stem_of.items()}
+        named = named if named in where else by_stem.get(named, named)
+    best, details = choose_reference(tables, noise, named=named)
+    if best not in where:
+        raise InputError(f"reference: frame {best!r} has no calibrated image")
+    path, stem = where[best]
+    with BatchFile(path) as bf:
+        img, ok = bf.image(stem)
+    details = dict(details)
+    details.update({"frame": best, "stem": stem, "candidates_considered": len(frames)})
+    return details, img, ok, tables[best].reset_index(drop=True)
