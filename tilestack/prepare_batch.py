@@ -1,0 +1,68 @@
+"""One batch of lights from raw files to calibrated frames and star lists (rule ``prepare``).
+
+Every frame is checked against the night's first light (sizes, Bayer pattern, exposure, bit
+depth, a pixel sample for stretched data) before any heavy work; then each is calibrated to
+float32 + validity and appended to the batch file, and its stars are detected on the
+luminance (mono: the frame; OSC: the mosaic binned 2x2, positions mapped back to full
+resolution) for registration and the tile grid.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def check_batch(paths, first_light: str, exposure_tolerance: float) -> pd.DataFrame:
+    """The hard checks of §1 on one batch (against the first light); returns its manifest."""
+    from tilestack import checks
+    from tilestack.io.manifest import build_manifest
+
+    batch = build_manifest(paths)
+    both = batch if first_light in set(batch["path"]) else build_manifest([first_light, *paths])
+    checks.check_sizes(both)
+    checks.check_bayer(both)
+    checks.check_exposures(both, float(exposure_tolerance))
+    checks.check_bit_depth(both)
+    checks.check_linearity(batch, n_sample=2)
+    return batch
+
+
+def detect_frame_stars(light, valid, bayer: str | None, sigma: float) -> pd.DataFrame:
+    """Stars of one calibrated frame in full-resolution pixels (OSC: on the 2x2 luminance)."""
+    from tilestack.pipeline_steps import binned_luminance, stars_to_full_resolution
+    from tilestack.registration.stars import detect_stars
+
+    if bayer:
+        lum, lvalid = binned_luminance(light, valid)
+        return stars_to_full_resolution(detect_stars(lum, sigma=sigma, valid=lvalid))
+    return detect_stars(light, sigma=sigma, valid=valid)
+
+
+def prepare_batch(
+    manifest: pd.DataFrame,
+    masters: dict | None,
+    add_frame,
+    *,
+    bayer: str | None,
+    detect_sigma: float,
+    progress=None,
+) -> pd.DataFrame:
+    """Calibrate every light of ``manifest``, hand it to ``add_frame(stem, light, valid,
+    header)`` (the batch file writer) and return the star table of all frames."""
+    from tilestack.calibration import calibrate
+    from tilestack.io.frames import read_frame
+
+    tables = []
+    for row in manifest.itertuples(index=False):
+        frame = read_frame(row.path)
+        light, valid = calibrate(
+            frame.data, frame.exposure, masters, saturation=getattr(frame, "full_scale", None)
+        )
+        add_frame(row.stem, light, valid, {"FRAME": row.frame})
+        stars = detect_frame_stars(light, valid, bayer, float(detect_sigma))
+        stars.insert(0, "stem", row.stem)
+        stars.insert(0, "frame", row.frame)
+        tables.append(stars)
+        if progress is not None:
+            progress.step(note=f"{row.frame}: {len(stars)} stars")
+    return pd.concat(tables, ignore_index=True)
