@@ -91,3 +91,22 @@ def cluster_frames(
     out.insert(1, "cluster", _relabel(np.asarray(labels), g))
     out.insert(2, "method", method)
     return out
+
+
+def cluster_channels(
+    tables: dict, n_clusters: int, *, seed: int = 0, n_init: int = 10
+) -> pd.DataFrame:
+    """§10 per channel (no channel coupling, §0.3): one table with a ``channel`` column.
+
+    ``tables``: channel -> (global table, local table) as from
+    :func:`tilestack.metrics.weights.channel_weights`.
+    """
+    parts = []
+    for c, (g, loc) in tables.items():
+        state = state_vectors(g, loc)
+        cl = cluster_frames(
+            state, seed=int(seed), n_clusters=min(int(n_clusters), len(state)), n_init=int(n_init)
+        )
+        cl.insert(1, "channel", c)
+        parts.append(cl)
+    return pd.concat(parts, ignore_index=True)
