@@ -9,7 +9,6 @@ band, the job also writes every channel's stack and maps (what `assemble` does o
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from tilestack.pipeline_steps import logged
@@ -20,64 +19,29 @@ sm = snakemake  # noqa: F821  (injected by the script: directive)
 
 def reconstruct_channel(c, i, grid, prog):
     """Reconstruct rows y0:y1 of channel ``c`` (index ``i`` in the channel lists); save it."""
-    from tilestack.metrics.local import weight_matrix
-    from tilestack.pipeline_steps import RegisteredReader
-    from tilestack.reconstruction import reconstruct_band, save_band
+    from tilestack.reconstruction import save_band
+    from tilestack.stacking import reconstruct_channel_band
 
     p = sm.params
-    y0, y1 = (int(v) for v in p.rows)
-    rc = p.reconstruction
     g = pd.read_csv(sm.input.global_[i])
-    g = g.sort_values("frame", kind="stable").reset_index(drop=True)
-    frames = g["frame"].astype(str).tolist()
-    stems = g["stem"].astype(str).tolist()
     local = pd.read_parquet(sm.input.local[i])
-    weights = weight_matrix(local, frames, grid.n_tiles)
-    prog.log(f"{c}: {len(frames)} frames, {grid.n_tiles} tiles, mode {p.mode}")
-    kwargs = {}
+    clusters = None
     if "clusters" in sm.input.keys():
-        from tilestack.stacking import final_cluster_weights
-        from tilestack.synthetic import cluster_labels
-
         cl = pd.read_csv(sm.input.clusters)
-        cl = cl[cl["channel"] == c]
-        labels = cluster_labels(cl, frames)
-        kwargs = {
-            "clusters": labels,
-            "synthetic": p.synthetic["weighting"],
-            "G": g["G"].to_numpy(np.float64),
-            "cluster_weights": final_cluster_weights(
-                p.final["cluster_weighting"], g["Q"].to_numpy(np.float64), labels
-            ),
-        }
-    if rc["tile_normalization"] == "background_scale":
-        # v3 rule (conformance studies): per frame x tile median and MAD of I.
-        kwargs["tile_offset"] = weight_matrix(local, frames, grid.n_tiles, "B_local")
-        kwargs["tile_scale"] = weight_matrix(local, frames, grid.n_tiles, "S_local")
-    registered = [f for f in sm.input.registered if Path(f).parent.name == c]
-    reader = RegisteredReader(registered, stems)
-    try:
-        result = reconstruct_band(
-            reader,
-            len(frames),
-            y0,
-            y1,
-            grid,
-            weights,
-            g["B"].to_numpy(np.float64),
-            rejection=bool(rc["rejection"]),
-            kappa_low=float(rc["kappa_low"]),
-            kappa_high=float(rc["kappa_high"]),
-            max_iter=int(rc["max_iterations"]),
-            min_keep=float(rc["min_keep_fraction"]),
-            epsilon=float(rc["epsilon"]),
-            memory_mb=float(p.memory_mb),
-            tile_normalization=rc["tile_normalization"],
-            classical=(g["median"].to_numpy(np.float64), g["mad"].to_numpy(np.float64)),
-            **kwargs,
-        )
-    finally:
-        reader.close()
+        clusters = cl[cl["channel"] == c]
+    prog.log(f"{c}: {len(g)} frames, {grid.n_tiles} tiles, mode {p.mode}")
+    result = reconstruct_channel_band(
+        [f for f in sm.input.registered if Path(f).parent.name == c],
+        g,
+        local,
+        grid,
+        tuple(int(v) for v in p.rows),
+        reconstruction=p.reconstruction,
+        synthetic=p.synthetic,
+        final=p.final,
+        clusters=clusters,
+        memory_mb=float(p.memory_mb),
+    )
     save_band(sm.output.bands[i], result)
     return int(result.fallback.sum())
 

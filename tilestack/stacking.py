@@ -70,3 +70,78 @@ def stack_frames(
         for a, b in band_ranges(h, band_rows or h)
     ]
     return assemble_bands(bands, height=h)
+
+
+def reconstruct_channel_band(
+    registered_paths: list,
+    global_df,
+    local_df,
+    grid: TileGrid,
+    rows: tuple[int, int],
+    *,
+    reconstruction: dict,
+    synthetic: dict | None = None,
+    final: dict | None = None,
+    clusters=None,
+    memory_mb: float = 2000.0,
+):
+    """One channel's rows ``[y0, y1)`` from its registered batch files (what a band job does).
+
+    ``global_df``/``local_df``: the channel's weights tables (§6, §8); ``reconstruction``,
+    ``synthetic``, ``final``: the config sections; ``clusters`` (full mode): the cluster table
+    rows of this channel, which switch on §11 synthetic frames and the final stack. Also
+    computes the classical stack of the same rows. Reads only these rows, in chunks sized by
+    ``memory_mb``, so memory does not grow with the number of frames.
+    """
+    import pandas as pd
+
+    from tilestack.metrics.local import weight_matrix
+    from tilestack.pipeline_steps import RegisteredReader
+
+    g = global_df.sort_values("frame", kind="stable").reset_index(drop=True)
+    frames = g["frame"].astype(str).tolist()
+    stems = g["stem"].astype(str).tolist()
+    weights = weight_matrix(local_df, frames, grid.n_tiles)
+    rc = reconstruction
+    kwargs = {}
+    if clusters is not None:
+        from tilestack.synthetic import cluster_labels
+
+        labels = cluster_labels(pd.DataFrame(clusters), frames)
+        kwargs = {
+            "clusters": labels,
+            "synthetic": (synthetic or {}).get("weighting", "global"),
+            "G": g["G"].to_numpy(np.float64),
+            "cluster_weights": final_cluster_weights(
+                (final or {}).get("cluster_weighting", "quality"),
+                g["Q"].to_numpy(np.float64),
+                labels,
+            ),
+        }
+    if rc["tile_normalization"] == "background_scale":
+        # v3 rule (conformance studies): per frame x tile median and MAD of I.
+        kwargs["tile_offset"] = weight_matrix(local_df, frames, grid.n_tiles, "B_local")
+        kwargs["tile_scale"] = weight_matrix(local_df, frames, grid.n_tiles, "S_local")
+    reader = RegisteredReader(list(registered_paths), stems)
+    try:
+        return reconstruct_band(
+            reader,
+            len(frames),
+            int(rows[0]),
+            int(rows[1]),
+            grid,
+            weights,
+            g["B"].to_numpy(np.float64),
+            rejection=bool(rc["rejection"]),
+            kappa_low=float(rc["kappa_low"]),
+            kappa_high=float(rc["kappa_high"]),
+            max_iter=int(rc["max_iterations"]),
+            min_keep=float(rc["min_keep_fraction"]),
+            epsilon=float(rc["epsilon"]),
+            memory_mb=float(memory_mb),
+            tile_normalization=rc["tile_normalization"],
+            classical=(g["median"].to_numpy(np.float64), g["mad"].to_numpy(np.float64)),
+            **kwargs,
+        )
+    finally:
+        reader.close()
