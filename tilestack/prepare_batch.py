@@ -28,13 +28,17 @@ def check_batch(paths, first_light: str, exposure_tolerance: float) -> pd.DataFr
 
 
 def detect_frame_stars(light, valid, bayer: str | None, sigma: float) -> pd.DataFrame:
-    """Stars of one calibrated frame in full-resolution pixels (OSC: on the 2x2 luminance)."""
+    """Stars of one calibrated frame in full-resolution pixels (OSC: detected on the 2x2
+    luminance, positions refined on the green samples, see registration.cfa_centroid)."""
     from tilestack.pipeline_steps import binned_luminance, stars_to_full_resolution
     from tilestack.registration.stars import detect_stars
 
     if bayer:
+        from tilestack.registration.cfa_centroid import refine_on_green
+
         lum, lvalid = binned_luminance(light, valid)
-        return stars_to_full_resolution(detect_stars(lum, sigma=sigma, valid=lvalid))
+        stars = stars_to_full_resolution(detect_stars(lum, sigma=sigma, valid=lvalid))
+        return refine_on_green(light, valid, stars, bayer)
     return detect_stars(light, sigma=sigma, valid=valid)
 
 
