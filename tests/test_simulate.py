@@ -438,3 +438,11 @@ def test_frame_overrides_make_hard_cases(tmp_path):
         simulate_night(
             tmp_path / "x", n_frames=2, width=64, height=64, frame_overrides={0: {"m00": 2}}
         )
+
+
+def test_a_shorter_night_in_the_same_folder_leaves_no_stale_lights(tmp_path):
+    from tilestack.simulate import simulate_night
+
+    simulate_night(tmp_path, n_frames=5, width=64, height=48, seed=1)
+    night = simulate_night(tmp_path, n_frames=3, width=64, height=48, seed=1)
+    assert sorted(p.name for p in (tmp_path / "lights").iterdir()) == [p.name for p in night.lights]

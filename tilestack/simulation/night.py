@@ -392,6 +392,11 @@ def simulate_night(
         "sky_rgb": np.ones(1) if bayer is None else _SKY_RGB,
         "noise": noise,
     }
+    # Lights of an earlier, longer simulation in the same folder would join this night.
+    keep = set(frames["frame"])
+    for old in (out / "lights").glob("light_*.fits") if (out / "lights").is_dir() else ():
+        if old.name not in keep:
+            old.unlink()
     lights, n_crs = [], []
     for i, row in enumerate(frames.itertuples(index=False)):
         photons, rng, n_cr = _render_frame(i, row, mats[i], ctx)
