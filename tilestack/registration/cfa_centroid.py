@@ -45,7 +45,10 @@ def _refine(img, ok, parity, xs, ys, sig, max_iter, out):
                         n += 1
                 elif not ok[yy, xx]:
                     bad = True
-        if bad or n < 8:
+        if bad:
+            out[k, 2] = -1.0
+            continue
+        if n < 8:
             continue
         bkg = np.median(ring[:n])
         x, y = x0, y0
@@ -93,7 +96,10 @@ def refine_on_green(
 
     The window is a Gaussian of the star's own size (σ = FWHM / 2.355, at least 0.8 px); a
     star whose window touches an invalid sample, has no positive signal or would move more
-    than ``MAX_SHIFT`` keeps its detected position.
+    than ``MAX_SHIFT`` keeps its detected position. A star with invalid samples in its window
+    (a saturated core, a sensor defect) is also marked ``saturated``: its binned position is
+    biased by the colour of the samples it lost, so registration must not trust it more than
+    any clipped star (it weighs such stars by a 0.3 px centroid error).
     """
     if not len(stars):
         return stars
@@ -109,4 +115,6 @@ def refine_on_green(
     _refine(img, np.ascontiguousarray(ok), int(parity), xs, ys, sig, int(max_iter), out)
     res = stars.copy()
     res["x"], res["y"] = out[:, 0], out[:, 1]
+    lost = out[:, 2] < 0
+    res["saturated"] = (res["saturated"].to_numpy(bool) if "saturated" in res else False) | lost
     return res
