@@ -159,7 +159,7 @@ def _psf_field(x, y, width, height, fwhm, growth, corner_ell):
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
     r2 = ((x - cx) ** 2 + (y - cy) ** 2) / (cx * cx + cy * cy)
     f = fwhm * (1.0 + growth * r2)
-    e = corner_ell * r2
+    e = np.minimum(corner_ell * r2, 0.9)  # stars of the padded margin of tiny frames: r2 ≫ 1
     return f / np.sqrt(1.0 - e), f * np.sqrt(1.0 - e), np.arctan2(y - cy, x - cx)
 
 
