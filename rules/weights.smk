@@ -16,7 +16,7 @@ rule weights:
         channels=CHANNELS,
         global_metrics=config["global_metrics"],
         kappa=config["weights"]["kappa"],
-        star_min_count=config["tile"]["star_min_count"],
+        tile=config["tile"],
         clustering=config["clustering"],
         mode=PLAN.mode,
         n_clusters=PLAN.n_clusters,

@@ -41,8 +41,10 @@ def main():
             raw_t,
             c,
             global_metrics=p.global_metrics,
-            star_min_count=p.star_min_count,
+            star_min_count=p.tile["star_min_count"],
             kappa=p.kappa,
+            star_weights=p.tile["star_weights"],
+            structure_weights=p.tile["structure_weights"],
         )
         write_table(gout, g[GLOBAL_COLUMNS])
         write_table(lout, t)

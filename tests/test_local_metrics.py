@@ -154,6 +154,15 @@ def test_class_is_fixed_per_tile_and_uses_median_count():
     assert out.loc[1, "zFWHM"] == 0.0  # unmeasured: neutral, the frame keeps its weight
     assert (out["W"] > 0).all()
     np.testing.assert_allclose(out["W"], out["L"] * out["frame"].map({"a": 2, "b": 1, "c": 0.5}))
+    # the §8 coefficients are configurable (defaults = the methodology): without the
+    # background term the structure tiles' Q is z(E/sigma) alone
+    g3 = {"a": 2.0, "b": 1.0, "c": 0.5}
+    no_bkg = local_weights(df, g3, star_min_count=3, structure_weights=(1.0, 0.0))
+    struct = no_bkg["class"] == "structure"
+    np.testing.assert_allclose(no_bkg.loc[struct, "Q"], no_bkg.loc[struct, "zES"])
+    fwhm_only = local_weights(df, g3, star_min_count=3, star_weights=(1.0, 0.0, 0.0))
+    star = fwhm_only["class"] == "star"
+    np.testing.assert_allclose(fwhm_only.loc[star, "Q"], -fwhm_only.loc[star, "zFWHM"])
     half = local_weights(df, {"a": 2.0, "b": 1.0, "c": 0.5}, star_min_count=3, kappa=0.5)
     np.testing.assert_array_equal(half["Q"], out["Q"])
     np.testing.assert_allclose(half["L"], np.exp(np.clip(0.5 * out["Q"], -3, 3)), rtol=1e-12)

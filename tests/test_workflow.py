@@ -336,6 +336,7 @@ def test_full_mode_runs_clustering_and_synthetic_frames(mono_night, tmp_path):
         ),
         ({"global_metrics": {"alpha": 0.5}}, "config error: global_metrics.alpha + beta + gamma"),
         ({"tile": {"overlapp": 0.2}}, "config error: unknown key tile.overlapp"),
+        ({"tile": {"structure_weights": [0.7, -0.3]}}, "config error: tile.structure_weights"),
         (
             {"registration": {"interpolation": "cubic"}},
             "config error: registration.interpolation = 'cubic' is not one of:",

@@ -387,12 +387,18 @@ def _z_matrix(m: np.ndarray) -> np.ndarray:
     return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+STAR_WEIGHTS = (0.6, 0.2, 0.2)  # §8 star tiles: −z(FWHM), z(R), z(C)
+STRUCTURE_WEIGHTS = (0.7, 0.3)  # §8 structure tiles: z(E/σ), −z(B)
+
+
 def local_weights(
     df: pd.DataFrame,
     G: Mapping | pd.Series | pd.DataFrame,
     star_min_count: float = 3,
     clip: float = 3.0,
     kappa: float = 1.0,
+    star_weights: tuple[float, float, float] = STAR_WEIGHTS,
+    structure_weights: tuple[float, float] = STRUCTURE_WEIGHTS,
 ) -> pd.DataFrame:
     """Add ``class zFWHM zR zC zES zB Q L W`` to the raw local table of all frames of a channel.
 
@@ -400,6 +406,8 @@ def local_weights(
     ``>= star_min_count``. Star tiles ``Q = 0.6(-zFWHM) + 0.2 zR + 0.2 zC``; structure tiles
     ``Q = 0.7 z(E/sigma) - 0.3 zB``; ``L = exp(clip(Q, -3, 3))``; ``W = G_f L``.
     ``kappa`` scales Q inside the exponential as in ``global_weights`` (1 = the methodology).
+    ``star_weights`` (FWHM, R, C) and ``structure_weights`` (E/σ, B) are the coefficients
+    (config ``tile.star_weights`` / ``tile.structure_weights``; defaults = the methodology).
     """
     if isinstance(G, pd.DataFrame):
         gmap = dict(zip(G["frame"], G["G"], strict=True))
@@ -419,8 +427,10 @@ def local_weights(
     count = mat("star_count")
     is_star = np.nanmedian(np.nan_to_num(count, nan=0.0), axis=0) >= star_min_count
     z = {k: _z_matrix(mat(k)) for k in ("FWHM", "R", "C", "E_sigma", "B_local")}
-    q_star = 0.6 * (-z["FWHM"]) + 0.2 * z["R"] + 0.2 * z["C"]
-    q_struct = 0.7 * z["E_sigma"] - 0.3 * z["B_local"]
+    ws, wr, wc = (float(v) for v in star_weights)
+    we, wb = (float(v) for v in structure_weights)
+    q_star = ws * (-z["FWHM"]) + wr * z["R"] + wc * z["C"]
+    q_struct = we * z["E_sigma"] - wb * z["B_local"]
     q = np.where(is_star[None, :], q_star, q_struct)
     out = df.copy()
     out["class"] = np.where(is_star[ti], "star", "structure")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from tilestack.metrics.global_metrics import global_weights
-from tilestack.metrics.local import local_weights
+from tilestack.metrics.local import STAR_WEIGHTS, STRUCTURE_WEIGHTS, local_weights
 
 GLOBAL_COLUMNS = ["frame", "stem", "B", "sigma", "E", "median", "mad", "zB", "zS", "zE", "Q", "G"]
 
@@ -22,6 +22,8 @@ def channel_weights(
     global_metrics: dict,
     star_min_count: float = 3,
     kappa: float = 1.0,
+    star_weights=STAR_WEIGHTS,
+    structure_weights=STRUCTURE_WEIGHTS,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(global table, local table)`` of one channel, rows sorted by frame (and tile).
 
@@ -39,7 +41,12 @@ def channel_weights(
     )
     t = raw_tiles[raw_tiles["channel"] == channel].drop(columns=["channel"])
     t = local_weights(
-        t.reset_index(drop=True), g, star_min_count=float(star_min_count), kappa=float(kappa)
+        t.reset_index(drop=True),
+        g,
+        star_min_count=float(star_min_count),
+        kappa=float(kappa),
+        star_weights=tuple(star_weights),
+        structure_weights=tuple(structure_weights),
     )
     t = t.sort_values(["frame", "tile"], kind="stable").reset_index(drop=True)
     return g, t
