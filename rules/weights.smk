@@ -8,7 +8,6 @@ rule weights:
         tiles=expand(R("metrics/batches/{batch}_tiles.parquet"), batch=BATCHES),
         tables=expand(R("registration/batches/{batch}.csv"), batch=BATCHES),
         reference=R("registration/reference.json"),
-        grid=R("tiles/grid.json"),
     output:
         transforms=R("registration/transforms.csv"),
         **weights_outputs(),

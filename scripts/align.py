@@ -1,7 +1,7 @@
 """align: register one batch against the reference, warp it, split channels, measure raw metrics.
 
 Writes the batch's rows of the transforms contract (registration/batches/{batch}.csv), one
-registered batch file per channel (see rules/align.smk) and the raw global and per-tile metric
+registered batch file per channel (see the `align` rule in rules/register.smk) and the raw global and per-tile metric
 tables. The work is `tilestack.align_batch.align_batch`.
 """
 

@@ -30,8 +30,7 @@ from tilestack.registration.cfa_warp import warp_mosaic
 from tilestack.registration.interpolation import warp_image
 from tilestack.registration.pipeline import register_frame, result_row
 from tilestack.tiles import TileGrid
-
-MATRIX = ["m00", "m01", "m02", "m10", "m11", "m12", "m20", "m21", "m22"]
+from tilestack.transforms_table import row_matrix
 
 # registration.* keys passed straight to `register_frame`
 REGISTRATION_OPTION_KEYS = (
@@ -47,7 +46,8 @@ REGISTRATION_OPTION_KEYS = (
     "seed",
     "sip",
 )
-GLOBAL_COLUMNS = ["frame", "stem", "channel", "B", "sigma", "E", "median", "mad"]
+# raw per-frame metrics of the batch table (the weights job adds z-scores, Q and G)
+RAW_GLOBAL_COLUMNS = ["frame", "stem", "channel", "B", "sigma", "E", "median", "mad"]
 
 
 @dataclass
@@ -133,10 +133,6 @@ def warp_planes(
     return split_channels(warped, settings.bayer, cov)
 
 
-def row_matrix(row: dict) -> np.ndarray:
-    return np.array([row[k] for k in MATRIX], dtype=np.float64).reshape(3, 3)
-
-
 def align_batch(
     batch: BatchFile,
     stars: pd.DataFrame,
@@ -190,6 +186,6 @@ def align_batch(
         progress.step(note=note)
     return AlignResult(
         registration=pd.DataFrame(reg_rows),
-        global_metrics=pd.DataFrame(global_rows, columns=GLOBAL_COLUMNS),
+        global_metrics=pd.DataFrame(global_rows, columns=RAW_GLOBAL_COLUMNS),
         tile_metrics=pd.concat(tile_rows, ignore_index=True) if tile_rows else pd.DataFrame(),
     )

@@ -26,11 +26,8 @@ SCALARS = (
 )
 
 
-def tile_fwhm(image, grid, workers: int = 1):
-    """Median FWHM of the stars of the final stack in each tile (NaN where none)."""
-    from tilestack.validation.measure import measure_stars
-
-    stars = measure_stars(image, workers=workers)
+def tile_fwhm(stars, grid) -> np.ndarray:
+    """Median FWHM of the given stars (x, y, fwhm) in each tile (NaN where none)."""
     out = np.full(grid.n_tiles, np.nan)
     if not len(stars):
         return out
@@ -114,7 +111,7 @@ def validate(
         per[c]["usable_tile_fraction"] = usable_tile_fraction(local, fallback_tiles=fb)
         per[c]["fallback_tiles"] = int(len(fb))
         per[c]["fwhm_stars"] = (fig["fwhm_classical_stars"], fig["fwhm_final_stars"])
-        images[c] = (final, classical, local)
+        images[c] = (final, classical, local, fig["final_star_table"])
         log(f"validation {c}: FWHM {per[c]['fwhm_classical']} -> {per[c]['fwhm_final']}")
     pc = per[primary]
     doc = build_validation(
@@ -149,7 +146,7 @@ def validate(
     )
     write_json(out.validation, doc)
 
-    final, classical, local = images[primary]
+    final, classical, local, final_stars = images[primary]
     g = pd.read_csv(inp.global_[channels.index(primary)])
     g = g.merge(frames[["frame", "time"]], on="frame", how="left")
     g_all = []
@@ -159,7 +156,7 @@ def validate(
         g_all.append(gc)
     fc, ff = per[primary]["fwhm_stars"]
     plots.plot_fwhm_histograms(fc, ff, out.fwhm_hist)
-    plots.plot_fwhm_map(grid.tiles, tile_fwhm(final, grid, workers), final.shape, out.fwhm_map)
+    plots.plot_fwhm_map(grid.tiles, tile_fwhm(final_stars, grid), final.shape, out.fwhm_map)
     plots.plot_background_over_time(pd.concat(g_all, ignore_index=True), out.background)
     plots.plot_quality_over_time(g, local.groupby("frame")["L"].mean(), out.quality)
     plots.plot_weight_histogram(local["W"].to_numpy(float), out.weight_hist)

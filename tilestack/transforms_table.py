@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
 import pandas as pd
 
 from tilestack.errors import InputError
 
-CONTRACT = ["frame", "status", "method", "is_reference"]
-CONTRACT += [f"m{i}{j}" for i in range(3) for j in range(3)] + ["rms_px", "n_inliers"]
+MATRIX_COLUMNS = [f"m{i}{j}" for i in range(3) for j in range(3)]
+CONTRACT = ["frame", "status", "method", "is_reference", *MATRIX_COLUMNS, "rms_px", "n_inliers"]
+
+
+def row_matrix(row: Mapping) -> np.ndarray:
+    """The 3×3 frame → reference matrix of one row of the transforms table."""
+    return np.array([row[k] for k in MATRIX_COLUMNS], dtype=np.float64).reshape(3, 3)
 
 
 def merge_batch_tables(tables: list[pd.DataFrame], reference_frame: str) -> pd.DataFrame:

@@ -22,7 +22,7 @@ MAX_SHIFT = 1.5  # a refinement moving a star further than this (px) is not trus
 
 
 @njit(cache=True)
-def _refine(img, ok, parity, xs, ys, sig, max_iter, out):
+def _refine(img, ok, parity, xs, ys, sig, max_iter, max_shift, out):
     h, w = img.shape
     for k in range(xs.size):
         x0, y0, s = xs[k], ys[k], sig[k]
@@ -75,7 +75,7 @@ def _refine(img, ok, parity, xs, ys, sig, max_iter, out):
             ny = y + 2.0 * sy / sw
             done = abs(nx - x) < 1e-4 and abs(ny - y) < 1e-4
             x, y = nx, ny
-            if abs(x - x0) > 1.5 or abs(y - y0) > 1.5:
+            if abs(x - x0) > max_shift or abs(y - y0) > max_shift:
                 good = False
                 break
             if done:
@@ -112,7 +112,7 @@ def refine_on_green(
     fw = stars["fwhm"].to_numpy(np.float64) if "fwhm" in stars else np.full(xs.size, 3.0)
     sig = np.maximum(np.where(np.isfinite(fw), fw, 3.0) / 2.3548, 0.8)
     out = np.zeros((xs.size, 3), np.float64)
-    _refine(img, np.ascontiguousarray(ok), int(parity), xs, ys, sig, int(max_iter), out)
+    _refine(img, np.ascontiguousarray(ok), int(parity), xs, ys, sig, int(max_iter), MAX_SHIFT, out)
     res = stars.copy()
     res["x"], res["y"] = out[:, 0], out[:, 1]
     lost = out[:, 2] < 0

@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from tilestack.errors import TilestackError
+from tilestack.transforms_table import CONTRACT, MATRIX_COLUMNS
 
 SIRIL = "siril-cli"
-_MCOLS = ["m00", "m01", "m02", "m10", "m11", "m12", "m20", "m21", "m22"]
-COLUMNS = ["frame", "status", "method", "is_reference", *_MCOLS, "rms_px", "n_inliers", "reason"]
+COLUMNS = [*CONTRACT, "reason"]
 
 
 def siril_available() -> bool:
@@ -185,7 +185,7 @@ def register_with_siril(
             reason = info.get("reason", "Siril reported no transformation")
             n_in = np.nan
         row.update(status=status, method="siril", n_inliers=n_in, reason=reason)
-        row.update({c: float(v) for c, v in zip(_MCOLS, m.ravel(), strict=True)})
+        row.update({c: float(v) for c, v in zip(MATRIX_COLUMNS, m.ravel(), strict=True)})
         rows.append(row)
     df = pd.DataFrame(rows)[COLUMNS]
     df["n_inliers"] = df["n_inliers"].astype("Int64")

@@ -622,7 +622,7 @@ def compare_stacks(
     classical stack against its own smooth copy; ``seam_final_self`` is the final stack against
     its own smooth copy. Background RMS of the final stack is given in the classical stack's
     photometric units (``flux_ratio`` = final / classical star flux). Returns scalar figures
-    plus the per-star FWHM arrays for the histogram.
+    plus the per-star FWHM arrays for the histogram and the final stack's star table.
     """
     from scipy.spatial import cKDTree
 
@@ -687,6 +687,7 @@ def compare_stacks(
         "n_stars": int(fa.size),
         "fwhm_final_stars": fb,
         "fwhm_classical_stars": fa,
+        "final_star_table": b,  # the final stack's fits (x, y, fwhm, ...), e.g. for a FWHM map
         "bg_rms_final": background_rms(fin_img) / flux_ratio,  # in the classical's units
         "bg_rms_classical": background_rms(cla_img),
         "flux_ratio": flux_ratio,
