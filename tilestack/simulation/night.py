@@ -64,6 +64,24 @@ class SimulatedNight:
         """3×3 matrix: pixel of ``frame`` → pixel of ``reference`` (what registration finds)."""
         return np.linalg.inv(self.transform(reference)) @ self.transform(frame)
 
+    def transparency_map(self, frame: int | str, shape: tuple[int, int] | None = None):
+        """True transparency (global × local cloud) per pixel of ``frame``, float64.
+
+        ``shape=None`` gives the full (height, width) frame; ``shape=(ny, nx)`` samples the same
+        map at the centres of an ny×nx grid of equal blocks covering the frame (tile weights).
+        """
+        row = self._row(frame)
+        if shape is None:
+            return timeline.transparency_map(row, self.width, self.height)
+        ny, nx = shape
+        ys = (np.arange(ny) + 0.5) * self.height / ny - 0.5
+        xs = (np.arange(nx) + 0.5) * self.width / nx - 0.5
+        return timeline.transparency_at(row, xs[None, :], ys[:, None])
+
+    def transparency_at(self, frame: int | str, x, y) -> np.ndarray:
+        """True transparency at frame pixels (x, y) of ``frame`` (e.g. its stars' positions)."""
+        return timeline.transparency_at(self._row(frame), x, y)
+
     def _row(self, frame):
         if isinstance(frame, str):
             return self.frames[self.frames["frame"] == Path(frame).name]
@@ -84,7 +102,19 @@ def chan_map(bayer: str | None) -> np.ndarray:
     return np.array([[_CHAN_INDEX[bayer[2 * dy + dx]] for dx in (0, 1)] for dy in (0, 1)])
 
 
-def _check(n_frames, width, height, bayer, fwhm_range, bit_depth, seeing="calm"):
+def _check(
+    n_frames,
+    width,
+    height,
+    bayer,
+    fwhm_range,
+    bit_depth,
+    seeing="calm",
+    clouds=True,
+    haze=0.02,
+    sky_ramp=None,
+    cloud_patches=0,
+):
     if n_frames < 1:
         raise ConfigError(f"simulate: n_frames must be >= 1, got {n_frames}")
     if width < 32 or height < 32:
@@ -101,6 +131,16 @@ def _check(n_frames, width, height, bayer, fwhm_range, bit_depth, seeing="calm")
         raise ConfigError(f"simulate: invalid fwhm_range {fwhm_range}")
     if bit_depth not in (12, 14, 16):
         raise ConfigError(f"simulate: bit_depth must be 12, 14 or 16, got {bit_depth}")
+    if not isinstance(clouds, (bool, np.bool_)) and not (
+        isinstance(clouds, (int, np.integer)) and clouds >= 0
+    ):
+        raise ConfigError(f"simulate: clouds must be True, False or a count >= 0, got {clouds!r}")
+    if not 0.0 <= haze <= 0.5:
+        raise ConfigError(f"simulate: haze must be within 0..0.5, got {haze}")
+    if sky_ramp is not None and not 0.0 < sky_ramp <= 100.0:
+        raise ConfigError(f"simulate: sky_ramp must be a factor in (0, 100], got {sky_ramp}")
+    if not (isinstance(cloud_patches, (int, np.integer)) and cloud_patches >= 0):
+        raise ConfigError(f"simulate: cloud_patches must be a count >= 0, got {cloud_patches!r}")
 
 
 def _sky_box(mats, width, height, margin):
@@ -176,6 +216,9 @@ def _render_frame(i, row, mat, ctx):
     fx, fy = fx[sel], fy[sel]
     fa, fb, ang = _psf_field(fx, fy, w, h, row.fwhm_px, ctx["growth"], ctx["corner_ell"])
     flux = ctx["star_flux"][sel] * (row.transparency * ctx["level"])
+    cloudy = timeline.has_cloud(row)
+    if cloudy:  # a star's light crosses the cloud where the star is
+        flux = flux * timeline.cloud_factor(row, fx, fy)[:, None]
     img = np.zeros((h, w), dtype=np.float64)
     render.render_moffat_into(
         img, fx, fy, flux, fa, fb, ang, beta=ctx["beta"], chan_map=ctx["chan_map"]
@@ -195,15 +238,16 @@ def _render_frame(i, row, mat, ctx):
     ext = cv2.GaussianBlur(ext, (0, 0), row.fwhm_px / 2.3548)
     if ext.ndim == 2:
         ext = ext[..., None]
-    gx = (np.arange(w) - (w - 1) / 2.0) / w * row.sky_gradient_x
-    gy = (np.arange(h) - (h - 1) / 2.0) / h * row.sky_gradient_y
-    skymap = row.sky_level * ctx["level"] * (1.0 + gy[:, None] + gx[None, :])
+    skymap = timeline.sky_map(row, w, h, ctx["level"])
     scale = row.transparency * ctx["level"]
+    if cloudy:
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+        scale = scale * timeline.cloud_factor(row, xx, yy)
     cm = ctx["chan_map"]
     for dy in (0, 1):
         for dx in (0, 1):
             c = cm[dy, dx]
-            img[dy::2, dx::2] += ext[dy::2, dx::2, c] * scale
+            img[dy::2, dx::2] += ext[dy::2, dx::2, c] * (scale[dy::2, dx::2] if cloudy else scale)
             img[dy::2, dx::2] += skymap[dy::2, dx::2] * ctx["sky_rgb"][c]
     if not ctx["noise"]:
         return img, rng, 0
@@ -285,7 +329,10 @@ def simulate_night(
     meridian_flip: bool = False,
     dither_px: float = 4.0,
     drift_px: float = 1.0,
-    clouds: bool = True,
+    clouds: bool | int = True,
+    cloud_patches: int = 0,
+    haze: float = 0.02,
+    sky_ramp: float | None = None,
     calibration: bool = False,
     n_calib: int = 8,
     bit_depth: int = 16,
@@ -316,12 +363,32 @@ def simulate_night(
     vignetting, cosmic rays or satellites — only the bias pedestal, quantisation and clipping.
     ``stars`` replaces the random star field by a table in truth-grid coordinates (x, y, flux
     and optionally flux_r, flux_g, flux_b or temperature).
-    ``seeing`` chooses the seeing walk (``timeline.SEEING_PROFILES``: ``calm`` or ``variable``).
+    ``seeing`` chooses the seeing walk (``timeline.SEEING_PROFILES``: ``calm``, ``variable`` or
+    ``steady`` — every frame at fwhm_range[0]).
+    ``clouds`` True/False switches passages of clouds over the whole field (an integer sets
+    their number); ``cloud_patches`` adds that many clouds covering only part of the field,
+    drifting across it over consecutive frames (``cloud_*`` columns of frames.csv; the true
+    per-pixel transparency is :meth:`SimulatedNight.transparency_map`). ``haze`` is the
+    amplitude of the slow global transparency wander (0: steady). ``sky_ramp`` makes the sky
+    rise (or fall) smoothly from ``sky_level`` to ``sky_ramp × sky_level`` over the night
+    (1.0: constant, 3.0: a rising moon) instead of the random trend.
     ``frame_overrides`` forces conditions of chosen frames for hard cases, e.g.
     ``{5: {"transparency": 0.02}, 9: {"fwhm_px": 9.0, "rotation_deg": 90.0}}``; pose keys
     (rotation_deg, shift_x, shift_y) rebuild that frame's true transform.
     """
-    _check(n_frames, width, height, bayer, fwhm_range, bit_depth, seeing)
+    _check(
+        n_frames,
+        width,
+        height,
+        bayer,
+        fwhm_range,
+        bit_depth,
+        seeing,
+        clouds,
+        haze,
+        sky_ramp,
+        cloud_patches,
+    )
     out = Path(out_dir)
     level = 2.0 ** (bit_depth - 16)
     frames = timeline.make_timeline(
@@ -337,10 +404,15 @@ def simulate_night(
         dither_px=dither_px,
         drift_px=drift_px,
         clouds=clouds,
+        haze=haze,
         sky_level=sky_level,
+        sky_ramp=sky_ramp,
         satellite_fraction=satellite_fraction,
         start=start,
     )
+    if cloud_patches:
+        rng_clouds = np.random.default_rng(np.random.SeedSequence([seed, 5]))
+        timeline.cloud_passages(rng_clouds, frames, width, height, cloud_patches)
     if frame_overrides:
         timeline.apply_overrides(frames, frame_overrides, width, height)
     mats = timeline.matrices(frames)
@@ -456,7 +528,10 @@ def simulate_night(
         "meridian_flip": meridian_flip,
         "dither_px": dither_px,
         "drift_px": drift_px,
-        "clouds": clouds,
+        "clouds": clouds if isinstance(clouds, (bool, np.bool_)) else int(clouds),
+        "cloud_patches": int(cloud_patches),
+        "haze": haze,
+        "sky_ramp": sky_ramp,
         "calibration": calibration,
         "n_calib": n_calib if calibration else 0,
         "bit_depth": bit_depth,

@@ -3,6 +3,13 @@
 The transform of frame f maps **frame pixel → truth-grid pixel** on [x, y, 1]:
 ``q = R(θ_f) (p − c) + c + d_f`` with c the frame centre, θ_f the field rotation (+180° after a
 meridian flip) and d_f drift plus dither. Frame 0 is the identity up to its dither.
+
+Transparency has a global part (the ``transparency`` column: haze and clouds over the whole
+field) and, optionally, a local one: a cloud that covers only part of the field, described in
+FRAME pixels by the ``cloud_*`` columns (:func:`cloud_passages`). The true transparency at a
+frame pixel is ``transparency × (1 − cloud_depth · k(r / cloud_radius))`` with r the distance
+to (cloud_x, cloud_y) and k(u) = (1 − u²)² for u < 1, else 0: a smooth blob with a flat-ish
+core that is exactly clear outside its radius (:func:`transparency_at`).
 """
 
 from __future__ import annotations
@@ -49,8 +56,13 @@ def _bumps(rng, n, count, width_range, height_range):
 
 # Seeing walks: (centre, amplitude) of the smooth random walk, as fractions of fwhm_range.
 # "calm": a steady night, most frames within ±10 % of the median, rare bursts;
-# "variable": a poor, unsteady night whose frames spread over most of the range.
-SEEING_PROFILES = {"calm": (0.22, 0.12), "variable": (0.36, 0.26)}
+# "variable": a poor, unsteady night whose frames spread over most of the range;
+# "steady": every frame has the FWHM fwhm_range[0] exactly (no walk, no bursts).
+SEEING_PROFILES = {"calm": (0.22, 0.12), "variable": (0.36, 0.26), "steady": (0.0, 0.0)}
+
+
+# relative sky brightening per unit of lost transparency (clouds lit by the town or the moon)
+SKY_UNDER_CLOUD = 0.5
 
 
 def make_timeline(
@@ -67,12 +79,22 @@ def make_timeline(
     meridian_flip: bool = False,
     dither_px: float = 4.0,
     drift_px: float = 1.0,
-    clouds: bool = True,
+    clouds: bool | int = True,
+    haze: float = 0.02,
     sky_level: float = 400.0,
+    sky_ramp: float | None = None,
     satellite_fraction: float = 0.04,
     start: str = "2024-03-14T21:00:00",
 ) -> pd.DataFrame:
-    """Draw every frame's conditions and its true transform (frame pixel → truth pixel)."""
+    """Draw every frame's conditions and its true transform (frame pixel → truth pixel).
+
+    ``clouds``: True gives about one passage of clouds over the whole field per 50 frames, an
+    integer that many passages, False none. ``haze`` is the amplitude of the slow transparency
+    wander (0 for a perfectly steady sky). ``sky_ramp`` replaces the random sky trend by a
+    smooth ramp from ``sky_level`` to ``sky_ramp × sky_level`` (1.0: a constant sky, 3.0: a
+    rising moon) and keeps the sky gradient's direction fixed. The random draws do not depend
+    on ``seeing``, ``haze`` or ``sky_ramp``, so those options change nothing else of the night.
+    """
     n = n_frames
     idx = np.arange(n)
     frac = idx / max(n - 1, 1)
@@ -82,17 +104,27 @@ def make_timeline(
     base = centre + amplitude * _smooth_noise(rng, n, corr=max(3.0, n / 12))
     bursts = _bumps(rng, n, max(1, n // 40) if n >= 8 else 0, (0.7, 2.5), (0.5, 0.9))
     u = np.clip(base + bursts, 0.0, 1.0)
+    if seeing == "steady":
+        u = np.full(n, centre)
     fwhm = lo + (hi - lo) * u
     # transparency: slight haze plus cloud passages down to ~0.4
-    haze = 1.0 - 0.02 * np.abs(_smooth_noise(rng, n, corr=5.0))
-    dips = _bumps(rng, n, max(1, n // 50) if (clouds and n >= 8) else 0, (0.6, 2.0), (0.3, 0.6))
-    transparency = np.clip(haze * (1.0 - np.minimum(dips, 0.6)), 0.3, 1.0)
+    wander = 1.0 - haze * np.abs(_smooth_noise(rng, n, corr=5.0))
+    if isinstance(clouds, (bool, np.bool_)):
+        n_dips = max(1, n // 50) if clouds else 0
+    else:
+        n_dips = int(clouds)
+    dips = _bumps(rng, n, n_dips if n >= 8 else 0, (0.6, 2.0), (0.3, 0.6))
+    transparency = np.clip(wander * (1.0 - np.minimum(dips, 0.6)), 0.3, 1.0)
     # sky: slow trend + wiggle, brightened under clouds; gradient direction turns in time
     trend = 1.0 + rng.uniform(-0.25, 0.35) * frac + 0.03 * _smooth_noise(rng, n, corr=8.0)
+    if sky_ramp is not None:
+        trend = 1.0 + (sky_ramp - 1.0) * frac * frac * (3.0 - 2.0 * frac)  # smoothstep
     scale = exposure / 10.0
-    sky = sky_level * scale * trend * (1.0 + 0.5 * (1.0 - transparency))
+    sky = sky_level * scale * trend * (1.0 + SKY_UNDER_CLOUD * (1.0 - transparency))
     g_amp = rng.uniform(0.06, 0.18)
     g_ang = rng.uniform(0, 2 * math.pi) + math.radians(rng.uniform(45, 120)) * frac
+    if sky_ramp is not None:
+        g_ang = np.full(n, g_ang[0]) if n else g_ang
     # pointing: mean-reverting drift (the mount re-centres) plus per-frame dither
     lim = 0.04 * min(width, height)
     vel = rng.normal(0, drift_px, 2)
@@ -145,6 +177,113 @@ def matrices(frames: pd.DataFrame) -> np.ndarray:
     return frames[cols].to_numpy(dtype=np.float64).reshape(-1, 3, 3)
 
 
+CLOUD_COLUMNS = ("cloud_x", "cloud_y", "cloud_radius", "cloud_depth")
+
+
+def cloud_passages(
+    rng: np.random.Generator,
+    frames: pd.DataFrame,
+    width: int,
+    height: int,
+    count: int,
+    *,
+    min_transparency: float = 0.3,
+) -> None:
+    """Add ``count`` partial clouds drifting across the field (the ``cloud_*`` columns), in place.
+
+    The night is cut into ``count`` equal parts; in each, one cloud of radius 0.25–0.45 of the
+    short frame side crosses the frame in a straight line over 15–25 % of the night's frames
+    (at least 3). Its depth (0.35–0.65) is capped so that the local transparency never falls
+    below ``min_transparency``. Frames without a cloud get depth 0 and NaN position and radius.
+    The columns are in frame pixels: a cloud belongs to the sky the camera looks through, not
+    to the star field, so it keeps its course whatever the field rotation and drift.
+    """
+    n = len(frames)
+    cx_, cy_, rad = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    depth = np.zeros(n)
+    short = min(width, height)
+    glob = frames["transparency"].to_numpy(dtype=float)
+    for k in range(count):
+        lo, hi = k * n // count, (k + 1) * n // count
+        span = hi - lo
+        if span < 1:
+            continue
+        length = min(span, max(3, int(round(rng.uniform(0.15, 0.25) * n))))
+        first = lo + int(rng.integers(0, span - length + 1))
+        r = rng.uniform(0.25, 0.45) * short
+        d = rng.uniform(0.35, 0.65)
+        phi = rng.uniform(0.0, 2.0 * math.pi)
+        ux, uy = math.cos(phi), math.sin(phi)
+        # the course passes near the middle of the frame and runs from edge to edge
+        px = (width - 1) / 2.0 + rng.uniform(-0.2, 0.2) * width
+        py = (height - 1) / 2.0 + rng.uniform(-0.2, 0.2) * height
+        half = 0.5 * (width * abs(ux) + height * abs(uy))
+        s = np.linspace(-half, half, length) if length > 1 else np.zeros(1)
+        sel = slice(first, first + length)
+        cx_[sel], cy_[sel], rad[sel] = px + s * ux, py + s * uy, r
+        cap = np.maximum(1.0 - min_transparency / glob[sel], 0.0)
+        depth[sel] = np.minimum(d, cap)
+    frames["cloud_x"] = cx_
+    frames["cloud_y"] = cy_
+    frames["cloud_radius"] = rad
+    frames["cloud_depth"] = depth
+
+
+def _field(row, key):
+    """``row[key]`` of a frames-table row (Series, one-row DataFrame, dict or namedtuple)."""
+    if isinstance(row, pd.DataFrame):
+        row = row.iloc[0]
+    val = row.get(key) if hasattr(row, "get") else getattr(row, key, None)
+    return None if val is None else float(val)
+
+
+def cloud_factor(row, x, y) -> np.ndarray:
+    """Local cloud transmission (1 where clear) at frame pixels (x, y) of a frames-table row.
+
+    Rows without ``cloud_*`` columns, or with depth 0 / NaN, are clear everywhere.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    vals = [_field(row, c) for c in CLOUD_COLUMNS]
+    if any(v is None or not math.isfinite(v) for v in vals) or vals[3] <= 0 or vals[2] <= 0:
+        return np.ones(np.broadcast(x, y).shape)
+    cx, cy, r, depth = vals
+    u2 = np.minimum(((x - cx) ** 2 + (y - cy) ** 2) / (r * r), 1.0)
+    return 1.0 - depth * (1.0 - u2) ** 2
+
+
+def has_cloud(row) -> bool:
+    """Whether a frames-table row carries a local cloud (else its transparency is uniform)."""
+    depth, r = _field(row, "cloud_depth"), _field(row, "cloud_radius")
+    return depth is not None and r is not None and depth > 0 and r > 0
+
+
+def transparency_at(row, x, y) -> np.ndarray:
+    """True transparency (global × local cloud) at frame pixels (x, y) of a frames-table row."""
+    return _field(row, "transparency") * cloud_factor(row, x, y)
+
+
+def transparency_map(row, width: int, height: int) -> np.ndarray:
+    """True transparency at every pixel (centre) of a ``height``×``width`` frame, float64."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    return transparency_at(row, xx, yy)
+
+
+def sky_map(row, width: int, height: int, level: float = 1.0) -> np.ndarray:
+    """Sky (ADU per pixel before the sky colour) of a frame: level, gradient, cloud glow.
+
+    Under a local cloud the sky brightens by ``SKY_UNDER_CLOUD × (1 − local transmission)``,
+    as it does over the whole field under global clouds (already in ``sky_level``).
+    """
+    gx = (np.arange(width) - (width - 1) / 2.0) / width * _field(row, "sky_gradient_x")
+    gy = (np.arange(height) - (height - 1) / 2.0) / height * _field(row, "sky_gradient_y")
+    sky = _field(row, "sky_level") * level * (1.0 + gy[:, None] + gx[None, :])
+    if has_cloud(row):
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+        sky *= 1.0 + SKY_UNDER_CLOUD * (1.0 - cloud_factor(row, xx, yy))
+    return sky
+
+
 OVERRIDABLE = (
     "fwhm_px",
     "transparency",
@@ -155,6 +294,7 @@ OVERRIDABLE = (
     "rotation_deg",
     "shift_x",
     "shift_y",
+    *CLOUD_COLUMNS,
 )
 
 
