@@ -12,6 +12,8 @@ from astropy.io import fits
 from tilestack.errors import InputError
 from tilestack.postprocess import (
     demosaic_channels,
+    fill_saturated,
+    fill_saturated_plane,
     preview_png,
     reinterleave,
     stretch,
@@ -65,26 +67,25 @@ def test_linear_ramp_is_exact_away_from_borders(pattern):
         assert err.max() < 1e-3, (colour, err.max())
 
 
-def test_samples_on_their_own_lattice_are_kept():
-    rng = np.random.default_rng(3)
-    planes = {c: rng.uniform(0, 100, (10, 10)).astype(np.float32) for c in "RGB"}
-    rgb = demosaic_channels(planes, "GRBG")
-    np.testing.assert_array_equal(rgb[0][0::2, 1::2], planes["R"])  # R at (0, 1)
-    np.testing.assert_array_equal(rgb[2][1::2, 0::2], planes["B"])  # B at (1, 0)
-
-
-def test_demosaic_is_linear_and_a_convex_combination():
-    rng = np.random.default_rng(0)
-    p1 = {c: rng.uniform(0, 1000, (16, 18)).astype(np.float32) for c in "RGB"}
-    p2 = {c: rng.uniform(0, 1000, (16, 18)).astype(np.float32) for c in "RGB"}
-    r1, r2 = demosaic_channels(p1, "RGGB"), demosaic_channels(p2, "RGGB")
-    scaled = demosaic_channels({c: 2.5 * v for c, v in p1.items()}, "RGGB")
-    np.testing.assert_allclose(scaled, 2.5 * r1, rtol=1e-5)
-    summed = demosaic_channels({c: p1[c] + p2[c] for c in "RGB"}, "RGGB")
-    np.testing.assert_allclose(summed, r1 + r2, rtol=1e-5, atol=1e-2)
-    # Non-negative weights summing to 1: outputs stay within each channel's input range.
-    for i, c in enumerate("RGB"):
-        assert r1[i].min() >= p1[c].min() - 1e-3 and r1[i].max() <= p1[c].max() + 1e-3
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_channels_stay_on_their_own_sites_and_do_not_mix(pattern):
+    """One bright sample per plane: it lands in its own output plane only, centred on its
+    Bayer site (R, B) or on the middle of the two green sites (G)."""
+    h, w = 10, 12
+    (i, j) = (4, 5)
+    for k, colour in enumerate("RGB"):
+        planes = {c: np.zeros((h, w), np.float32) for c in "RGB"}
+        planes[colour][i, j] = 1000.0
+        rgb = demosaic_channels(planes, pattern)
+        others = [m for m in range(3) if m != k]
+        assert np.all(rgb[others] == 0), colour
+        yy, xx = np.mgrid[0 : 2 * h, 0 : 2 * w]
+        total = rgb[k].sum()
+        cy, cx = (rgb[k] * yy).sum() / total, (rgb[k] * xx).sum() / total
+        sites = _phase(pattern, colour)
+        ey = 2 * i + np.mean([dy for dy, _ in sites])
+        ex = 2 * j + np.mean([dx for _, dx in sites])
+        assert abs(cy - ey) < 1e-4 and abs(cx - ex) < 1e-4, (colour, cy, cx, ey, ex)
 
 
 def test_nan_samples_get_zero_weight():
@@ -168,7 +169,9 @@ def test_provenance_header_hash_and_nan_free(tmp_path):
     cfg = {"tile": {"size_factor": 32, "overlap": 0.25}, "lights": "x/*.fits"}
     same = {"lights": "x/*.fits", "tile": {"overlap": 0.25, "size_factor": 32}}
     assert config_hash(cfg) == config_hash(same)
-    assert config_hash(cfg) != config_hash({**cfg, "lights": "y/*.fits"})
+    # Where the frames and results live does not change the result, so not the hash either.
+    assert config_hash(cfg) == config_hash({**cfg, "lights": "y/*.fits", "results": "out2"})
+    assert config_hash(cfg) != config_hash({**cfg, "tile": {"size_factor": 16}})
     h = provenance_header(
         n_frames=12,
         mode="emergency",
@@ -190,6 +193,8 @@ def test_provenance_header_hash_and_nan_free(tmp_path):
 
 
 def test_provenance_date_honours_source_date_epoch(monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    assert "DATE" not in provenance_header(n_frames=1, mode="reduced", config=None)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
     h = provenance_header(n_frames=1, mode="reduced", config=None)
     assert h["DATE"] == "1970-01-01T00:00:00"
@@ -209,3 +214,168 @@ def test_linked_preview_keeps_star_colour_on_a_neutral_sky(tmp_path):
     assert np.ptp(sky) <= 3  # neutral background despite different sky levels
     r, g, b = out[32, 34]
     assert r > g > b  # the star stays red
+
+
+# --- equal point-spread functions in the three colour planes -------------------------------
+
+
+def _star_field(pattern: str, fwhm: float, h: int = 96, w: int = 96, seed: int = 0):
+    """White Gaussian stars of a known FWHM on a flat sky, as R, G, B subplane stacks."""
+    rng = np.random.default_rng(seed)
+    centres = [
+        (y + rng.uniform(-2, 2), x + rng.uniform(-2, 2))
+        for y in range(16, 2 * h - 16, 32)
+        for x in range(16, 2 * w - 16, 32)
+    ]
+    sig2 = (fwhm / (2 * math.sqrt(2 * math.log(2)))) ** 2
+
+    def field(colour, y, x):
+        out = np.full(y.shape, 100.0)
+        for yc, xc in centres:
+            out += 1e4 * np.exp(-((y - yc) ** 2 + (x - xc) ** 2) / (2 * sig2))
+        return out
+
+    return _planes_from_field(field, pattern, h, w), centres
+
+
+def _fit_fwhm(img: np.ndarray, yc: float, xc: float, r: int = 8) -> float:
+    """FWHM of a circular Gaussian plus constant fitted to the stamp around (yc, xc)."""
+    from scipy.optimize import least_squares
+
+    y0, x0 = round(yc), round(xc)
+    stamp = img[y0 - r : y0 + r + 1, x0 - r : x0 + r + 1].astype(np.float64)
+    yy, xx = np.mgrid[y0 - r : y0 + r + 1, x0 - r : x0 + r + 1]
+
+    def resid(p):
+        a, b, y, x, s = p
+        return (a * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * s * s)) + b - stamp).ravel()
+
+    p = least_squares(resid, [stamp.max(), np.median(stamp), yc, xc, 1.5]).x
+    return 2 * math.sqrt(2 * math.log(2)) * abs(p[4])
+
+
+def _aperture(img: np.ndarray, yc: float, xc: float, r: float, sky: float = 100.0) -> float:
+    yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    inside = (yy - yc) ** 2 + (xx - xc) ** 2 <= r * r
+    return float((img[inside] - sky).sum())
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("fwhm", [3.0, 4.5])
+def test_three_planes_have_equal_star_widths(pattern, fwhm):
+    planes, centres = _star_field(pattern, fwhm)
+    rgb = demosaic_channels(planes, pattern)
+    widths = [np.median([_fit_fwhm(rgb[k], y, x) for y, x in centres]) for k in range(3)]
+    r, g, b = widths
+    assert abs(g / r - 1) < 0.02 and abs(g / b - 1) < 0.02, widths
+    assert fwhm < g < 1.4 * fwhm  # interpolation widens a little, never narrows
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_star_colour_does_not_depend_on_the_aperture(pattern):
+    planes, centres = _star_field(pattern, 3.5, seed=1)
+    rgb = demosaic_channels(planes, pattern)
+    for y, x in centres:
+        small = [_aperture(rgb[k], y, x, 3) for k in range(3)]
+        large = [_aperture(rgb[k], y, x, 8) for k in range(3)]
+        for k in (0, 2):
+            change = (small[k] / small[1]) / (large[k] / large[1]) - 1
+            assert abs(change) < 0.02, (pattern, k, y, x, change)
+
+
+# --- saturated star cores ------------------------------------------------------------------
+
+SAT = 30000.0
+
+
+def _saturated_night(pattern: str = "GBRG", h: int = 48, w: int = 56):
+    """Channel stacks as the core writes them for stars that saturate in every frame: the
+    invalid (saturated) samples are NaN. Rows 0-2 lie outside the frames' footprint (NaN), and
+    one small hole sits on the sky (a defect, not a star)."""
+    from tilestack.cfa import split_channels
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0 : 2 * h, 0 : 2 * w].astype(np.float64)
+    raw = 500.0 + rng.normal(0, 10, yy.shape)
+    stars = [(30.0, 30.0, 2e5), (60.0, 80.0, 8e4), (70.0, 24.0, 5e3)]  # the last one unsaturated
+    for yc, xc, amp in stars:
+        raw += amp * np.exp(-((yy - yc) ** 2 + (xx - xc) ** 2) / (2 * 1.8**2))
+    raw = np.minimum(raw, SAT)
+    planes = {c: p for c, (p, _) in split_channels(raw, pattern, raw < SAT).items()}
+    for p in planes.values():
+        p[:3] = np.nan
+        p[20:23, 6:9] = np.nan
+    return planes, stars
+
+
+def test_saturated_cores_take_the_saturation_level_and_are_flagged():
+    planes, stars = _saturated_night()
+    filled, masks = fill_saturated(planes)
+    for c in "RGB":
+        before, after, mask = planes[c], filled[c], masks[c].astype(bool)
+        holes = ~np.isfinite(before)
+        assert mask.any() and (mask <= holes).all()
+        # finite pixels untouched; the footprint edge and the sky defect stay NaN
+        np.testing.assert_array_equal(after[~holes], before[~holes])
+        assert np.isnan(after[:3]).all() and np.isnan(after[20:23, 6:9]).all()
+        assert not mask[:3].any() and not mask[20:23, 6:9].any()
+        # one level per channel, the brightest finite value next to a core: just below
+        # saturation (a lower bound of the clipped core)
+        level = after[mask]
+        assert np.all(level == level[0]) and 0.75 * SAT < level[0] < SAT
+        assert level[0] <= np.nanmax(before)
+        # both saturated stars filled, no NaN left anywhere else in the footprint
+        rest = np.isnan(after)
+        rest[:3] = False
+        rest[20:23, 6:9] = False
+        assert not rest.any()
+        for yc, xc, amp in stars:
+            assert mask[int(yc) // 2, int(xc) // 2] == (amp > SAT), (c, yc, xc)
+
+
+def test_fill_ignores_planes_without_holes_and_is_scale_free():
+    planes, _ = _saturated_night()
+    filled, masks = fill_saturated(planes)
+    scaled, masks2 = fill_saturated({c: 3.0 * p for c, p in planes.items()})
+    for c in "RGB":
+        np.testing.assert_array_equal(masks[c], masks2[c])
+        np.testing.assert_allclose(scaled[c], 3.0 * filled[c], rtol=1e-6)
+    clean = np.ones((8, 8), np.float32)
+    out, m = fill_saturated_plane(clean)
+    np.testing.assert_array_equal(out, clean)
+    assert not m.any()
+
+
+@pytest.mark.parametrize("bayer", [None, "GBRG"])
+def test_final_images_have_no_saturated_holes(tmp_path, bayer):
+    import json
+    from types import SimpleNamespace
+
+    from tilestack.finish import postprocess
+
+    planes, stars = _saturated_night()
+    stacks = planes if bayer else {"L": planes["G"]}
+    (tmp_path / "checks.json").write_text(json.dumps({"n_frames": 5}))
+    inp = SimpleNamespace(checks=str(tmp_path / "checks.json"))
+    out = SimpleNamespace(
+        rgb=tmp_path / "rgb.fits",
+        superpixel=tmp_path / "sp.fits",
+        mono=tmp_path / "L.fits",
+        preview=tmp_path / "preview.png",
+    )
+    postprocess(stacks, inp, out, bayer=bayer, mode="reduced", config={}, log=lambda m: None)
+    with fits.open(out.rgb if bayer else out.mono) as hdul:
+        data, mask = hdul[0].data, hdul["SATMASK"].data
+    assert mask.shape == data.shape and mask.dtype == np.uint8
+    # rows 0-2 of the planes (0-5 at full resolution) are outside the footprint
+    edge, scale = (8, 2) if bayer else (3, 1)
+    inner = data[..., edge:, :]
+    defect = np.zeros(inner.shape[-2:], bool)
+    defect[20 * scale - edge - 2 : 23 * scale - edge + 2, 6 * scale - 2 : 9 * scale + 2] = True
+    assert np.isfinite(inner[..., ~defect]).all()
+    for yc, xc, amp in stars:
+        if amp > SAT:
+            py, px = (int(yc), int(xc)) if bayer else (int(yc) // 2, int(xc) // 2)
+            core = data[..., py, px]
+            assert np.all(mask[..., py, px] == 1)
+            assert np.all(core > 0.75 * SAT) and np.all(core < SAT)

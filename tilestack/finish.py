@@ -42,11 +42,21 @@ def tile_fwhm(stars, grid) -> np.ndarray:
 def postprocess(stacks: dict, inp, out, *, bayer: str | None, mode: str, config: dict, log) -> None:
     """Linear RGB at sensor resolution + super-pixel RGB (OSC) or the mono copy; preview.
 
+    Star cores saturated in every frame are NaN in the stacks; the final images give them the
+    saturation level and flag them in a ``SATMASK`` HDU (the stacks themselves are unchanged).
     ``inp``/``out``: the rule's input and output (anything with those attributes). ``config``
     is the run's effective config, hashed into the provenance headers.
     """
     from tilestack.io.frames import write_fits
-    from tilestack.postprocess import demosaic_channels, preview_png, superpixel_rgb, write_rgb_fits
+    from tilestack.postprocess import (
+        SATMASK,
+        demosaic_channels,
+        demosaic_mask,
+        fill_saturated,
+        preview_png,
+        superpixel_rgb,
+        write_rgb_fits,
+    )
     from tilestack.provenance import provenance_header
 
     checks = json.loads(open(inp.checks).read())
@@ -55,14 +65,33 @@ def postprocess(stacks: dict, inp, out, *, bayer: str | None, mode: str, config:
     def header(kind):
         return provenance_header(n_frames=n, mode=mode, config=config, extra={"PRODUCT": kind})
 
+    filled, masks = fill_saturated(stacks)
+    for c, m in masks.items():
+        if m.any():
+            log(f"postprocess {c}: {int(m.sum())} saturated-core pixels set to saturation")
     if bayer:
-        rgb = demosaic_channels(stacks, bayer)
-        write_rgb_fits(out.rgb, rgb, header("linear RGB, demosaiced, sensor resolution"))
-        write_rgb_fits(out.superpixel, superpixel_rgb(stacks), header("super-pixel RGB"))
+        rgb = demosaic_channels(filled, bayer)
+        write_rgb_fits(
+            out.rgb,
+            rgb,
+            header("linear RGB, demosaiced, sensor resolution"),
+            mask=demosaic_mask(masks, bayer),
+        )
+        write_rgb_fits(
+            out.superpixel,
+            superpixel_rgb(filled),
+            header("super-pixel RGB"),
+            mask=np.stack([masks[c] for c in ("R", "G", "B")]),
+        )
         preview_png(rgb, out.preview, max_size=2048)
     else:
-        write_fits(out.mono, stacks["L"], header=header("linear mono stack"))
-        preview_png(stacks["L"], out.preview, max_size=2048)
+        write_fits(
+            out.mono,
+            filled["L"],
+            header=header("linear mono stack"),
+            extra_hdus=[(SATMASK, masks["L"])],
+        )
+        preview_png(filled["L"], out.preview, max_size=2048)
     log("postprocess: final images and preview written")
 
 

@@ -1,11 +1,15 @@
 """Post-processing (METHODOLOGY §12): colour from channel stacks, linear FITS, a preview.
 
 The core stacks each OSC channel at Bayer-subplane resolution. Here those planes become
-full-resolution RGB on the reference frame's pixel grid by a *linear* demosaic in float (a
-weighted mean of neighbouring samples, so §0.1 still holds), or super-pixel RGB. OpenCV's
-own Bayer conversions only accept 8/16-bit integers and would quantise linear data, so the
-interpolation is done with float filters instead. The only non-linear step, the display
-stretch, lives in :func:`preview_png` and never touches a FITS file.
+full-resolution RGB on the reference frame's pixel grid by a *linear* interpolation in float
+(a fixed weighted mean of neighbouring samples, so §0.1 still holds), or super-pixel RGB.
+OpenCV's own Bayer conversions only accept 8/16-bit integers and would quantise linear data,
+so the interpolation is done with float filters instead. The only non-linear step, the
+display stretch, lives in :func:`preview_png` and never touches a FITS file.
+
+Star cores saturated in every frame have no valid sample and reach this module as NaN holes
+in the channel stacks; :func:`fill_saturated` gives them the saturation level and a mask
+before the colour planes are formed.
 """
 
 from __future__ import annotations
@@ -16,16 +20,20 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 from astropy.io import fits
+from scipy import ndimage
 
 from tilestack.errors import InputError
 from tilestack.io.atomic import atomic_path
 
 RGB = ("R", "G", "B")
+SATMASK = "SATMASK"
 
-# Bilinear kernel of a rectangular (every second row and column) lattice.
-_K_RECT = np.array([[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]], dtype=np.float32)
-# Wider tent, only used to fill sites whose own sample is missing (NaN).
-_K_TENT5 = np.outer([1, 2, 3, 2, 1], [1, 2, 3, 2, 1]).astype(np.float32) / 9.0
+# A hole is a filled saturated core only if the pixels around it are bright: their median
+# above the sky by this many robust sigmas, and their maximum at least this fraction of the
+# way from the sky to the channel's brightest finite value.
+SAT_RING_SIGMA = 10.0
+SAT_RING_PEAK_FRACTION = 0.5
+SAT_RING_WIDTH = 2  # pixels (of the plane) around a hole that set the test and the level
 
 
 def _phases(bayer: str) -> dict[str, list[tuple[int, int]]]:
@@ -67,75 +75,87 @@ def reinterleave(stacks: Mapping[str, np.ndarray], bayer: str) -> np.ndarray:
     return mosaic
 
 
-def _lattice_bilinear(mosaic: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """Bilinear interpolation of the samples on lattice (dy::2, dx::2) to every pixel.
+# --- full-resolution colour ----------------------------------------------------------------
 
-    Normalized convolution: filter the masked samples and divide by the filtered mask, so a
-    constant field stays constant up to the borders and non-finite samples carry weight 0.
+
+def _tent(a: np.ndarray) -> np.ndarray:
+    """Bilinear weight of a lattice of spacing 2 px at distance ``a`` px."""
+    return np.maximum(0.0, 1.0 - np.abs(a) / 2.0)
+
+
+def _kernel(shifts: list[tuple[float, float]]) -> np.ndarray:
+    """5×5 weights K(u), u = output − sample in [−2, 2]²: the mean over ``shifts`` s of the
+    bilinear tent of the spacing-2 lattice centred at s (the sample treated as lying at s)."""
+    u = np.arange(-2, 3, dtype=np.float64)
+    k = np.zeros((5, 5), np.float64)
+    for sy, sx in shifts:
+        k += np.outer(_tent(u - sy), _tent(u - sx))
+    return k / len(shifts)
+
+
+def _interpolate_lattice(
+    plane: np.ndarray, anchor: tuple[int, int], kernel: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
+    """Σ K(x − p)·s(p) over the samples s of ``plane`` placed at p = 2·(i, j) + ``anchor``.
+
+    Normalized convolution: the filtered samples are divided by the filtered sample mask, so
+    NaN samples carry weight 0, a constant stays constant up to the borders, and a pixel
+    with no finite sample under its kernel is NaN.
     """
-    mask = np.zeros(mosaic.shape, dtype=np.float32)
-    mask[dy::2, dx::2] = 1.0
-    finite = np.isfinite(mosaic)
-    mask *= finite
-    values = np.where(mask > 0, mosaic, 0.0).astype(np.float32)
-    num = cv2.filter2D(values, cv2.CV_32F, _K_RECT, borderType=cv2.BORDER_REFLECT_101)
-    den = cv2.filter2D(mask, cv2.CV_32F, _K_RECT, borderType=cv2.BORDER_REFLECT_101)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(den > 1e-6, num / np.maximum(den, 1e-12), np.nan)
-    hole = ~(den > 1e-6)
-    if hole.any():
-        # A missing sample's own site has no lattice neighbour within 3×3: use the 5×5 tent.
-        num5 = cv2.filter2D(values, cv2.CV_32F, _K_TENT5, borderType=cv2.BORDER_REFLECT_101)
-        den5 = cv2.filter2D(mask, cv2.CV_32F, _K_TENT5, borderType=cv2.BORDER_REFLECT_101)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            fill = np.where(den5 > 1e-6, num5 / np.maximum(den5, 1e-12), np.nan)
-        out = np.where(hole, fill, out)
-    # Samples on the lattice are kept exactly (no rounding through the division).
-    out[dy::2, dx::2] = np.where(mask[dy::2, dx::2] > 0, mosaic[dy::2, dx::2], out[dy::2, dx::2])
-    return out.astype(np.float32)
-
-
-def _centre_bilinear(plane: np.ndarray) -> np.ndarray:
-    """Bilinear upsampling ×2 of a plane whose samples sit at the 2×2 cell centres.
-
-    The G plane is the mean of the two G phases, which for any locally linear field is the
-    value at the cell centre (0.5, 0.5). Spreading it to both G positions and interpolating
-    the quincunx would leave a checkerboard on every gradient; interpolating from the cell
-    centres is exact on linear ramps. ``cv2.resize`` (INTER_LINEAR, ×2) uses exactly this
-    geometry: output pixel x reads input (x − 0.5)/2. Non-finite samples carry weight 0.
-    """
-    h, w = plane.shape
+    dy, dx = anchor
     finite = np.isfinite(plane)
-    values = np.where(finite, plane, 0.0).astype(np.float32)
-    mask = finite.astype(np.float32)
-    num = cv2.resize(values, (2 * w, 2 * h), interpolation=cv2.INTER_LINEAR)
-    if finite.all():
-        return num.astype(np.float32)
-    den = cv2.resize(mask, (2 * w, 2 * h), interpolation=cv2.INTER_LINEAR)
+    values = np.zeros(shape, np.float32)
+    mask = np.zeros(shape, np.float32)
+    values[dy::2, dx::2] = np.where(finite, plane, 0.0)
+    mask[dy::2, dx::2] = finite
+    # filter2D correlates: flip K so that output x reads K(x − p).
+    k = np.ascontiguousarray(kernel[::-1, ::-1], dtype=np.float32)
+    num = cv2.filter2D(values, cv2.CV_32F, k, borderType=cv2.BORDER_REFLECT_101)
+    den = cv2.filter2D(mask, cv2.CV_32F, k, borderType=cv2.BORDER_REFLECT_101)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(den > 1e-6, num / np.maximum(den, 1e-12), np.nan)
+        out = np.where(den > 1e-3, num / np.maximum(den, 1e-12), np.nan)
     return out.astype(np.float32)
 
 
 def demosaic_channels(stacks: Mapping[str, np.ndarray], bayer: str) -> np.ndarray:
     """Full-resolution linear RGB (3, 2h, 2w) float32 from R, G, B subplane stacks.
 
-    The planes are re-interleaved onto the Bayer mosaic of the reference frame; R and B are
-    interpolated bilinearly on their own lattices, G from the cell centres (see
-    :func:`_centre_bilinear`). Every output pixel is a fixed non-negative weighted mean of
-    input samples: constants stay constant, linear ramps stay exact away from the border,
-    and scaling the input scales the output.
+    The three colours must come out with the same point-spread function, or star colours
+    change with the aperture. Their samples differ in one way: a G sample is the mean of the
+    two green sites G1 and G2 = G1 + d (d a diagonal step), i.e. the scene averaged over
+    the pair, centred at G1 + d/2; R and B are single sites. So every channel gets the same
+    two operations:
+
+    * the pair average along d — built into G; for R and B the kernel averages two copies
+      of the interpolation with the sample put at p + d/2 and at p − d/2;
+    * the bilinear tent of the spacing-2 lattice, always evaluated half a pixel off the
+      lattice (G centred at G1 + d/2, R and B at p ± d/2), so all three see the same set of
+      weights ({3/4, 1/4} per axis) at every output pixel phase.
+
+    Every output pixel is a fixed non-negative weighted mean of input samples: constants
+    stay constant, linear ramps stay exact away from the border (the ±d/2 pair of R and B
+    is centred on the true site), scaling the input scales the output, and the three
+    planes' stars have equal widths and centroids. The price is that R and B samples are no
+    longer kept exactly on their own sites: they are as soft as G, which cannot be sharpened.
     """
     planes = dict(zip(RGB, _planes(stacks), strict=True))
     phases = _phases(bayer)
-    mosaic = reinterleave(planes, bayer)
-    (ry, rx) = phases["R"][0]
-    (by, bx) = phases["B"][0]
-    rgb = np.empty((3,) + mosaic.shape, dtype=np.float32)
-    rgb[0] = _lattice_bilinear(mosaic, ry, rx)
-    rgb[1] = _centre_bilinear(planes["G"])
-    rgb[2] = _lattice_bilinear(mosaic, by, bx)
+    (g1y, g1x), (g2y, g2x) = phases["G"]
+    half = ((g2y - g1y) / 2.0, (g2x - g1x) / 2.0)
+    pair = _kernel([half, (-half[0], -half[1])])
+    h, w = planes["R"].shape
+    shape = (2 * h, 2 * w)
+    rgb = np.empty((3,) + shape, dtype=np.float32)
+    rgb[0] = _interpolate_lattice(planes["R"], phases["R"][0], pair, shape)
+    rgb[1] = _interpolate_lattice(planes["G"], (g1y, g1x), _kernel([half]), shape)
+    rgb[2] = _interpolate_lattice(planes["B"], phases["B"][0], pair, shape)
     return rgb
+
+
+def demosaic_mask(masks: Mapping[str, np.ndarray], bayer: str) -> np.ndarray:
+    """(3, 2h, 2w) uint8: 1 where a full-resolution pixel's value uses a flagged sample."""
+    planes = {c: np.asarray(masks[c], dtype=np.float32) for c in RGB}
+    return (demosaic_channels(planes, bayer) > 1e-6).astype(np.uint8)
 
 
 def superpixel_rgb(stacks: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -143,18 +163,106 @@ def superpixel_rgb(stacks: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.stack(_planes(stacks)).astype(np.float32)
 
 
+# --- saturated cores -----------------------------------------------------------------------
+
+
+def _sky(plane: np.ndarray) -> tuple[float, float, float]:
+    """(median, 1.4826·MAD, max) of the finite values (statistics on a subsample if large)."""
+    v = plane[np.isfinite(plane)].astype(np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    peak = float(v.max())
+    if v.size > 2_000_000:
+        v = v[:: v.size // 1_000_000]
+    med = float(np.median(v))
+    return med, 1.4826 * float(np.median(np.abs(v - med))), peak
+
+
+def fill_saturated_plane(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fill the saturated-core holes of one stacked plane; returns (filled float32, uint8 mask).
+
+    A hole is a connected (8-neighbour) set of NaN pixels. It is a saturated core — a spot
+    where every frame's sample was at or above the sensor's saturation and so invalid — when
+    it does not touch the image border (the area outside the frames' footprint is left as it
+    is) and the pixels within ``SAT_RING_WIDTH`` of it are bright (see ``SAT_RING_*``).
+
+    All such holes take one level, the plane's saturation level in stack units: the
+    brightest finite value next to any of them. Those pixels average the frames whose sample
+    stayed just below saturation, so this is a lower bound of the true core, and the closest
+    one the stack holds (the sensor's raw saturation is not in stack units after calibration
+    and normalization). Every other NaN stays NaN; finite pixels are never changed.
+    """
+    img = np.array(plane, dtype=np.float32, copy=True)
+    mask = np.zeros(img.shape, np.uint8)
+    holes = ~np.isfinite(img)
+    if not holes.any() or holes.all():
+        return img, mask
+    bg, noise, peak = _sky(img)
+    labels, _ = ndimage.label(holes, structure=np.ones((3, 3), bool))
+    h, w = img.shape
+    r = SAT_RING_WIDTH
+    grow = np.ones((2 * r + 1, 2 * r + 1), bool)
+    bright = bg + SAT_RING_PEAK_FRACTION * (peak - bg)
+    cores = []
+    level = -np.inf
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        ys, xs = sl
+        if ys.start == 0 or xs.start == 0 or ys.stop == h or xs.stop == w:
+            continue  # touches the border: outside the footprint, not a star core
+        box = (slice(max(ys.start - r, 0), ys.stop + r), slice(max(xs.start - r, 0), xs.stop + r))
+        hole = labels[box] == lab
+        ring = ndimage.binary_dilation(hole, structure=grow) & np.isfinite(img[box])
+        vals = img[box][ring]
+        if vals.size == 0:
+            continue
+        if np.median(vals) > bg + SAT_RING_SIGMA * noise and vals.max() >= bright:
+            cores.append((box, hole))
+            level = max(level, float(vals.max()))
+    for box, hole in cores:
+        img[box][hole] = level
+        mask[box][hole] = 1
+    return img, mask
+
+
+def fill_saturated(
+    stacks: Mapping[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """:func:`fill_saturated_plane` on every channel: (filled planes, masks), same keys."""
+    filled, masks = {}, {}
+    for c, plane in stacks.items():
+        filled[c], masks[c] = fill_saturated_plane(np.asarray(plane))
+    return filled, masks
+
+
 def write_rgb_fits(
-    path: str | os.PathLike, rgb: np.ndarray, header: fits.Header | None = None
+    path: str | os.PathLike,
+    rgb: np.ndarray,
+    header: fits.Header | None = None,
+    mask: np.ndarray | None = None,
 ) -> None:
-    """Write a linear (3, H, W) or (H, W) float32 FITS image atomically."""
+    """Write a linear (3, H, W) or (H, W) float32 FITS image atomically.
+
+    ``mask`` (same shape, 1 = saturated core filled with the saturation level) goes into an
+    extra uint8 image HDU named ``SATMASK``.
+    """
     data = np.ascontiguousarray(np.asarray(rgb, dtype=np.float32))
     if data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[0] != 3):
         raise InputError(f"{path}: expected a (3, H, W) or (H, W) image, got shape {data.shape}")
     hdu = fits.PrimaryHDU(data=data, header=fits.Header(header) if header is not None else None)
     if data.ndim == 3:
         hdu.header["CTYPE3"] = ("RGB", "plane 1 = R, 2 = G, 3 = B")
+    hdus = [hdu]
+    if mask is not None:
+        m = np.ascontiguousarray(np.asarray(mask, dtype=np.uint8))
+        if m.shape != data.shape:
+            raise InputError(f"{path}: mask shape {m.shape} != image shape {data.shape}")
+        ext = fits.ImageHDU(data=m, name=SATMASK)
+        ext.header["COMMENT"] = "1 = saturated in every frame, set to the saturation level"
+        hdus.append(ext)
     with atomic_path(path) as tmp:
-        hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
+        fits.HDUList(hdus).writeto(tmp, overwrite=True, output_verify="silentfix")
 
 
 # --- preview -------------------------------------------------------------------------------
