@@ -165,6 +165,8 @@ def weights_outputs():
         "global_": [R(f"metrics/global_{c}.csv") for c in CHANNELS],
         "local": [R(f"metrics/local_{c}.parquet") for c in CHANNELS],
     }
+    if config["method"] == "tbqr2":
+        out["normalization"] = [R(f"metrics/normalization_{c}.parquet") for c in CHANNELS]
     if FULL:
         out["clusters"] = R("clustering/clusters.csv")
     return out
@@ -179,6 +181,8 @@ def reconstruct_inputs(wildcards=None):
         "local": [R(f"metrics/local_{c}.parquet") for c in CHANNELS],
         "grid": R("tiles/grid.json"),
     }
+    if config["method"] == "tbqr2":
+        out["normalization"] = [R(f"metrics/normalization_{c}.parquet") for c in CHANNELS]
     if FULL:
         out["clusters"] = R("clustering/clusters.csv")
     return out
@@ -220,6 +224,7 @@ def reconstruct_params(rows):
         "mode": PLAN.mode,
         "n_clusters": PLAN.n_clusters,
         "memory_mb": WF["memory_mb"],
+        "method": config["method"],
     }
 
 

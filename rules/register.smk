@@ -87,6 +87,8 @@ rule align:
         anti_ringing=config["registration"]["anti_ringing"],
         border_px=config["global_metrics"]["border_px"],
         star_sigma=config["tile"]["star_sigma"],  # common deep star list for local metrics and E
+        method=config["method"],
+        normalization=config["normalization"],
     log:
         log_path("align/{batch}"),
     threads: WF["threads"]

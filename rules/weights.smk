@@ -8,13 +8,15 @@ rule weights:
         tiles=expand(R("metrics/batches/{batch}_tiles.parquet"), batch=BATCHES),
         tables=expand(R("registration/batches/{batch}.csv"), batch=BATCHES),
         reference=R("registration/reference.json"),
+        grid=R("tiles/grid.json"),
     output:
         transforms=R("registration/transforms.csv"),
         **weights_outputs(),
     params:
         channels=CHANNELS,
         global_metrics=config["global_metrics"],
-        kappa=config["weights"]["kappa"],
+        weights=config["weights"],
+        method=config["method"],
         tile=config["tile"],
         clustering=config["clustering"],
         mode=PLAN.mode,

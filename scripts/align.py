@@ -42,6 +42,9 @@ def main():
         clamp=bool(p.anti_ringing),
         border=int(p.border_px),
         star_sigma=float(p.star_sigma),
+        method=str(p.method),
+        background=str(p.normalization["background"]),
+        scale_px=int(p.normalization["scale_px"]),
     )
     siril = pd.read_csv(sm.input.siril[0]) if sm.input.siril else None
     with BatchFile(sm.input.calibrated) as src, ExitStack() as stack:

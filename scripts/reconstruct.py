@@ -29,7 +29,10 @@ def reconstruct_channel(c, i, grid, prog):
     if "clusters" in sm.input.keys():
         cl = pd.read_csv(sm.input.clusters)
         clusters = cl[cl["channel"] == c]
-    prog.log(f"{c}: {len(g)} frames, {grid.n_tiles} tiles, mode {p.mode}")
+    norm = None
+    if "normalization" in sm.input.keys():
+        norm = pd.read_parquet(sm.input.normalization[i])
+    prog.log(f"{c}: {len(g)} frames, {grid.n_tiles} tiles, mode {p.mode}, method {p.method}")
     result = reconstruct_channel_band(
         [f for f in sm.input.registered if Path(f).parent.name == c],
         g,
@@ -41,6 +44,7 @@ def reconstruct_channel(c, i, grid, prog):
         final=p.final,
         clusters=clusters,
         memory_mb=float(p.memory_mb),
+        normalization_df=norm,
     )
     save_band(sm.output.bands[i], result)
     return int(result.fallback.sum())

@@ -19,8 +19,14 @@ sm = snakemake  # noqa: F821  (injected by the script: directive)
 def main():
     set_threads(sm.threads)
     from tilestack.io.atomic import write_table
-    from tilestack.metrics.weights import GLOBAL_COLUMNS, channel_weights
+    from tilestack.metrics.weights import (
+        NORMALIZATION_COLUMNS,
+        channel_weights,
+        global_columns,
+        tbqr2_channel_weights,
+    )
     from tilestack.pipeline_steps import Progress
+    from tilestack.tiles import TileGrid
     from tilestack.transforms_table import merge_batch_tables
 
     p = sm.params
@@ -35,18 +41,34 @@ def main():
     raw_g = pd.concat([pd.read_parquet(f) for f in sm.input.metrics], ignore_index=True)
     raw_t = pd.concat([pd.read_parquet(f) for f in sm.input.tiles], ignore_index=True)
     tables = {}
-    for c, gout, lout in zip(channels, sm.output.global_, sm.output.local, strict=True):
-        g, t = channel_weights(
-            raw_g,
-            raw_t,
-            c,
-            global_metrics=p.global_metrics,
-            star_min_count=p.tile["star_min_count"],
-            kappa=p.kappa,
-            star_weights=p.tile["star_weights"],
-            structure_weights=p.tile["structure_weights"],
-        )
-        write_table(gout, g[GLOBAL_COLUMNS])
+    grid = TileGrid.from_json(sm.input.grid)
+    for i, (c, gout, lout) in enumerate(
+        zip(channels, sm.output.global_, sm.output.local, strict=True)
+    ):
+        if p.method == "tbqr2":
+            g, t = tbqr2_channel_weights(
+                raw_g,
+                raw_t,
+                c,
+                grid_shape=(grid.ny, grid.nx),
+                reference=reference,
+                sharpen=float(p.weights["sharpen"]),
+                max_ratio=float(p.weights["max_ratio"]),
+                star_min_count=p.tile["star_min_count"],
+            )
+            write_table(sm.output.normalization[i], g[NORMALIZATION_COLUMNS])
+        else:
+            g, t = channel_weights(
+                raw_g,
+                raw_t,
+                c,
+                global_metrics=p.global_metrics,
+                star_min_count=p.tile["star_min_count"],
+                kappa=p.weights["kappa"],
+                star_weights=p.tile["star_weights"],
+                structure_weights=p.tile["structure_weights"],
+            )
+        write_table(gout, g[global_columns(p.method)])
         write_table(lout, t)
         tables[c] = (g, t)
         prog.step(note=f"{c}: {len(g)} frames, {t['tile'].nunique()} tiles")

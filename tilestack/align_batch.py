@@ -24,7 +24,8 @@ import pandas as pd
 
 from tilestack.cfa import split_channels
 from tilestack.errors import InputError
-from tilestack.metrics.local import frame_metrics, reference_star_list
+from tilestack.metrics.local import frame_metrics, reference_star_list, tile_scales
+from tilestack.normalization import ReferencePhotometry, normalize_frame
 from tilestack.pipeline_steps import BatchFile, Progress, luminance_image, to_channel_xy
 from tilestack.registration.cfa_warp import warp_mosaic
 from tilestack.registration.interpolation import warp_image
@@ -32,6 +33,8 @@ from tilestack.registration.pipeline import register_frame, result_row
 from tilestack.tiles import TileGrid
 from tilestack.transforms_table import row_matrix
 
+# stars below this aperture SNR (frame or reference) do not vote on a tile's own scale
+TILE_SCALE_SNR = 5.0
 # registration.* keys passed straight to `register_frame`
 REGISTRATION_OPTION_KEYS = (
     "max_stars",
@@ -47,7 +50,17 @@ REGISTRATION_OPTION_KEYS = (
     "sip",
 )
 # raw per-frame metrics of the batch table (the weights job adds z-scores, Q and G)
-RAW_GLOBAL_COLUMNS = ["frame", "stem", "channel", "B", "sigma", "E", "median", "mad"]
+RAW_GLOBAL_COLUMNS = ["frame", "stem", "channel", "B", "sigma", "E", "median", "mad", "F"]
+# §5 normalization of each frame and channel (method tbqr2): scale, how it was found, surface
+NORM_COLUMNS = [
+    "s",
+    "norm_stars",
+    "norm_method",
+    "surface_cell",
+    "surface_ny",
+    "surface_nx",
+    "surface",
+]
 
 
 @dataclass
@@ -75,6 +88,9 @@ class WarpSettings:
     clamp: bool = True
     border: int = 16
     star_sigma: float = 3.0
+    method: str = "tbqr2"  # tbqr2: §5 photometric scale + background surface; v3: X / B only
+    background: str = "surface"  # normalization.background
+    scale_px: int = 128  # normalization.scale_px
 
 
 @dataclass
@@ -94,6 +110,63 @@ def common_star_xy(ref: Reference, settings: WarpSettings) -> dict[str, pd.DataF
         xy = to_channel_xy(ref_xy, settings.bayer, c)
         out[c] = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "flux": flux})
     return out
+
+
+def reference_photometry(
+    ref: Reference, settings: WarpSettings, grid: TileGrid, star_xy: dict[str, pd.DataFrame]
+) -> dict[str, ReferencePhotometry]:
+    """The reference's registered planes with their aperture fluxes: the scale of §5."""
+    planes = warp_planes(ref.image, ref.valid, np.eye(3), settings)
+    out = {}
+    for c in settings.channels:
+        plane, ok = planes[c]
+        xy = star_xy[c][["x", "y"]].to_numpy(np.float64)
+        _, _, stars = frame_metrics(
+            plane, ok, grid, star_xy[c], border=settings.border, with_stars=True
+        )
+        out[c] = ReferencePhotometry.measure(plane, ok, xy, frame_fwhm(stars, grid))
+    return out
+
+
+def frame_fwhm(stars: pd.DataFrame, grid: TileGrid) -> float:
+    """The frame's F: median FWHM of its measured stars (the grid's F when none)."""
+    fw = stars["fwhm"].to_numpy(np.float64) if len(stars) else np.empty(0)
+    fw = fw[np.isfinite(fw) & (fw > 0)]
+    return float(np.median(fw)) if fw.size else float("nan")
+
+
+def measure_plane(
+    plane: np.ndarray,
+    ok: np.ndarray,
+    grid: TileGrid,
+    star_xy: pd.DataFrame,
+    settings: WarpSettings,
+    ref_phot: ReferencePhotometry | None,
+) -> tuple[dict, pd.DataFrame]:
+    """Raw §6/§8 metrics of one registered plane and, for tbqr2, its §5 normalization."""
+    g, t, stars = frame_metrics(plane, ok, grid, star_xy, border=settings.border, with_stars=True)
+    g["F"] = frame_fwhm(stars, grid)
+    if ref_phot is None:
+        return g, t
+    xy = star_xy[["x", "y"]].to_numpy(np.float64)
+    fwhm = g["F"] if np.isfinite(g["F"]) else grid.fwhm
+    nrm = normalize_frame(
+        plane, ok, fwhm, xy, ref_phot, model=settings.background, scale_px=settings.scale_px
+    )
+    good = (nrm.snr >= TILE_SCALE_SNR) & (ref_phot.snr >= TILE_SCALE_SNR)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(good, ref_phot.flux / nrm.flux, np.nan)
+    t["T_local"] = tile_scales(xy, ratio, grid)
+    g.update(
+        s=nrm.scale,
+        norm_stars=nrm.n_stars,
+        norm_method=nrm.method,
+        surface_cell=int(nrm.surface.cell),
+        surface_ny=int(nrm.surface.grid.shape[0]),
+        surface_nx=int(nrm.surface.grid.shape[1]),
+        surface=nrm.surface.grid.ravel().tolist(),
+    )
+    return g, t
 
 
 def register_row(
@@ -153,6 +226,9 @@ def align_batch(
     by_frame = {f: g.drop(columns=["frame", "stem"]) for f, g in stars.groupby("frame", sort=False)}
     star_xy = common_star_xy(ref, settings)
     progress.log(f"{len(next(iter(star_xy.values())))} common stars from the reference image")
+    ref_phot = (
+        reference_photometry(ref, settings, grid, star_xy) if settings.method == "tbqr2" else {}
+    )
     siril_by_frame = (
         {r["frame"]: r for r in siril_rows.to_dict("records")} if siril_rows is not None else None
     )
@@ -176,7 +252,7 @@ def align_batch(
             for c in settings.channels:
                 plane, ok = planes[c]
                 writers[c](stem, plane, ok, {"FRAME": name})
-                g, t = frame_metrics(plane, ok, grid, star_xy[c], border=settings.border)
+                g, t = measure_plane(plane, ok, grid, star_xy[c], settings, ref_phot.get(c))
                 global_rows.append({"frame": name, "stem": stem, "channel": c, **g})
                 t.insert(0, "channel", c)
                 t.insert(0, "stem", stem)
@@ -186,6 +262,9 @@ def align_batch(
         progress.step(note=note)
     return AlignResult(
         registration=pd.DataFrame(reg_rows),
-        global_metrics=pd.DataFrame(global_rows, columns=RAW_GLOBAL_COLUMNS),
+        global_metrics=pd.DataFrame(
+            global_rows,
+            columns=RAW_GLOBAL_COLUMNS + (NORM_COLUMNS if settings.method == "tbqr2" else []),
+        ),
         tile_metrics=pd.concat(tile_rows, ignore_index=True) if tile_rows else pd.DataFrame(),
     )

@@ -113,6 +113,7 @@ def reconstruct_band(
     synthetic: str = "global",
     G: np.ndarray | None = None,
     cluster_weights: np.ndarray | None = None,
+    normalization: tuple[np.ndarray, Sequence] | None = None,
 ) -> BandResult:
     """Reconstruct rows ``[y0, y1)`` of one channel from ``n_frames`` registered frames.
 
@@ -126,6 +127,11 @@ def reconstruct_band(
     ``classical_kappa``). ``clusters[f]`` (full mode): synthetic frames per cluster,
     ``synthetic='global'`` (weights ``G``) or ``'tile_weighted'`` (§9 within the cluster), and
     ``stack`` = their mean, or the ``cluster_weights``-weighted mean when given.
+
+    ``normalization=(s, surfaces)`` (revision 2, §5): samples are ``I = s_f·X − S_f`` with
+    ``surfaces[f]`` a :class:`tilestack.normalization.Surface`; ``background`` is then only
+    reported, the stack stays on the reference frame's scale (``scale`` 1), and the classical
+    stack is the equal-weight clipped mean of the same ``I``.
     """
     n = int(n_frames)
     if n < 1:
@@ -136,8 +142,16 @@ def reconstruct_band(
     w_ft = np.ascontiguousarray(weights, dtype=np.float64).reshape(n, grid.n_tiles)
     w_ft = np.where(np.isfinite(w_ft) & (w_ft > 0), w_ft, 0.0)
     bg = np.asarray(background, dtype=np.float64).reshape(n)
-    bg_ok = np.where(np.isfinite(bg) & (bg > 1e-6), bg, 1e-6)
-    inv_b = 1.0 / bg_ok
+    if normalization is not None:
+        s_f = np.asarray(normalization[0], np.float64).reshape(n)
+        s_f = np.where(np.isfinite(s_f) & (s_f > 0), s_f, 1.0).astype(np.float32)
+        surfaces = list(normalization[1])
+        inv_b = np.ones(n, np.float64)
+        if scale is None:
+            scale = 1.0
+    else:
+        bg_ok = np.where(np.isfinite(bg) & (bg > 1e-6), bg, 1e-6)
+        inv_b = 1.0 / bg_ok
     if scale is None:
         fin = bg[np.isfinite(bg)]
         scale = float(np.median(fin)) if fin.size else 1.0
@@ -181,7 +195,9 @@ def reconstruct_band(
         g_f = np.ones(n, np.float64)
         cl_ok = np.ones((1, grid.n_tiles), np.bool_)
 
-    if classical is not None:
+    if classical is not None and normalization is not None:
+        c_med, c_fac, c_ref = np.zeros(n), np.ones(n), 0.0
+    elif classical is not None:
         c_med, c_fac, c_ref = addscale_factors(*classical)
     else:
         c_med = c_fac = np.zeros(n)
@@ -207,7 +223,11 @@ def reconstruct_band(
         m = b - a
         for f in range(n):
             d, v = reader(f, a, b)
-            data[f, :m] = d
+            if normalization is not None:
+                np.multiply(d, s_f[f], out=data[f, :m])
+                data[f, :m] -= surfaces[f].rows(a, b, width)
+            else:
+                data[f, :m] = d
             valid[f, :m] = v
         o_rec, o_w, o_cov, o_kept, o_syn, o_cls = outs
         r0 = a - y0

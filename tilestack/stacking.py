@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tilestack.errors import ConfigError
+from tilestack.errors import ConfigError, InputError
 from tilestack.reconstruction import (
     BandResult,
     array_reader,
@@ -72,6 +72,27 @@ def stack_frames(
     return assemble_bands(bands, height=h)
 
 
+def surfaces_for(normalization_df, frames: list[str]):
+    """``(s, surfaces)`` in ``frames`` order from a channel's §5 normalization table."""
+    from tilestack.normalization import Surface
+
+    by = {r["frame"]: r for r in normalization_df.to_dict("records")}
+    missing = [f for f in frames if f not in by]
+    if missing:
+        raise InputError(f"normalization table has no row for {missing[0]}")
+    scales = np.array([float(by[f]["s"]) for f in frames], np.float64)
+    surfaces = [
+        Surface(
+            np.asarray(by[f]["surface"], np.float64).reshape(
+                int(by[f]["surface_ny"]), int(by[f]["surface_nx"])
+            ),
+            int(by[f]["surface_cell"]),
+        )
+        for f in frames
+    ]
+    return scales, surfaces
+
+
 def reconstruct_channel_band(
     registered_paths: list,
     global_df,
@@ -84,6 +105,7 @@ def reconstruct_channel_band(
     final: dict | None = None,
     clusters=None,
     memory_mb: float = 2000.0,
+    normalization_df=None,
 ):
     """One channel's rows ``[y0, y1)`` from its registered batch files (what a band job does).
 
@@ -122,6 +144,8 @@ def reconstruct_channel_band(
         # v3 rule (conformance studies): per frame x tile median and MAD of I.
         kwargs["tile_offset"] = weight_matrix(local_df, frames, grid.n_tiles, "B_local")
         kwargs["tile_scale"] = weight_matrix(local_df, frames, grid.n_tiles, "S_local")
+    if normalization_df is not None:
+        kwargs["normalization"] = surfaces_for(normalization_df, frames)
     reader = RegisteredReader(list(registered_paths), stems)
     try:
         return reconstruct_band(

@@ -308,6 +308,7 @@ def frame_tile_metrics(
     snr_min: float = 5.0,
     energy: tuple[np.ndarray, np.ndarray, float] | None = None,
     star_flux: np.ndarray | None = None,
+    stars: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Raw local metrics of one frame/channel, one row per tile.
 
@@ -326,17 +327,15 @@ def frame_tile_metrics(
     *which* stars were measured: in a thin or cloudy frame only the brightest stars of a tile
     pass the SNR cut, and their raw peak contrast is high, so the worst frames would get the
     best ``C``. A star whose FWHM, roundness or contrast could not be measured is left out of
-    that median only.
+    that median only. ``stars``: the measured stars when already known
+    (:func:`measured_stars`).
     """
     img = np.asarray(norm_image, np.float32)
     mask = np.isfinite(img)
     if valid is not None:
         mask &= np.asarray(valid) > 0
-    xy = _as_xy(stars_ref_xy_df)
-    if xy is None:
-        xy = find_peaks(img, mask, grid.fwhm)
-    stars = measure_stars(img, mask.astype(np.uint8), xy, grid.fwhm)
-    stars = stars[stars["snr"] >= snr_min]
+    if stars is None:
+        stars = measured_stars(img, mask, grid, _as_xy(stars_ref_xy_df), snr_min=snr_min)
     sx = stars["x"].to_numpy()
     sy = stars["y"].to_numpy()
     idx = stars["index"].to_numpy()
@@ -369,6 +368,36 @@ def frame_tile_metrics(
             )
         )
     return pd.DataFrame(rows, columns=["tile", *RAW_COLUMNS])
+
+
+def measured_stars(
+    image: np.ndarray, mask: np.ndarray, grid: TileGrid, xy: np.ndarray | None, *, snr_min=5.0
+) -> pd.DataFrame:
+    """Stars of the list ``xy`` (or found on the image) measured on it, SNR >= ``snr_min``."""
+    img = np.asarray(image, np.float32)
+    if xy is None:
+        xy = find_peaks(img, mask, grid.fwhm)
+    stars = measure_stars(img, np.asarray(mask).astype(np.uint8), xy, grid.fwhm)
+    return stars[stars["snr"] >= snr_min]
+
+
+def tile_scales(
+    xy: np.ndarray, ratio: np.ndarray, grid: TileGrid, min_stars: int = 3
+) -> np.ndarray:
+    """Median per tile of the stars' ``flux_ref / flux`` (the tile's own photometric scale).
+
+    NaN for tiles with fewer than ``min_stars`` measured stars.
+    """
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    ratio = np.asarray(ratio, np.float64).reshape(-1)
+    ok = np.isfinite(ratio) & (ratio > 0)
+    sx, sy, r = xy[ok, 0], xy[ok, 1], ratio[ok]
+    out = np.full(grid.n_tiles, np.nan)
+    for t, (y0, y1, x0, x1) in enumerate(grid.tiles):
+        sel = (sx >= x0 - 0.5) & (sx < x1 - 0.5) & (sy >= y0 - 0.5) & (sy < y1 - 0.5)
+        if sel.sum() >= min_stars:
+            out[t] = float(np.median(r[sel]))
+    return out
 
 
 def _median(v: np.ndarray) -> float:
@@ -464,7 +493,8 @@ def frame_metrics(
     *,
     border: int = 16,
     snr_min: float = 5.0,
-) -> tuple[dict, pd.DataFrame]:
+    with_stars: bool = False,
+):
     """Global raw metrics (``B sigma E median mad``) and the per-tile table of one channel.
 
     The single entry point of the per-frame metrics job: normalizes once by ``B`` (§5). The
@@ -479,8 +509,11 @@ def frame_metrics(
     g, norm, mask, energy = global_metrics_and_maps(
         raw, valid, border, xy, grid.fwhm, stars_flux=flux
     )
-    tiles = frame_tile_metrics(norm, mask, grid, xy, snr_min=snr_min, energy=energy, star_flux=flux)
-    return g, tiles
+    stars = measured_stars(norm, mask, grid, xy, snr_min=snr_min)
+    tiles = frame_tile_metrics(
+        norm, mask, grid, xy, snr_min=snr_min, energy=energy, star_flux=flux, stars=stars
+    )
+    return (g, tiles, stars) if with_stars else (g, tiles)
 
 
 def _as_xy(stars) -> np.ndarray | None:

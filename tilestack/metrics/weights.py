@@ -10,8 +10,60 @@ import pandas as pd
 
 from tilestack.metrics.global_metrics import global_weights
 from tilestack.metrics.local import STAR_WEIGHTS, STRUCTURE_WEIGHTS, local_weights
+from tilestack.metrics.snr_weights import snr_global_weights, snr_local_weights
 
 GLOBAL_COLUMNS = ["frame", "stem", "B", "sigma", "E", "median", "mad", "zB", "zS", "zE", "Q", "G"]
+# method tbqr2: §5 scale and the physical quantities the weight is made of
+GLOBAL_COLUMNS_TBQR2 = [
+    "frame",
+    "stem",
+    "B",
+    "sigma",
+    "E",
+    "median",
+    "mad",
+    "F",
+    "s",
+    "norm_stars",
+    "norm_method",
+    "sigma_I",
+    "F_used",
+    "Q",
+    "G",
+]
+NORMALIZATION_COLUMNS = ["frame", "s", "surface_cell", "surface_ny", "surface_nx", "surface"]
+
+
+def global_columns(method: str) -> list[str]:
+    return GLOBAL_COLUMNS_TBQR2 if method == "tbqr2" else GLOBAL_COLUMNS
+
+
+def tbqr2_channel_weights(
+    raw_global: pd.DataFrame,
+    raw_tiles: pd.DataFrame,
+    channel: str,
+    *,
+    grid_shape: tuple[int, int],
+    reference: str | None,
+    sharpen: float,
+    max_ratio: float,
+    star_min_count: float = 3,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(global table, local table)`` of one channel under revision 2 (§6, §8 SNR weights)."""
+    g = raw_global[raw_global["channel"] == channel].drop(columns=["channel"])
+    g = g.sort_values("frame", kind="stable").reset_index(drop=True)
+    g = snr_global_weights(g, sharpen=sharpen, max_ratio=max_ratio, reference=reference)
+    t = raw_tiles[raw_tiles["channel"] == channel].drop(columns=["channel"])
+    t = snr_local_weights(
+        t.reset_index(drop=True),
+        g,
+        grid_shape,
+        star_min_count=star_min_count,
+        sharpen=sharpen,
+        max_ratio=max_ratio,
+    )
+    t = t.sort_values(["frame", "tile"], kind="stable").reset_index(drop=True)
+    return g, t
 
 
 def channel_weights(

@@ -1,0 +1,258 @@
+"""Weights on a physical scale (METHODOLOGY §6 and §8, revision 2, ``method: tbqr2``).
+
+A faint star's signal-to-noise in a weighted mean is largest when every frame weighs
+``1 / (σ² F²)`` (its noise variance per unit star flux, times the PSF's area). The global weight
+is that quantity, with an optional extra preference for sharpness ``(F_ref / F)^sharpen``. A
+night of statistically equal frames therefore gets nearly equal weights.
+
+The local weight corrects the global one only where a tile's quality *really* departs from its
+frame's: the same point-source SNR² ratio, tile against frame, from the tile's FWHM, its
+photometric transmission (a cloud over part of the field) and its noise. A tile's measurement
+is noisy (a few stars), so each log-deviation is smoothed over neighbouring tiles and shrunk
+toward 0 by the share of its variance that is measurement noise. The noise is estimated from
+the differences between neighbouring tiles (real conditions are spatially coherent, noise is
+not), so no per-tile error bar is needed and a calm frame gets ``L ≈ 1`` everywhere.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from tilestack.metrics.robust import MAD_TO_SIGMA
+
+# 3x3 smoothing kernel over the tile grid (binomial): neighbouring tiles share a weight.
+SMOOTH_KERNEL = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
+
+
+def _finite_median(v: np.ndarray) -> float:
+    v = np.asarray(v, np.float64)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else float("nan")
+
+
+def frame_noise_and_fwhm(g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(σ_I, F)`` per frame: noise of the normalized frame and its (possibly proxied) FWHM.
+
+    ``σ`` in the raw table is measured on ``X / B``; ``I = s·X − S`` has noise ``s·B·σ``.
+    A frame without a measurable FWHM takes ``F = sqrt(c / E_I)`` with ``c`` the night's
+    median of ``F² E_I`` (the gradient energy of a point source scales as ``F⁻²``).
+    """
+    s = g["s"].to_numpy(np.float64)
+    b = g["B"].to_numpy(np.float64)
+    sigma_i = s * b * g["sigma"].to_numpy(np.float64)
+    f = g["F"].to_numpy(np.float64).copy()
+    e_i = g["E"].to_numpy(np.float64) * (s * b) ** 2
+    missing = ~(np.isfinite(f) & (f > 0))
+    if missing.any():
+        both = ~missing & np.isfinite(e_i) & (e_i > 0)
+        if both.any():
+            c = float(np.median(f[both] ** 2 * e_i[both]))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                proxy = np.sqrt(c / e_i)
+            f[missing] = np.where(np.isfinite(proxy[missing]), proxy[missing], np.nan)
+    med_f = _finite_median(f)
+    f = np.where(np.isfinite(f) & (f > 0), f, med_f if np.isfinite(med_f) else 1.0)
+    return sigma_i, f
+
+
+def snr_global_weights(
+    df: pd.DataFrame,
+    *,
+    sharpen: float = 0.0,
+    max_ratio: float = 20.0,
+    reference: str | None = None,
+) -> pd.DataFrame:
+    """Add ``sigma_I F_used G Q`` to a raw global table (columns ``s B sigma E F``).
+
+    ``G = (1/σ_I²)·(F_ref/F)^(2+sharpen)``, normalized to median 1 and clipped to
+    ``[1/max_ratio, max_ratio]``; ``Q = log G`` (what clustering and §11 read as quality).
+    """
+    out = df.copy()
+    sigma_i, f = frame_noise_and_fwhm(out)
+    f_ref = (
+        float(f[out["frame"].to_numpy() == reference][0])
+        if reference in set(out["frame"])
+        else _finite_median(f)
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        raw = (1.0 / sigma_i**2) * (f_ref / f) ** (2.0 + float(sharpen))
+    ok = np.isfinite(raw) & (raw > 0)
+    med = float(np.median(raw[ok])) if ok.any() else 1.0
+    g = np.where(ok, raw / med, 1.0)
+    g = np.clip(g, 1.0 / float(max_ratio), float(max_ratio))
+    out["sigma_I"] = sigma_i
+    out["F_used"] = f
+    out["G"] = g
+    out["Q"] = np.log(g)
+    return out
+
+
+def _smooth_on_grid(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NaN-aware binomial 3x3 smoothing of a tile grid; also each tile's noise-variance factor
+    ``Σw² / (Σw)²`` (what is left of independent noise after the smoothing)."""
+    ny, nx = x.shape
+    ok = np.isfinite(x)
+    v = np.where(ok, x, 0.0)
+    num = np.zeros_like(v)
+    den = np.zeros_like(v)
+    den2 = np.zeros_like(v)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            k = SMOOTH_KERNEL[dy + 1, dx + 1]
+            ys = slice(max(0, dy), ny + min(0, dy))
+            yd = slice(max(0, -dy), ny + min(0, -dy))
+            xs = slice(max(0, dx), nx + min(0, dx))
+            xd = slice(max(0, -dx), nx + min(0, -dx))
+            num[yd, xd] += k * v[ys, xs]
+            w = k * ok[ys, xs]
+            den[yd, xd] += w
+            den2[yd, xd] += w * w
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sm = np.where(den > 0, num / den, np.nan)
+        kappa = np.where(den > 0, den2 / den**2, np.nan)
+    sm[~ok] = np.nan
+    return sm, kappa
+
+
+def _neighbour_noise(x: np.ndarray) -> float:
+    """Variance of one tile's measurement noise, from differences of neighbouring tiles."""
+    d = np.concatenate([(x[:, 1:] - x[:, :-1]).ravel(), (x[1:, :] - x[:-1, :]).ravel()])
+    d = d[np.isfinite(d)]
+    if d.size < 4:
+        return float("nan")
+    return (MAD_TO_SIGMA * float(np.median(np.abs(d - np.median(d))))) ** 2 / 2.0
+
+
+def shrink_deviation(x: np.ndarray) -> np.ndarray:
+    """A frame's log-deviation map (tile grid) smoothed and shrunk by its noise share.
+
+    ``x̂ = k·smooth(x)`` with ``k = τ²/(τ² + ν·κ)``: ``ν`` the per-tile noise variance from
+    neighbour differences, ``κ`` what the smoothing leaves of it, ``τ²`` the variance of the
+    smoothed map beyond that noise. Pure noise gives ``k ≈ 0``; a coherent cloud ``k ≈ 1``.
+    """
+    sm, kappa = _smooth_on_grid(x)
+    ok = np.isfinite(sm)
+    if ok.sum() < 2:
+        return np.zeros_like(x)
+    nu = _neighbour_noise(x)
+    if not np.isfinite(nu):
+        return np.where(ok, sm, 0.0) * 0.0
+    noise = nu * kappa
+    tau2 = max(0.0, float(np.mean(sm[ok] ** 2)) - float(np.mean(noise[ok])))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        k = np.where(ok, tau2 / (tau2 + noise), 0.0)
+    return np.where(ok, k * sm, 0.0)
+
+
+def _two_way_centre(d: np.ndarray) -> np.ndarray:
+    """Remove each tile's common deviation (a field pattern shared by every frame, e.g. corner
+    seeing or vignetting) and each frame's median, by two passes of median polish."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(2):
+            col = np.nanmedian(d, axis=0)
+            d = d - np.where(np.isfinite(col), col, 0.0)[None, :]
+            row = np.nanmedian(d, axis=1)
+            d = d - np.where(np.isfinite(row), row, 0.0)[:, None]
+    return d
+
+
+def _log_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.log(num / den)
+    r[~np.isfinite(r)] = np.nan
+    return r
+
+
+# A structure tile's E/σ counts only where the tile holds structure: its median over frames
+# must exceed this many robust sigmas of its scatter (blank sky gives E/σ ≈ 0 ± noise).
+STRUCTURE_MIN_SNR = 3.0
+# ... and one frame's deviation from the tile's median is capped at ±log of this factor.
+STRUCTURE_MAX_FACTOR = 3.0
+
+
+def _structure_deviation(es: np.ndarray) -> np.ndarray:
+    """``log((E/σ)_ft / median_f (E/σ)_ft)`` on tiles that hold structure, NaN elsewhere."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(es, axis=0)
+        spread = MAD_TO_SIGMA * np.nanmedian(np.abs(es - med[None, :]), axis=0)
+    structured = np.isfinite(med) & (med > STRUCTURE_MIN_SNR * np.maximum(spread, 1e-12))
+    dev = _log_ratio(np.where(es > 0, es, np.nan), med[None, :])
+    dev[:, ~structured] = np.nan
+    cap = np.log(STRUCTURE_MAX_FACTOR)
+    return np.clip(dev, -cap, cap)
+
+
+def snr_local_weights(
+    df: pd.DataFrame,
+    g: pd.DataFrame,
+    grid_shape: tuple[int, int],
+    *,
+    star_min_count: float = 3,
+    sharpen: float = 0.0,
+    max_ratio: float = 20.0,
+) -> pd.DataFrame:
+    """Add ``class dF dT dS dE Q L W`` to the raw local table of a channel (all frames).
+
+    ``grid_shape`` = (rows, columns) of tiles (tile index = row·columns + column). Star tiles:
+    ``L = (F_f/F̂_ft)^(2+sharpen) · (τ̂_ft)² · (σ_f/σ̂_ft)²``; structure tiles:
+    ``L = (E/σ)^_ft / (E/σ)_f · (σ_f/σ̂_ft)²``; every hat is the shrunk, smoothed estimate of
+    :func:`shrink_deviation`. ``Q = log L``; ``W = G·L``.
+    """
+    frames = g["frame"].tolist()
+    ny, nx = (int(v) for v in grid_shape)
+    n_tiles = ny * nx
+    fi = pd.Index(frames).get_indexer(df["frame"])
+    keep = fi >= 0
+    df = df[keep].reset_index(drop=True)
+    fi = fi[keep]
+    ti = df["tile"].to_numpy(int)
+    shape = (len(frames), n_tiles)
+
+    def mat(col):
+        m = np.full(shape, np.nan)
+        if col in df:
+            m[fi, ti] = df[col].to_numpy(np.float64)
+        return m
+
+    count = np.nan_to_num(mat("star_count"), nan=0.0)
+    is_star = np.median(count, axis=0) >= star_min_count if len(frames) else np.zeros(n_tiles, bool)
+    f_frame = g["F_used"].to_numpy(np.float64)[:, None]
+    s_frame = g["s"].to_numpy(np.float64)[:, None]
+    dev_f = _log_ratio(mat("FWHM"), f_frame)
+    # T_local = median over the tile's stars of flux_ref / flux_f: the tile's own scale.
+    dev_t = _log_ratio(s_frame, mat("T_local"))
+    sig = mat("sigma")
+    dev_s = _log_ratio(sig, np.nanmedian(np.where(np.isfinite(sig), sig, np.nan), axis=1)[:, None])
+    dev_e = _structure_deviation(mat("E_sigma"))
+    for dev, cls in ((dev_f, is_star), (dev_t, is_star), (dev_e, ~is_star)):
+        dev[:, ~cls] = np.nan
+    shrunk = {}
+    for name, dev in (("dF", dev_f), ("dT", dev_t), ("dS", dev_s), ("dE", dev_e)):
+        centred = _two_way_centre(dev)
+        out = np.zeros(shape)
+        for f in range(len(frames)):
+            out[f] = shrink_deviation(centred[f].reshape(ny, nx)).ravel()
+        out[~np.isfinite(dev)] = 0.0
+        shrunk[name] = out
+    log_l = (
+        -(2.0 + float(sharpen)) * shrunk["dF"]
+        + 2.0 * shrunk["dT"]
+        - 2.0 * shrunk["dS"]
+        + shrunk["dE"]
+    )
+    big = np.log(float(max_ratio))
+    log_l = np.clip(log_l, -big, big)
+    out = df.copy()
+    out["class"] = np.where(is_star[ti], "star", "structure")
+    for name, m in shrunk.items():
+        out[name] = m[fi, ti]
+    out["Q"] = log_l[fi, ti]
+    out["L"] = np.exp(out["Q"].to_numpy())
+    gmap = dict(zip(g["frame"], g["G"], strict=True))
+    out["W"] = np.array([gmap[f] for f in out["frame"]], np.float64) * out["L"].to_numpy()
+    return out

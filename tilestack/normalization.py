@@ -1,0 +1,438 @@
+"""Photometric and background normalization of registered frames (METHODOLOGY §5, revision 2).
+
+Every frame is brought onto the reference frame's signal scale and sky, ``I = s·X − S(p)``:
+
+* ``s`` (one number per frame and channel) from aperture photometry of the common star list:
+  a weighted, clipped mean of ``log(flux_ref / flux_f)``. Apertures scale with each image's own
+  FWHM, so a self-similar PSF loses the same fraction of its light in every frame and seeing
+  does not leak into the photometric scale.
+* ``S`` (a smooth surface) from the star-masked difference ``s·X − X_ref``: sigma-clipped
+  medians on a coarse grid of ``scale_px`` cells, interpolated with a cubic (Catmull-Rom)
+  kernel. Objects common to both frames cancel in the difference, so nebulae are kept; only the
+  frame's own sky (gradient, moonlight, light pollution) relative to the reference is removed.
+
+The surface is stored as its coarse grid (a few hundred numbers per frame) and evaluated on
+the rows a band job needs (:func:`surface_rows`), never as a full image on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numba import njit
+
+from tilestack.metrics.robust import MAD_TO_SIGMA
+
+BACKGROUND_MODELS = ("surface", "plane", "offset")
+# An aperture of radius APERTURE_K x FWHM holds the same fraction of a self-similar PSF's light
+# in every frame; the background annulus spans [r + ANNULUS_GAP, r + ANNULUS_GAP + ANNULUS_WIDTH].
+APERTURE_K = 2.0
+ANNULUS_GAP = 2.0
+ANNULUS_WIDTH = 4.0
+MIN_APERTURE = 3.0
+# Stars below this aperture SNR (in either image) do not vote on the scale.
+SCALE_SNR_MIN = 10.0
+# Systematic floor of one star's log flux ratio (PSF shape, crowding): no star dominates.
+SCALE_SYS_FLOOR = 0.01
+
+
+@njit(cache=True, nogil=True)
+def _aperture_kernel(img, valid, xs, ys, r, r_in, r_out, out):
+    """out[i] = (flux, background, noise per pixel, n pixels, ok) of a circular aperture."""
+    h, w = img.shape
+    ro = int(np.ceil(r_out))
+    buf = np.empty((2 * ro + 1) * (2 * ro + 1), np.float64)
+    r2, ri2, ro2 = r * r, r_in * r_in, r_out * r_out
+    for i in range(xs.shape[0]):
+        out[i, 4] = 0.0
+        cx, cy = xs[i], ys[i]
+        if not (np.isfinite(cx) and np.isfinite(cy)):
+            continue
+        x0 = int(np.floor(cx)) - ro
+        y0 = int(np.floor(cy)) - ro
+        x1 = int(np.floor(cx)) + ro + 1
+        y1 = int(np.floor(cy)) + ro + 1
+        if x0 < 0 or y0 < 0 or x1 >= w or y1 >= h:
+            continue
+        m = 0
+        s = 0.0
+        n = 0
+        bad = False
+        for y in range(y0, y1 + 1):
+            dy = y - cy
+            for x in range(x0, x1 + 1):
+                dx = x - cx
+                d2 = dx * dx + dy * dy
+                v = img[y, x]
+                ok = valid[y, x] != 0 and np.isfinite(v)
+                if d2 <= r2:
+                    if not ok:
+                        bad = True
+                        break
+                    s += v
+                    n += 1
+                elif d2 >= ri2 and d2 <= ro2 and ok:
+                    buf[m] = v
+                    m += 1
+            if bad:
+                break
+        if bad or m < 8 or n == 0:
+            continue
+        a = np.sort(buf[:m])
+        bkg = 0.5 * (a[(m - 1) // 2] + a[m // 2])
+        for j in range(m):
+            a[j] = abs(a[j] - bkg)
+        a.sort()
+        noise = MAD_TO_SIGMA * 0.5 * (a[(m - 1) // 2] + a[m // 2])
+        out[i, 0] = s - n * bkg
+        out[i, 1] = bkg
+        out[i, 2] = noise
+        out[i, 3] = n
+        out[i, 4] = 1.0
+
+
+def aperture_photometry(
+    image: np.ndarray, valid: np.ndarray | None, xy: np.ndarray, fwhm: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(flux, snr)`` of stars at ``xy`` with apertures of radius ``APERTURE_K · fwhm``.
+
+    NaN where the aperture touches an invalid pixel or the border. The SNR is background
+    limited (``flux / (noise · sqrt(n))``): it only ranks stars for the scale estimate.
+    """
+    img = np.ascontiguousarray(image, np.float32)
+    val = (
+        np.isfinite(img).astype(np.uint8)
+        if valid is None
+        else np.ascontiguousarray(np.asarray(valid) > 0, np.uint8)
+    )
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    f = float(fwhm) if np.isfinite(fwhm) and fwhm > 0 else 3.0
+    r = max(MIN_APERTURE, APERTURE_K * f)
+    out = np.zeros((len(xy), 5), np.float64)
+    if len(xy):
+        _aperture_kernel(
+            img,
+            val,
+            np.ascontiguousarray(xy[:, 0]),
+            np.ascontiguousarray(xy[:, 1]),
+            r,
+            r + ANNULUS_GAP,
+            r + ANNULUS_GAP + ANNULUS_WIDTH,
+            out,
+        )
+    ok = out[:, 4] > 0
+    flux = np.where(ok, out[:, 0], np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(ok, out[:, 0] / (np.maximum(out[:, 2], 1e-12) * np.sqrt(out[:, 3])), np.nan)
+    return flux, snr
+
+
+def photometric_scale(
+    flux: np.ndarray,
+    snr: np.ndarray,
+    ref_flux: np.ndarray,
+    ref_snr: np.ndarray,
+    *,
+    min_stars: int = 10,
+    snr_min: float = SCALE_SNR_MIN,
+) -> tuple[float, int]:
+    """``(s, n_stars)``: the factor that brings this frame's star fluxes onto the reference's.
+
+    A weighted mean of ``log(flux_ref / flux)`` over stars measured well in both images,
+    iteratively clipped at 3 robust sigmas; each star weighs ``1 / (σ_rel² + floor²)``.
+    NaN when fewer than ``min_stars`` stars qualify (the caller then falls back).
+    """
+    flux, snr, ref_flux, ref_snr = (
+        np.asarray(v, np.float64).reshape(-1) for v in (flux, snr, ref_flux, ref_snr)
+    )
+    ok = (
+        np.isfinite(flux)
+        & np.isfinite(ref_flux)
+        & (flux > 0)
+        & (ref_flux > 0)
+        & (snr >= snr_min)
+        & (ref_snr >= snr_min)
+    )
+    if ok.sum() < min_stars:
+        return float("nan"), int(ok.sum())
+    lr = np.log(ref_flux[ok] / flux[ok])
+    var = 1.0 / snr[ok] ** 2 + 1.0 / ref_snr[ok] ** 2 + SCALE_SYS_FLOOR**2
+    w = 1.0 / var
+    keep = np.ones(lr.size, bool)
+    mean = float(np.median(lr))
+    for _ in range(5):
+        resid = (lr - mean) / np.sqrt(var)
+        spread = MAD_TO_SIGMA * float(np.median(np.abs(resid[keep] - np.median(resid[keep]))))
+        spread = max(spread, 1.0)
+        new = np.abs(resid) <= 3.0 * spread
+        if new.sum() < max(3, min_stars // 2):
+            break
+        mean = float(np.sum(w[new] * lr[new]) / np.sum(w[new]))
+        if np.array_equal(new, keep):
+            break
+        keep = new
+    return float(np.exp(mean)), int(keep.sum())
+
+
+def signal_scale(
+    image: np.ndarray,
+    valid: np.ndarray,
+    reference: np.ndarray,
+    ref_valid: np.ndarray,
+) -> float:
+    """Fallback scale when too few stars match: the ratio of summed signal above background.
+
+    Over pixels that are clearly above the sky in the reference (dilated, so seeing moves no
+    light out of the sum) and valid in both images.
+    """
+    both = (np.asarray(valid) > 0) & (np.asarray(ref_valid) > 0)
+    both &= np.isfinite(image) & np.isfinite(reference)
+    if both.sum() < 64:
+        return float("nan")
+    rv = reference[both].astype(np.float64)
+    fv = image[both].astype(np.float64)
+    rb, rs = _clipped(rv)
+    fb, _ = _clipped(fv)
+    bright = both & (np.nan_to_num(reference, nan=rb) > rb + 5.0 * rs)
+    bright = cv2.dilate(bright.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    bright &= both
+    if bright.sum() < 16:
+        return float("nan")
+    num = float(np.sum(reference[bright].astype(np.float64) - rb))
+    den = float(np.sum(image[bright].astype(np.float64) - fb))
+    return num / den if den > 0 and num > 0 else float("nan")
+
+
+def _clipped(v: np.ndarray) -> tuple[float, float]:
+    from tilestack.metrics.robust import sigma_clipped_stats
+
+    step = max(1, v.size // (1 << 18))
+    med, sig, _ = sigma_clipped_stats(v[::step], max_iter=10)
+    return med, sig
+
+
+@dataclass(frozen=True)
+class Surface:
+    """A smooth background surface: values on a coarse grid of ``cell``-pixel cells.
+
+    Cell ``(i, j)`` covers rows ``[i·cell, (i+1)·cell)`` and columns ``[j·cell, (j+1)·cell)``;
+    its value sits at the cell centre. A 1×1 grid is a constant (``offset``); ``plane`` models
+    are stored as their exact values at the cell centres (a plane is reproduced exactly by the
+    cubic interpolation).
+    """
+
+    grid: np.ndarray  # (ny, nx) float64
+    cell: int
+
+    def rows(self, y0: int, y1: int, width: int) -> np.ndarray:
+        return surface_rows(self.grid, self.cell, y0, y1, width)
+
+    def image(self, height: int, width: int) -> np.ndarray:
+        return self.rows(0, height, width)
+
+
+def _cubic_weights(pos: np.ndarray, n: int) -> np.ndarray:
+    """(len(pos), n) Catmull-Rom interpolation weights at fractional grid positions ``pos``.
+
+    Outside the outermost nodes the surface continues linearly from the last two nodes (not a
+    constant): a sky gradient keeps its slope to the image edge.
+    """
+    m = len(pos)
+    wmat = np.zeros((m, n), np.float64)
+    if n == 1:
+        wmat[:, 0] = 1.0
+        return wmat
+    if n == 2:
+        t = pos
+        wmat[:, 0] = 1.0 - t
+        wmat[:, 1] = t
+        return wmat
+    lo = np.clip(np.floor(pos).astype(np.int64), 0, n - 2)
+    t = pos - lo
+    inside = (pos >= 0) & (pos <= n - 1)
+    # Catmull-Rom (Keys a = -0.5) weights of nodes lo-1, lo, lo+1, lo+2
+    w_m1 = -0.5 * t**3 + t**2 - 0.5 * t
+    w_0 = 1.5 * t**3 - 2.5 * t**2 + 1.0
+    w_1 = -1.5 * t**3 + 2.0 * t**2 + 0.5 * t
+    w_2 = 0.5 * t**3 - 0.5 * t**2
+    rows = np.arange(m)
+    for off, wk in ((-1, w_m1), (0, w_0), (1, w_1), (2, w_2)):
+        idx = lo + off
+        # Mirror-free boundary: a missing node is the linear extrapolation of its neighbours.
+        lo_edge = idx < 0  # node -1 = 2·node0 − node1
+        hi_edge = idx > n - 1  # node n = 2·node(n-1) − node(n-2)
+        mid = ~(lo_edge | hi_edge)
+        np.add.at(wmat, (rows[mid & inside], idx[mid & inside]), wk[mid & inside])
+        sel = lo_edge & inside
+        np.add.at(wmat, (rows[sel], np.zeros(sel.sum(), np.int64)), 2.0 * wk[sel])
+        np.add.at(wmat, (rows[sel], np.ones(sel.sum(), np.int64)), -wk[sel])
+        sel = hi_edge & inside
+        np.add.at(wmat, (rows[sel], np.full(sel.sum(), n - 1)), 2.0 * wk[sel])
+        np.add.at(wmat, (rows[sel], np.full(sel.sum(), n - 2)), -wk[sel])
+    out_lo = pos < 0
+    wmat[out_lo, 0] = 1.0 - pos[out_lo]
+    wmat[out_lo, 1] = pos[out_lo]
+    out_hi = pos > n - 1
+    t_hi = pos[out_hi] - (n - 1)
+    wmat[out_hi, n - 1] = 1.0 + t_hi
+    wmat[out_hi, n - 2] = -t_hi
+    return wmat
+
+
+def surface_rows(grid: np.ndarray, cell: int, y0: int, y1: int, width: int) -> np.ndarray:
+    """Rows ``[y0, y1)`` of the surface (float32), separable cubic interpolation of ``grid``."""
+    g = np.asarray(grid, np.float64)
+    ny, nx = g.shape
+    c = float(cell)
+    py = (np.arange(y0, y1, dtype=np.float64) + 0.5) / c - 0.5
+    px = (np.arange(width, dtype=np.float64) + 0.5) / c - 0.5
+    wy = _cubic_weights(py, ny)
+    wx = _cubic_weights(px, nx)
+    return (wy @ g @ wx.T).astype(np.float32)
+
+
+def star_mask(shape, xy: np.ndarray, radius: float) -> np.ndarray:
+    """True on pixels within ``radius`` of any star position (uint8 painting, no loops in Python)."""
+    m = np.zeros(shape, np.uint8)
+    r = max(1, int(np.ceil(radius)))
+    h, w = shape
+    for x, y in np.asarray(xy, np.float64).reshape(-1, 2):
+        if np.isfinite(x) and np.isfinite(y) and -r <= x < w + r and -r <= y < h + r:
+            cv2.circle(m, (int(round(x)), int(round(y))), r, 1, -1)
+    return m > 0
+
+
+def fit_background(
+    diff: np.ndarray,
+    mask: np.ndarray,
+    *,
+    model: str = "surface",
+    scale_px: int = 128,
+    min_pixels: int = 64,
+) -> Surface:
+    """The smooth surface of ``diff`` (= s·X − X_ref) over ``mask`` pixels.
+
+    ``surface``: sigma-clipped median per ``scale_px`` cell, cells with too few pixels filled
+    from their nearest measured cells; ``plane``: a least-squares plane through the cell
+    medians; ``offset``: the clipped median of all mask pixels.
+    """
+    from tilestack.metrics.robust import sigma_clipped_stats
+
+    if model not in BACKGROUND_MODELS:
+        raise ValueError(f"normalization.background: unknown model {model!r}")
+    h, w = diff.shape
+    ok = mask & np.isfinite(diff)
+    if model == "offset" or not ok.any():
+        vals = diff[ok].astype(np.float64)
+        step = max(1, vals.size // (1 << 18))
+        med = sigma_clipped_stats(vals[::step], max_iter=10)[0] if vals.size else 0.0
+        return Surface(np.array([[med if np.isfinite(med) else 0.0]]), max(h, w))
+    cell = int(max(8, min(scale_px, max(h, w))))
+    ny, nx = -(-h // cell), -(-w // cell)
+    grid = np.full((ny, nx), np.nan)
+    count = np.zeros((ny, nx), np.int64)
+    for i in range(ny):
+        for j in range(nx):
+            sl = (slice(i * cell, min(h, (i + 1) * cell)), slice(j * cell, min(w, (j + 1) * cell)))
+            v = diff[sl][ok[sl]].astype(np.float64)
+            count[i, j] = v.size
+            if v.size >= min_pixels:
+                grid[i, j] = sigma_clipped_stats(v, max_iter=10)[0]
+    measured = np.isfinite(grid)
+    if not measured.any():
+        vals = diff[ok].astype(np.float64)
+        return Surface(np.array([[float(np.median(vals))]]), max(h, w))
+    if model == "plane" or measured.sum() < 3:
+        return _plane_surface(grid, measured, count, cell)
+    if not measured.all():
+        grid = _fill_nearest(grid, measured)
+    return Surface(grid, cell)
+
+
+def _plane_surface(grid, measured, count, cell) -> Surface:
+    ny, nx = grid.shape
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    if measured.sum() < 3:
+        return Surface(np.full((ny, nx), float(np.nanmedian(grid))), cell)
+    a = np.column_stack([np.ones(measured.sum()), xx[measured], yy[measured]])
+    wt = np.sqrt(count[measured].astype(np.float64))
+    coef, *_ = np.linalg.lstsq(a * wt[:, None], grid[measured] * wt, rcond=None)
+    return Surface(coef[0] + coef[1] * xx + coef[2] * yy, cell)
+
+
+def _fill_nearest(grid: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """Unmeasured cells take the mean of the nearest measured cells (deterministic)."""
+    out = grid.copy()
+    yy, xx = np.nonzero(measured)
+    for i, j in zip(*np.nonzero(~measured), strict=True):
+        d = (yy - i) ** 2 + (xx - j) ** 2
+        near = d == d.min()
+        out[i, j] = float(np.mean(grid[yy[near], xx[near]]))
+    return out
+
+
+@dataclass
+class FrameNormalization:
+    """§5 of one frame and channel: ``I = scale · X − surface``."""
+
+    scale: float
+    surface: Surface
+    n_stars: int
+    method: str  # "stars" | "signal" | "reference" | "none"
+    flux: np.ndarray | None = None  # aperture fluxes of the star list in X (NaN: not measured)
+    snr: np.ndarray | None = None
+
+
+def normalize_frame(
+    plane: np.ndarray,
+    valid: np.ndarray,
+    fwhm: float,
+    star_xy: np.ndarray,
+    reference: ReferencePhotometry,
+    *,
+    model: str = "surface",
+    scale_px: int = 128,
+    min_stars: int = 10,
+) -> FrameNormalization:
+    """Photometric scale and background surface of one registered channel plane."""
+    flux, snr = aperture_photometry(plane, valid, star_xy, fwhm)
+    s, n = photometric_scale(flux, snr, reference.flux, reference.snr, min_stars=min_stars)
+    how = "stars"
+    if not np.isfinite(s) or s <= 0:
+        s = signal_scale(plane, valid, reference.image, reference.valid)
+        how = "signal"
+    if not np.isfinite(s) or s <= 0:
+        s, how = 1.0, "none"
+    f_mask = max(fwhm if np.isfinite(fwhm) else 3.0, reference.fwhm)
+    mask = (
+        (np.asarray(valid) > 0)
+        & (reference.valid > 0)
+        & ~star_mask(plane.shape, star_xy, max(3.0, 2.5 * f_mask))
+    )
+    diff = np.float32(s) * plane - reference.image
+    surface = fit_background(diff, mask, model=model, scale_px=scale_px)
+    return FrameNormalization(float(s), surface, int(n), how, flux, snr)
+
+
+@dataclass
+class ReferencePhotometry:
+    """The reference plane of a channel with its star fluxes (what every frame is scaled to)."""
+
+    image: np.ndarray
+    valid: np.ndarray
+    fwhm: float
+    flux: np.ndarray
+    snr: np.ndarray
+
+    @classmethod
+    def measure(cls, image, valid, star_xy, fwhm) -> ReferencePhotometry:
+        flux, snr = aperture_photometry(image, valid, star_xy, fwhm)
+        ok = np.asarray(valid) > 0
+        return cls(np.asarray(image, np.float32), ok, float(fwhm), flux, snr)
+
+
+def identity_normalization() -> FrameNormalization:
+    """The reference frame's own normalization: ``I = X``."""
+    return FrameNormalization(1.0, Surface(np.zeros((1, 1)), 1), 0, "reference")
