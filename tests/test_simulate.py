@@ -20,7 +20,8 @@ from tilestack.simulate import (
     simulate_night,
     star_field,
 )
-from tilestack.simulation.timeline import make_timeline
+from tilestack.simulation.presets import NIGHTS, preset_params, simulate_preset
+from tilestack.simulation.timeline import make_timeline, transparency_map
 
 R_PHASE = {"RGGB": (0, 0), "BGGR": (1, 1), "GRBG": (0, 1), "GBRG": (1, 0)}
 
@@ -446,3 +447,142 @@ def test_a_shorter_night_in_the_same_folder_leaves_no_stale_lights(tmp_path):
     simulate_night(tmp_path, n_frames=5, width=64, height=48, seed=1)
     night = simulate_night(tmp_path, n_frames=3, width=64, height=48, seed=1)
     assert sorted(p.name for p in (tmp_path / "lights").iterdir()) == [p.name for p in night.lights]
+
+
+# ---------------------------------------------------------------- named nights (presets)
+
+
+def _files(root):
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+def test_calm_preset_has_identical_conditions(tmp_path):
+    night = simulate_preset("calm", tmp_path, n_frames=6, width=96, height=80)
+    fr = night.frames
+    for col in ("fwhm_px", "transparency", "sky_level", "sky_gradient_x", "sky_gradient_y"):
+        assert fr[col].nunique() == 1, col
+    assert fr.fwhm_px.iloc[0] == 2.5 and fr.transparency.iloc[0] == 1.0
+    assert "cloud_depth" not in fr  # no partial clouds either
+
+
+def test_clouds_preset_partial_cover_matches_rendered_fluxes(tmp_path):
+    """Noise-free frames: a star's flux ratio is the true transparency map at its position."""
+    night = simulate_preset(
+        "clouds",
+        tmp_path,
+        seed=1,
+        n_frames=12,
+        width=256,
+        height=256,
+        stars=_star_grid(256, 256, 6),
+        galaxy_density=0.0,
+        nebula_amplitude=0.0,
+        sky_level=0.0,
+        noise=False,
+    )
+    fr = night.frames
+    assert fr.transparency.between(0.3, 1.0).all()
+    assert {"cloud_x", "cloud_y", "cloud_radius", "cloud_depth"} <= set(fr.columns)
+    spans = [np.ptp(night.transparency_map(i)) for i in range(len(fr))]
+    i = int(np.argmax(spans))
+    tmap = night.transparency_map(i)
+    assert spans[i] > 0.1 and tmap.min() >= 0.3 - 1e-12
+    assert (np.abs(tmap - fr.transparency.iloc[i]) < 1e-12).mean() > 0.2  # part stays clear
+    # the truth survives the CSV: a row read back gives the same map
+    row = pd.read_csv(night.truth_dir / "frames.csv").iloc[i]
+    assert np.allclose(transparency_map(row, 256, 256), tmap)
+    coarse = night.transparency_map(i, shape=(4, 8))
+    assert coarse.shape == (4, 8) and coarse.min() >= tmap.min() - 1e-12
+
+    img = fits.getdata(night.lights[i]).astype(np.float64) - night.params["bias_level_adu"]
+    st = night.stars
+    fx, fy = _apply(np.linalg.inv(night.transform(i)), st.x.to_numpy(), st.y.to_numpy())
+    local = night.transparency_at(i, fx, fy)
+    covered = 0
+    for k in range(len(st)):
+        x, y = fx[k], fy[k]
+        if not (20 <= x < 236 and 20 <= y < 236):
+            continue
+        xi, yi = int(round(x)), int(round(y))
+        got = img[yi - 16 : yi + 16, xi - 16 : xi + 16].sum() / st.flux.iloc[k]
+        assert got == pytest.approx(local[k], rel=0.02), (k, got, local[k])
+        covered += local[k] < fr.transparency.iloc[i] - 0.05
+    assert covered >= 1
+
+
+def test_moon_preset_sky_rises_threefold(tmp_path):
+    night = simulate_preset("moon", tmp_path, n_frames=8, width=96, height=96)
+    sky = night.frames.sky_level.to_numpy()
+    assert 2.7 <= sky[-1] / sky[0] <= 3.3 and np.all(np.diff(sky) >= 0)
+    assert night.frames.transparency.nunique() == 1 and night.frames.fwhm_px.nunique() == 1
+    bias = night.params["bias_level_adu"]
+    first = np.median(fits.getdata(night.lights[0]).astype(float)) - bias
+    last = np.median(fits.getdata(night.lights[-1]).astype(float)) - bias
+    assert 2.7 <= last / first <= 3.3
+
+
+def test_seestar_preset_is_alt_az_grbg(tmp_path):
+    night = simulate_preset("seestar", tmp_path, n_frames=4, width=192)
+    assert (night.width, night.height) == (192, 108)  # the 16:9 aspect is kept
+    assert night.bayer == "GRBG" and fits.getheader(night.lights[0])["BAYERPAT"] == "GRBG"
+    fr = night.frames
+    assert np.ptp(fr.rotation_deg) > 5.0 and not fr.flipped.any()
+    assert (fr.exposure == 10.0).all()
+    assert NIGHTS["seestar"]["width"] == 1920 and NIGHTS["seestar"]["height"] == 1080
+
+
+def test_colour_preset_is_the_example():
+    from tilestack.example import EXAMPLE
+
+    assert preset_params("colour") == EXAMPLE
+    assert preset_params("colour", seed=3)["seed"] == 3
+
+
+@pytest.mark.parametrize("name", sorted(NIGHTS))
+def test_every_preset_takes_size_and_frame_overrides(tmp_path, name):
+    assert NIGHTS[name].get("n_frames", 60) >= 50
+    night = simulate_preset(name, tmp_path, seed=2, n_frames=3, width=64, height=48)
+    assert (night.width, night.height, len(night.lights)) == (64, 48, 3)
+    assert fits.getdata(night.lights[0]).shape == (48, 64)
+    with pytest.raises(ConfigError, match="unknown night preset"):
+        simulate_preset("cloudy", tmp_path / "x")
+
+
+@pytest.mark.parametrize("name", ["clouds", "seestar"])
+def test_presets_are_deterministic(tmp_path, name):
+    kw = dict(seed=4, n_frames=4, width=96, height=64)
+    a = simulate_preset(name, tmp_path / "a", **kw)
+    simulate_preset(name, tmp_path / "b", **kw)
+    simulate_preset(name, tmp_path / "c", **{**kw, "seed": 5})
+    files = _files(a.out_dir)
+    assert files == _files(tmp_path / "b") and len(files) >= 8
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    assert (tmp_path / "a/lights/light_0001.fits").read_bytes() != (
+        tmp_path / "c/lights/light_0001.fits"
+    ).read_bytes()
+
+
+def test_new_options_are_checked(tmp_path):
+    for bad in ({"haze": -0.1}, {"sky_ramp": 0.0}, {"cloud_patches": -1}, {"clouds": 2.5}):
+        with pytest.raises(ConfigError):
+            simulate_night(tmp_path, n_frames=1, width=64, height=64, **bad)
+
+
+def test_cloud_override_on_a_chosen_frame(tmp_path):
+    """A partial cloud can be forced on one frame of any night; the others stay clear."""
+    night = simulate_night(
+        tmp_path,
+        n_frames=3,
+        width=128,
+        height=128,
+        seed=2,
+        clouds=False,
+        frame_overrides={
+            1: {"cloud_x": 30.0, "cloud_y": 40.0, "cloud_radius": 50.0, "cloud_depth": 0.5}
+        },
+    )
+    t1 = night.transparency_map(1)
+    assert t1[40, 30] == pytest.approx(0.5 * night.frames.transparency.iloc[1])
+    assert t1[120, 120] == night.frames.transparency.iloc[1]
+    assert np.ptp(night.transparency_map(0)) == 0.0
