@@ -14,6 +14,10 @@ Each entry of :data:`NIGHTS` is a keyword dict for :func:`tilestack.simulate.sim
 * ``colour``: the embedded example night (:mod:`tilestack.example`: RGGB 1024×768, seed 42).
 * ``seestar``: a small alt-az smart telescope: GRBG 1920×1080, 10 s subs, 15° of field
   rotation over the night, small drift, no dither to speak of, no meridian flip.
+
+The true per-pixel transparency of a frame (global × partial cloud) comes from a row of
+frames.csv alone: ``transparency_map(row, width, height)`` (re-exported from
+:mod:`tilestack.simulation.timeline`), or ``night.transparency_map(frame)``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,15 @@ import copy
 from tilestack.errors import ConfigError
 from tilestack.example import EXAMPLE
 from tilestack.simulation.night import simulate_night
+from tilestack.simulation.timeline import transparency_at, transparency_map
+
+__all__ = [
+    "NIGHTS",
+    "preset_params",
+    "simulate_preset",
+    "transparency_at",
+    "transparency_map",
+]
 
 _STEADY = {"seeing": "steady", "fwhm_range": (2.5, 2.5)}
 
