@@ -1,7 +1,15 @@
 """Provenance headers: every output FITS says which code, config and frames made it.
 
 The config hash is the sha256 of the canonical JSON of the config (sorted keys, no spaces), so
-two runs with the same settings carry the same hash whatever the YAML formatting was.
+two runs with the same settings carry the same hash whatever the YAML formatting was. Keys that
+only say *where* files are (``results`` and the folders or globs of ``lights``, ``darks``,
+``flats``, ``bias``) are left out of the hash: they do not change the result, and the frames'
+content is identified by its sha256 in ``scan/frames.csv``. So the same night processed from
+two folders into two results folders gives byte-identical FITS files.
+
+No wall-clock time is written into outputs by default (it would make every rerun differ); the
+workflow's logs record when each job ran. A fixed ``DATE`` card is written only when asked for:
+``provenance_header(date=...)`` or the ``SOURCE_DATE_EPOCH`` environment variable.
 """
 
 from __future__ import annotations
@@ -29,19 +37,27 @@ def canonical_json(config: Mapping | None) -> str:
     )
 
 
+# Top-level keys naming only where inputs and outputs live: not part of the config hash.
+LOCATION_KEYS = ("results", "lights", "darks", "flats", "bias")
+
+
+def result_config(config: Mapping | None) -> dict:
+    """``config`` without the location keys (:data:`LOCATION_KEYS`): what shapes the result."""
+    return {k: v for k, v in dict(config or {}).items() if k not in LOCATION_KEYS}
+
+
 def config_hash(config: Mapping | None) -> str:
-    """sha256 hex digest of the canonical JSON of ``config``."""
-    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
+    """sha256 hex digest of the canonical JSON of ``config`` without its location keys."""
+    return hashlib.sha256(canonical_json(result_config(config)).encode("utf-8")).hexdigest()
 
 
-def creation_date() -> str:
-    """UTC creation time; honours ``SOURCE_DATE_EPOCH`` so reruns can be byte-identical."""
+def creation_date() -> str | None:
+    """``SOURCE_DATE_EPOCH`` as a UTC time string, or None (no date: reruns stay identical)."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch is not None and epoch.strip().lstrip("-").isdigit():
         t = _dt.datetime.fromtimestamp(int(epoch), tz=_dt.UTC)
-    else:
-        t = _dt.datetime.now(tz=_dt.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S")
+        return t.strftime("%Y-%m-%dT%H:%M:%S")
+    return None
 
 
 def provenance_header(
@@ -53,11 +69,11 @@ def provenance_header(
     extra: Mapping | None = None,
     date: str | None = None,
 ) -> fits.Header:
-    """Header cards carrying version, config hash, frame count, mode and creation date.
+    """Header cards carrying version, config hash, frame count and mode.
 
     Values that FITS cannot hold (NaN/Inf, None) are left out, so the header always verifies.
-    Keys longer than 8 characters become HIERARCH cards. ``date`` overrides the creation time
-    (e.g. a fixed value for byte-identical reruns).
+    Keys longer than 8 characters become HIERARCH cards. A ``DATE`` card is written only when
+    ``date`` is given or ``SOURCE_DATE_EPOCH`` is set; never the wall-clock time.
     """
     h = fits.Header()
     h["CREATOR"] = ("tilestack", "software that produced this file")
@@ -69,7 +85,9 @@ def provenance_header(
     h["TSMODE"] = (str(mode), "TBQR mode (full, reduced, emergency)")
     if channel is not None:
         h["CHANNEL"] = (str(channel), "colour channel")
-    h["DATE"] = (date or creation_date(), "UTC file creation time")
+    date = date or creation_date()
+    if date:
+        h["DATE"] = (date, "UTC file creation time (fixed, not the wall clock)")
     h["BUNIT"] = ("ADU", "linear, unstretched data")
     for key, value in (extra or {}).items():
         card_value = _fits_value(value)
