@@ -62,6 +62,7 @@ rule finish:
         mode=PLAN.mode,
         n_frames=PLAN.n_frames,
         validation=config["validation"],
+        method=config.get("method", "tbqr2"),
     log:
         log_path("finish"),
     threads: max(WF["threads"], 2)  # the tail of the run: star fits spread over 2 processes

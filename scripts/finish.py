@@ -38,6 +38,7 @@ def main():
         validation=dict(p.validation),
         workers=int(sm.threads),
         log=prog.log,
+        method=str(p.method),
     )
     prog.step(note="validate")
     run_info(json.loads(open(sm.output.validation).read()), config, sm.output.run_info, prog.log)

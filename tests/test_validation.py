@@ -13,11 +13,14 @@ import pytest
 from tilestack.validation import plots
 from tilestack.validation.measure import (
     background_rms,
+    blank_sky_positions,
     compare_stacks,
     faint_star_snr,
+    matched_aperture_snr,
     measure_stars,
     median_fwhm,
     photometry_slope,
+    source_mask,
 )
 from tilestack.validation.seams import seam_components, seam_score, seam_score_without_truth
 from tilestack.validation.verdict import (
@@ -217,7 +220,8 @@ GOOD = dict(
 
 
 def _doc(**kw):
-    doc = build_validation(**{**GOOD, **kw})
+    """A v3 document (the v3 rules, unchanged since before revision 2)."""
+    doc = build_validation(**{**GOOD, "method": "v3", **kw})
     json.dumps(doc, allow_nan=False)  # strict JSON: no NaN/Inf anywhere
     return doc
 
@@ -225,6 +229,7 @@ def _doc(**kw):
 def test_verdict_success_and_documented_checks():
     doc = _doc()
     assert doc["verdict"] == "success" and doc["failed_checks"] == []
+    assert doc["method"] == "v3" and doc["reasons"] == []
     assert doc["mode"] == "reduced" and doc["n_frames"] == 80 and doc["n_unregistered"] == 1
     for name in (
         "fwhm_improvement",
@@ -393,3 +398,222 @@ def test_measurements_tolerate_uncovered_borders():
     assert np.isfinite(seam_score_without_truth(img, 48))
     snr = faint_star_snr(img, np.array([[10.0, 100.0], [150.0, 150.0]]), radius=3.0)
     assert np.isnan(snr[0]) and np.isfinite(snr[1])
+
+
+# --- §13 revision 2: matched-aperture SNR against blank sky, the tbqr2 verdict ----------------
+
+
+def _correlated_noise(shape, seed, sigma, kernel_sigma):
+    """Gaussian-smoothed white noise rescaled to per-pixel RMS ``sigma``; also the kernel."""
+    rng = np.random.default_rng(seed)
+    half = int(math.ceil(4 * kernel_sigma))
+    k1 = np.exp(-0.5 * (np.arange(-half, half + 1) / kernel_sigma) ** 2)
+    kernel = np.outer(k1, k1)
+    kernel /= math.sqrt(np.sum(kernel**2))  # unit white noise -> unit per-pixel RMS
+    white = rng.normal(0, 1, (shape[0] + 2 * half, shape[1] + 2 * half))
+    field = cv2.filter2D(white, -1, kernel[::-1, ::-1], borderType=cv2.BORDER_REFLECT)
+    return sigma * field[half:-half, half:-half], kernel
+
+
+def _aperture_statistic_weights(radius, annulus, subsample=5):
+    """Pixel weights of 'aperture sum − npix × annulus mean' at a whole-pixel centre."""
+    r_in, r_out = annulus
+    R = int(math.ceil(r_out)) + 1
+    gy, gx = np.mgrid[-R : R + 1, -R : R + 1].astype(float)
+    off = (np.arange(subsample) + 0.5) / subsample - 0.5
+    sx = gx[..., None, None] + off[None, None, None, :]
+    sy = gy[..., None, None] + off[None, None, :, None]
+    ap = ((sx**2 + sy**2) <= radius**2).mean(axis=(-1, -2))
+    d = np.hypot(gx, gy)
+    ring = (d >= r_in) & (d < r_out)
+    return ap - ap.sum() * ring / ring.sum()
+
+
+def test_blank_sky_aperture_noise_counts_pixel_correlation():
+    """Same stars, same per-pixel RMS; white vs smoothed (correlated) noise. The blank-sky
+    aperture noise follows the theory Var = σ²·‖K ⋆ w‖² (w = aperture − annulus weights, K the
+    smoothing kernel), so the SNR drops as predicted; a per-pixel RMS formula sees no change."""
+    shape, sigma, radius = (512, 512), 2.0, 3.0
+    annulus = (radius + 3.0, radius + 8.0)
+    g = np.arange(40.0, 480.0, 55.0)
+    xy = np.array([(x + 0.3, y - 0.2) for y in g for x in g])  # isolated, off-centre
+    stars = render(shape, xy, np.full(len(xy), 3000.0), 3.0)
+    white = 100.0 + np.random.default_rng(1).normal(0, sigma, shape)
+    corr_noise, kernel = _correlated_noise(shape, 2, sigma, 1.0)
+    corr = 100.0 + corr_noise
+    assert np.std(corr_noise) == pytest.approx(sigma, rel=0.03)  # same per-pixel RMS
+
+    w = _aperture_statistic_weights(radius, annulus)
+    var_white = sigma**2 * np.sum(w**2)
+    spread = cv2.filter2D(np.pad(w, kernel.shape[0]), -1, kernel[::-1, ::-1])
+    var_corr = sigma**2 * np.sum(spread**2)
+    expected = math.sqrt(var_white / var_corr)  # SNR correlated / white
+    assert expected < 0.6  # the test means something
+
+    fp = np.ones(shape, bool)
+    blank = blank_sky_positions(source_mask(white + stars), fp, annulus[1])
+    assert len(blank) > 500
+    snr_w, noise_w, n_w = matched_aperture_snr(
+        white + stars, xy, blank, radius=radius, annulus=annulus
+    )
+    snr_c, noise_c, n_c = matched_aperture_snr(
+        corr + stars, xy, blank, radius=radius, annulus=annulus
+    )
+    assert n_w == n_c == len(blank)
+    assert noise_w == pytest.approx(math.sqrt(var_white), rel=0.08)
+    assert noise_c == pytest.approx(math.sqrt(var_corr), rel=0.08)
+    assert np.median(snr_c) / np.median(snr_w) == pytest.approx(expected, rel=0.1)
+    # the white-noise formula (√npix·σ_pixel from the annulus) does not see the difference
+    old_w = np.nanmedian(faint_star_snr(white + stars, xy, radius=radius, annulus=annulus))
+    old_c = np.nanmedian(faint_star_snr(corr + stars, xy, radius=radius, annulus=annulus))
+    assert old_c / old_w == pytest.approx(1.0, abs=0.1)
+
+
+def test_blank_sky_positions_avoid_sources_and_uncovered_sky():
+    shape = (300, 300)
+    src = np.zeros(shape, bool)
+    src[100:110, 100:110] = True
+    fp = np.ones(shape, bool)
+    fp[:, 250:] = False
+    pos = blank_sky_positions(src, fp, 11.0)
+    again = blank_sky_positions(src, fp, 11.0)
+    np.testing.assert_array_equal(pos, again)  # deterministic
+    assert len(pos) > 100 and np.all(pos == np.round(pos))
+    # no source pixel and no uncovered pixel within the annulus' outer radius
+    sy, sx = np.nonzero(src)
+    d_src = np.min(np.hypot(pos[:, :1] - sx[None], pos[:, 1:] - sy[None]), axis=1)
+    assert d_src.min() > 12.0 and pos[:, 0].max() < 250 - 12
+    assert len(blank_sky_positions(src, fp, 11.0, n_max=50)) <= 60
+
+
+def test_compare_stacks_snr_with_matched_apertures_slope_and_footprint():
+    shape = (384, 384)
+    xy, flux = star_field(50, shape, n=90)
+    classical = sky(shape, 51, 2.0, gradient=False) + render(shape, xy, flux, 3.0)
+    # sharper stars, same white noise: matched apertures (r = own FWHM) gain SNR ≈ 3.0 / 2.6
+    sharper = sky(shape, 52, 2.0, gradient=False) + render(shape, xy, flux, 2.6)
+    res = compare_stacks(sharper, classical, stride=48, max_stars=60)
+    assert res["aperture_radius_final"] == pytest.approx(2.6, abs=0.1)
+    assert res["aperture_radius_classical"] == pytest.approx(3.0, abs=0.1)
+    assert res["n_faint_stars"] >= 5 and res["n_blank_apertures"] >= 100
+    assert res["snr_ratio"] > 1.05
+    assert res["photometric_slope"] == pytest.approx(1.0, abs=0.01)
+    assert res["n_slope_stars"] >= 5 and res["nonfinite_pixels"] == 0
+    # a 3 % photometric scale error is measured as such
+    res = compare_stacks(1.03 * (sharper - 100.0) + 100.0, classical, stride=48, max_stars=60)
+    assert res["photometric_slope"] == pytest.approx(1.03, abs=0.005)
+    # correlated noise of the same per-pixel RMS: lower SNR
+    corr, _ = _correlated_noise(shape, 53, 2.0, 1.0)
+    soft = 100.0 + corr + render(shape, xy, flux, 3.0)
+    res = compare_stacks(soft, classical, stride=48, max_stars=60)
+    assert res["snr_ratio"] < 0.8
+    # NaN inside the footprint is counted, outside it is not
+    holed = sharper.copy()
+    holed[200:203, 200:203] = np.nan
+    holed[:, :10] = np.nan
+    fp = np.ones(shape, bool)
+    fp[:, :10] = False
+    res = compare_stacks(holed, classical, stride=48, footprint=fp, max_stars=30)
+    assert res["nonfinite_pixels"] == 9
+
+
+TBQR2 = dict(
+    GOOD,
+    method="tbqr2",
+    fwhm_final=3.0,  # a calm night: nothing sharpened …
+    fwhm_classical=3.0,
+    weight_variance=0.001,  # … nearly equal weights: reported, not judged
+    snr_final=10.0,
+    snr_classical=10.0,
+    photometric_slope=1.0,
+    nonfinite_pixels=0,
+    seam_final=1.0,
+    seam_classical=1.0,
+)
+
+
+def _tb(**kw):
+    doc = build_validation(**{**TBQR2, **kw})
+    json.dumps(doc, allow_nan=False)
+    return doc
+
+
+def test_tbqr2_calm_night_is_a_success_with_gain_and_checks():
+    doc = _tb()
+    assert doc["method"] == "tbqr2" and doc["verdict"] == "success"
+    assert doc["reasons"] == [] and doc["failed_checks"] == []
+    assert doc["gain"] == {"fwhm_change": 0.0, "snr_change": 0.0}
+    for name in ("finite_footprint", "usable_tiles", "fwhm", "faint_star_snr", "no_seams"):
+        assert {"value", "threshold", "passed"} <= set(doc["checks"][name])
+    assert doc["checks"]["photometric_slope"]["slope"] == 1.0
+    assert doc["thresholds"]["snr_ratio_success"] == 0.97
+    gain = _tb(fwhm_final=2.7, snr_final=11.0)["gain"]
+    assert gain["fwhm_change"] == pytest.approx(-0.1) and gain["snr_change"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "change, expected, reason",
+    [
+        # success thresholds are inclusive
+        ({"snr_final": 9.7}, "success", None),
+        ({"photometric_slope": 1.01}, "success", None),
+        ({"photometric_slope": 0.99}, "success", None),
+        ({"seam_final": 3.0}, "success", None),
+        ({"seam_final": 4.8, "seam_classical": 4.0}, "success", None),  # 1.2 × classical
+        # between the success and the failure thresholds
+        ({"snr_final": 9.69}, "borderline", "faint-star SNR 0.969 × classical < 0.97"),
+        ({"snr_final": 9.0}, "borderline", "faint-star SNR 0.900 × classical < 0.97"),
+        ({"fwhm_final": 3.06}, "borderline", "FWHM 1.020 × classical > 1.00"),
+        ({"photometric_slope": 1.02}, "borderline", "off by 2.0% > 1%"),
+        ({"photometric_slope": 0.985}, "borderline", "off by 1.5% > 1%"),
+        ({"seam_final": 5.9, "seam_classical": 4.0}, "borderline", "seam score 5.90 > 4.80"),
+        ({"snr_final": None}, "borderline", "faint-star SNR not measurable"),
+        ({"photometric_slope": None}, "borderline", "photometric slope not measurable"),
+        ({"fwhm_final": float("nan")}, "borderline", "FWHM not measurable"),
+        # failure thresholds
+        ({"snr_final": 8.99}, "failed", "faint-star SNR 0.899 × classical < 0.90 (failed)"),
+        ({"fwhm_final": 3.061}, "failed", "FWHM 1.020 × classical > 1.02 (failed)"),
+        ({"photometric_slope": 1.021}, "failed", "off by 2.1% > 2% (failed)"),
+        ({"photometric_slope": 0.97}, "failed", "off by 3.0% > 2% (failed)"),
+        ({"seam_final": 6.1, "seam_classical": 4.0}, "failed", "seam score 6.10 > 6.00"),
+        # a clean classical stack: both limits are seam_max
+        ({"seam_final": 3.01, "seam_classical": 0.5}, "failed", "seam score 3.01 > 3.00"),
+        ({"nonfinite_pixels": 1}, "failed", "1 NaN/Inf pixels inside the footprint (failed)"),
+        ({"usable_tile_fraction": 0.2}, "failed", "usable signal tiles 20% < 30% (failed)"),
+        # reported, not judged under tbqr2
+        ({"bg_rms_final": 1.5, "weight_variance": 0.0, "fallback_tiles": 7}, "success", None),
+    ],
+)
+def test_tbqr2_rules_fire_at_their_thresholds(change, expected, reason):
+    doc = _tb(**change)
+    assert doc["verdict"] == expected
+    if reason is None:
+        assert doc["reasons"] == []
+    else:
+        assert len(doc["reasons"]) == 1 and reason in doc["reasons"][0]
+        failed = doc["failed_checks"][0]
+        assert doc["checks"][failed]["reason"] == doc["reasons"][0]
+
+
+def test_tbqr2_names_every_figure_that_kept_it_from_success():
+    doc = _tb(snr_final=9.5, photometric_slope=1.015, fwhm_final=3.03)
+    assert doc["verdict"] == "borderline"
+    assert doc["failed_checks"] == ["fwhm", "faint_star_snr", "photometric_slope"]
+    assert len(doc["reasons"]) == 3
+    doc = _tb(snr_final=8.0, seam_final=5.5, seam_classical=4.0)
+    assert doc["verdict"] == "failed" and len(doc["reasons"]) == 2
+    assert doc["reasons"][0].endswith("(failed)") and not doc["reasons"][1].endswith("(failed)")
+
+
+def test_tbqr2_thresholds_come_from_config_and_v3_stays_v3():
+    th = thresholds_from_config({"validation": {"snr_ratio_success": 0.9, "seam_max": 5.0}})
+    assert th["snr_ratio_fail"] == 0.9 and th["fwhm_improvement_min"] == 0.05
+    assert _tb(snr_final=9.2)["verdict"] == "borderline"
+    assert _tb(snr_final=9.2, thresholds=th)["verdict"] == "success"
+    assert _tb(seam_final=4.5, thresholds=th)["verdict"] == "success"
+    # the same figures judged by v3: no FWHM improvement is a miss, low weight variance another
+    v3 = _tb(method="v3")
+    assert v3["method"] == "v3" and v3["verdict"] == "failed"
+    assert set(v3["failed_checks"]) == {"fwhm_improvement", "weight_variance"}
+    with pytest.raises(ValueError):
+        _tb(method="v4")

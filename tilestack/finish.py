@@ -21,6 +21,17 @@ SCALARS = (
     "flux_ratio",
     "snr_final",
     "snr_classical",
+    "snr_ratio",
+    "n_faint_stars",
+    "aperture_radius_final",
+    "aperture_radius_classical",
+    "aperture_noise_final",
+    "aperture_noise_classical",
+    "n_blank_apertures",
+    "photometric_slope",
+    "n_slope_stars",
+    "slope_aperture_radius",
+    "nonfinite_pixels",
     "seam_final",
     "seam_classical",
 )
@@ -105,9 +116,12 @@ def validate(
     validation: dict,
     workers: int,
     log,
+    method: str = "tbqr2",
 ) -> dict:
-    """§13: every channel measured against its classical stack, the verdict (primary channel:
-    G for OSC, else the only one), validation.json and the plots of the primary channel."""
+    """§13: every channel measured against its classical stack, the verdict of ``method``
+    (``tbqr2`` | ``v3``) on the primary channel (G for OSC, else the only one; NaN/Inf inside
+    the footprint counts in every channel), validation.json and the primary channel's plots.
+    The footprint is where the coverage map counts at least one frame."""
     from tilestack.io.atomic import write_json
     from tilestack.io.frames import read_image
     from tilestack.tiles import TileGrid
@@ -131,19 +145,26 @@ def validate(
     for i, c in enumerate(channels):
         final = stacks[c]
         classical = read_image(inp.classical[i])
+        footprint = read_image(inp.coverage[i]) >= 1
         local = pd.read_parquet(inp.local[i])
         flags = pd.read_csv(inp.flags[i])
         fb = flags.loc[flags["fallback_used"].astype(bool), "tile"].to_numpy()
-        fig = compare_stacks(final, classical, stride=float(grid.stride), workers=workers)
+        fig = compare_stacks(
+            final, classical, stride=float(grid.stride), footprint=footprint, workers=workers
+        )
         per[c] = {k: fig.get(k) for k in SCALARS}
         per[c]["weight_variance"] = weight_variance(local)
         per[c]["usable_tile_fraction"] = usable_tile_fraction(local, fallback_tiles=fb)
         per[c]["fallback_tiles"] = int(len(fb))
         per[c]["fwhm_stars"] = (fig["fwhm_classical_stars"], fig["fwhm_final_stars"])
         images[c] = (final, classical, local, fig["final_star_table"])
-        log(f"validation {c}: FWHM {per[c]['fwhm_classical']} -> {per[c]['fwhm_final']}")
+        log(
+            f"validation {c}: FWHM {per[c]['fwhm_classical']} -> {per[c]['fwhm_final']}, "
+            f"faint-star SNR {per[c]['snr_classical']} -> {per[c]['snr_final']}"
+        )
     pc = per[primary]
     doc = build_validation(
+        method=method,
         mode=mode,
         n_frames=int(len(transforms) - n_unreg),
         n_unregistered=n_unreg,
@@ -159,6 +180,8 @@ def validate(
         n_tiles=grid.n_tiles,
         snr_final=pc["snr_final"],
         snr_classical=pc["snr_classical"],
+        photometric_slope=pc["photometric_slope"],
+        nonfinite_pixels=sum(int(d["nonfinite_pixels"]) for d in per.values()),
         thresholds=thresholds_from_config({"validation": dict(validation)}),
         channels={c: {k: v for k, v in d.items() if k != "fwhm_stars"} for c, d in per.items()},
         extra={

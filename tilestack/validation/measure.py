@@ -19,6 +19,10 @@ from scipy.optimize import least_squares
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 MOFFAT_BETA = (1.2, 30.0)  # bounds of the fitted Moffat β (a Gaussian is β → ∞)
+APERTURE_FWHM = 1.0  # faint-star aperture radius = this × each stack's own median FWHM
+FAINT_SNR_BAND = (5.0, 30.0)  # "faint": mean aperture SNR of the two stacks in this band
+SLOPE_APERTURE_FWHM = 4.0  # photometric slope aperture radius = this × the larger FWHM
+FAINT_CANDIDATES_MAX = 2000  # isolated peaks measured for the faint-star SNR (bounds the cost)
 _SUB = np.array([(i / 3.0, j / 3.0) for j in (-1, 0, 1) for i in (-1, 0, 1)])
 
 STAR_COLUMNS = [
@@ -551,6 +555,141 @@ def isolated(
     return keep
 
 
+# --- faint-star SNR against blank sky (§13) ---------------------------------------------------
+
+
+def source_mask(
+    image: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    sigma: float = 4.0,
+    grow: int = 6,
+    box: int = 64,
+) -> np.ndarray:
+    """Pixels belonging to sources: the lightly smoothed residual above ``sigma`` × its noise,
+    grown by ``grow`` pixels (so star wings below the threshold are covered too)."""
+    img = np.asarray(image, dtype=np.float32)
+    res = img - background_map(img, box)
+    ok = np.isfinite(res)
+    if valid is not None:
+        ok &= np.asarray(valid) > 0
+    smooth = cv2.GaussianBlur(np.where(ok, res, 0).astype(np.float32), (0, 0), 1.0)
+    noise = robust_sigma(smooth[ok]) if ok.any() else float("nan")
+    if not np.isfinite(noise) or noise <= 0:
+        return np.zeros(img.shape, dtype=bool)
+    src = ((smooth > sigma * noise) & ok).astype(np.uint8)
+    if grow > 0:
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+        src = cv2.dilate(src, k)
+    return src > 0
+
+
+def blank_sky_positions(
+    sources: np.ndarray,
+    footprint: np.ndarray,
+    clearance: float,
+    *,
+    n_max: int = 1500,
+) -> np.ndarray:
+    """Deterministic blank-sky aperture centres (N×2, x, y; whole pixels).
+
+    A regular grid, its spacing at least ``clearance`` and widened until at most about
+    ``n_max`` nodes fit the image; a node is kept when no source pixel and no pixel outside
+    the ``footprint`` lies within ``clearance`` + 1 px of it (aperture and annulus are on
+    clean, covered sky) and it is that far from the image border.
+    """
+    fp = np.asarray(footprint, dtype=bool)
+    h, w = fp.shape
+    free = (fp & ~np.asarray(sources, dtype=bool)).astype(np.uint8)
+    if not free.any():
+        return np.empty((0, 2))
+    dist = cv2.distanceTransform(free, cv2.DIST_L2, 5)
+    need = float(clearance) + 1.0
+    step = max(float(clearance), math.sqrt(float(fp.sum()) / max(n_max, 1)), 1.0)
+    lo = int(math.ceil(need)) + 1
+    xs = np.arange(lo + step / 2, w - lo, step).astype(int)
+    ys = np.arange(lo + step / 2, h - lo, step).astype(int)
+    if xs.size == 0 or ys.size == 0:
+        return np.empty((0, 2))
+    gx, gy = np.meshgrid(xs, ys)
+    keep = dist[gy, gx] > need
+    return np.c_[gx[keep], gy[keep]].astype(np.float64)
+
+
+def aperture_noise(
+    image: np.ndarray,
+    blank_xy: np.ndarray,
+    *,
+    radius: float,
+    annulus: tuple[float, float] | None = None,
+    n_min: int = 30,
+) -> tuple[float, int]:
+    """Noise of an aperture measurement: 1.4826·MAD of the background-subtracted sums of the
+    aperture (same radius, same annulus) at the blank-sky positions ``blank_xy``.
+
+    Unlike √npix·σ_pixel this counts any correlation between neighbouring pixels (warping,
+    interpolation, smoothing). Returns (noise, positions used); NaN below ``n_min`` positions.
+    """
+    if len(blank_xy) == 0:
+        return float("nan"), 0
+    phot = aperture_photometry(image, blank_xy, radius=radius, annulus=annulus)
+    f = phot["flux"].to_numpy(dtype=np.float64)
+    f = f[np.isfinite(f)]
+    if f.size < n_min:
+        return float("nan"), int(f.size)
+    return robust_sigma(f), int(f.size)
+
+
+def matched_aperture_snr(
+    image: np.ndarray,
+    star_xy: np.ndarray,
+    blank_xy: np.ndarray,
+    *,
+    radius: float,
+    annulus: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, float, int]:
+    """Per-star SNR = aperture flux / blank-sky aperture noise (:func:`aperture_noise`), with
+    one radius and annulus for stars and sky. Returns (snr per star, noise, blank positions)."""
+    noise, n = aperture_noise(image, blank_xy, radius=radius, annulus=annulus)
+    phot = aperture_photometry(image, star_xy, radius=radius, annulus=annulus)
+    flux = phot["flux"].to_numpy(dtype=np.float64)
+    if not (np.isfinite(noise) and noise > 0):
+        return np.full(len(flux), np.nan), noise, n
+    return flux / noise, noise, n
+
+
+def nonfinite_in_footprint(image: np.ndarray, footprint: np.ndarray | None = None) -> int:
+    """Number of NaN/Inf pixels inside the footprint (everywhere when none is given)."""
+    bad = ~np.isfinite(np.asarray(image))
+    if footprint is not None:
+        bad &= np.asarray(footprint, dtype=bool)
+    return int(bad.sum())
+
+
+def flux_slope(
+    final: np.ndarray,
+    classical: np.ndarray,
+    star_xy: np.ndarray,
+    *,
+    radius: float,
+    annulus: tuple[float, float] | None = None,
+    snr_min: float = 20.0,
+) -> tuple[float, int]:
+    """Photometric slope final vs classical through the origin, robustly: the median over the
+    stars of flux_final / flux_classical in one (large) aperture. Stars whose classical
+    aperture SNR is below ``snr_min`` are skipped. Returns (slope, stars used); NaN below 3."""
+    if len(star_xy) == 0:
+        return float("nan"), 0
+    pc = aperture_photometry(classical, star_xy, radius=radius, annulus=annulus)
+    pf = aperture_photometry(final, star_xy, radius=radius, annulus=annulus)
+    fc, ff = pc["flux"].to_numpy(), pf["flux"].to_numpy()
+    good = np.isfinite(fc) & np.isfinite(ff) & (fc > 0) & (pc["snr"].to_numpy() >= snr_min)
+    n = int(good.sum())
+    if n < 3:
+        return float("nan"), n
+    return float(np.median(ff[good] / fc[good])), n
+
+
 def photometry_slope(
     image: np.ndarray,
     star_xy: np.ndarray,
@@ -609,20 +748,41 @@ def compare_stacks(
     offset: int = 0,
     truth: np.ndarray | None = None,
     faint_xy: np.ndarray | None = None,
+    footprint: np.ndarray | None = None,
     max_stars: int = 300,
     workers: int = 1,
+    aperture_fwhm: float = APERTURE_FWHM,
+    faint_snr_band: tuple[float, float] = FAINT_SNR_BAND,
+    slope_aperture_fwhm: float = SLOPE_APERTURE_FWHM,
 ) -> dict:
     """Measure the final and the classical stack the same way (§13 figures).
 
-    Stars are detected once, in the classical stack, and fitted at those positions in both
-    images; only stars fitted well in both count. Faint-star SNR uses ``faint_xy`` (e.g. faint
-    truth stars) or else the fainter half of the detections, with one aperture radius (the
-    classical FWHM) for both. Seam scores: with ``truth``, both stacks against the truth;
-    without, the final stack against the classical stack (tile-free, same scene) and the
-    classical stack against its own smooth copy; ``seam_final_self`` is the final stack against
-    its own smooth copy. Background RMS of the final stack is given in the classical stack's
-    photometric units (``flux_ratio`` = final / classical star flux). Returns scalar figures
-    plus the per-star FWHM arrays for the histogram and the final stack's star table.
+    *FWHM*: stars are detected once, in the classical stack, and fitted at those positions in
+    both images; only stars fitted well in both count.
+
+    *Faint-star SNR*: each stack gets an aperture of radius ``aperture_fwhm`` × its own median
+    FWHM (the same multiple for both) and one annulus (from the larger radius). A star's SNR is
+    its background-subtracted aperture flux over the noise of that aperture, measured as the
+    robust scatter of the same aperture on blank sky (:func:`blank_sky_positions`: clear of
+    every source of the classical stack, inside the footprint, on a fixed grid), so noise
+    correlation between pixels counts. The stars: ``faint_xy`` if given, else the isolated
+    peaks of the classical stack whose mean SNR over the two stacks lies in
+    ``faint_snr_band`` (the fainter half of the measurable ones when fewer than 5 do). The
+    figure of each stack is the median over the same stars.
+
+    *Photometric slope*: final vs classical through the origin (median flux ratio) over the
+    well-fitted stars, in one large aperture (``slope_aperture_fwhm`` × the larger FWHM) so
+    that a change of seeing does not bias it.
+
+    *Seams*: with ``truth``, both stacks against the truth; without, the final stack against
+    the classical stack (tile-free, same scene) and the classical stack against its own smooth
+    copy; ``seam_final_self`` is the final stack against its own smooth copy.
+
+    *Background RMS* of the final stack is given in the classical stack's photometric units
+    (``flux_ratio`` = final / classical star flux). ``footprint`` (pixels covered by at least
+    one frame; default: where the classical stack is finite) bounds the blank sky and the count
+    of non-finite pixels. Returns scalar figures plus the per-star FWHM arrays for the
+    histogram and the final stack's star table.
     """
     from scipy.spatial import cKDTree
 
@@ -630,6 +790,10 @@ def compare_stacks(
 
     fin_img = np.asarray(final, dtype=np.float32)
     cla_img = np.asarray(classical, dtype=np.float32)
+    if footprint is None:
+        footprint = np.isfinite(cla_img)
+    footprint = np.asarray(footprint, dtype=bool)
+    nonfinite = nonfinite_in_footprint(fin_img, footprint)
     ref = measure_stars(cla_img, max_stars=max_stars, workers=workers)
     xy = ref[["x", "y"]].to_numpy() if len(ref) else np.empty((0, 2))
     # One stamp size for both images, so the fits see the same pixels around each star.
@@ -637,29 +801,77 @@ def compare_stacks(
     a = measure_stars(cla_img, xy, stamp_radius=r, workers=workers) if len(xy) else ref
     b = measure_stars(fin_img, xy, stamp_radius=r, workers=workers) if len(xy) else ref
     fa, fb = np.array([]), np.array([])
+    both = np.empty((0, 2))
     if len(a) and len(b):
         d, j = cKDTree(b[["x", "y"]].to_numpy()).query(a[["x", "y"]].to_numpy())
         m = d < 1.0
         fa = a["fwhm"].to_numpy()[m]
         fb = b["fwhm"].to_numpy()[j[m]]
+        both = a[["x", "y"]].to_numpy()[m]
     fwhm_c = float(np.median(fa)) if fa.size >= 5 else float("nan")
     fwhm_f = float(np.median(fb)) if fb.size >= 5 else float("nan")
 
-    radius = max(1.5, fwhm_c) if np.isfinite(fwhm_c) else 3.0
-    if faint_xy is None and len(ref) >= 4:
-        faint_xy = ref.sort_values("flux")[["x", "y"]].to_numpy()[: len(ref) // 2]
+    # --- faint-star SNR, apertures matched to each stack's own FWHM -------------------------
+    own_c = fwhm_c if np.isfinite(fwhm_c) else fwhm_f
+    own_f = fwhm_f if np.isfinite(fwhm_f) else fwhm_c
+    rad_c = max(1.5, aperture_fwhm * own_c) if np.isfinite(own_c) else 3.0
+    rad_f = max(1.5, aperture_fwhm * own_f) if np.isfinite(own_f) else 3.0
+    r_big = max(rad_c, rad_f)
+    annulus = (r_big + 3.0, r_big + 8.0)
+    clean = source_mask(cla_img, valid=footprint & np.isfinite(cla_img))
+    sky_ok = footprint & np.isfinite(cla_img) & np.isfinite(fin_img)
+    blank = blank_sky_positions(clean, sky_ok, annulus[1])
+    peaks = detect_peaks(cla_img, valid=sky_ok)
+    pxy = peaks[["x", "y"]].to_numpy(dtype=np.float64)
+    if faint_xy is None:
+        cand = pxy
+        if len(cand) > 1:  # nothing else inside the star's aperture + annulus
+            dnn, _ = cKDTree(cand).query(cand, k=2)
+            cand = cand[dnn[:, 1] > annulus[1] + r_big]
+        cand = cand[-FAINT_CANDIDATES_MAX:]  # peaks come brightest first: keep the faint end
+    else:
+        cand = np.asarray(faint_xy, dtype=np.float64).reshape(-1, 2)
     snr_c = snr_f = float("nan")
-    if faint_xy is not None and len(faint_xy):
-        sc = faint_star_snr(cla_img, faint_xy, radius=radius)
-        sf = faint_star_snr(fin_img, faint_xy, radius=radius)
-        ok = np.isfinite(sc) & np.isfinite(sf)
-        if ok.any():
-            snr_c, snr_f = float(np.median(sc[ok])), float(np.median(sf[ok]))
+    n_faint = 0
+    sc, noise_c, n_blank = matched_aperture_snr(cla_img, cand, blank, radius=rad_c, annulus=annulus)
+    sf, noise_f, _ = matched_aperture_snr(fin_img, cand, blank, radius=rad_f, annulus=annulus)
+    ok = np.isfinite(sc) & np.isfinite(sf)
+    if faint_xy is None:
+        mean = 0.5 * (sc + sf)
+        lo, hi = faint_snr_band
+        band = ok & (mean >= lo) & (mean <= hi)
+        if band.sum() < 5:  # too few faint stars: the fainter half of what can be measured
+            pos = np.flatnonzero(ok & (mean > 0))
+            band = np.zeros_like(ok)
+            band[pos[np.argsort(mean[pos], kind="stable")][: max(len(pos) // 2, 1)]] = True
+            band &= ok
+        ok = band
+    if ok.any():
+        n_faint = int(ok.sum())
+        snr_c, snr_f = float(np.median(sc[ok])), float(np.median(sf[ok]))
 
-    # The two stacks are normalized differently (the final by each frame's background, the
-    # classical one by addscale), so their pixel units differ by a factor; noise is compared in
-    # the same photometric units: the final's background RMS divided by the median flux ratio
-    # final / classical of the brighter detected stars (wide aperture, 2 × FWHM).
+    # --- photometric slope final vs classical, large aperture -----------------------------
+    r_slope = max(6.0, slope_aperture_fwhm * max(own_c, own_f)) if np.isfinite(own_c) else 8.0
+    slope_xy = both
+    if len(slope_xy) and len(pxy) > 1:
+        # no other peak brighter than 1 % of the star's inside the wide aperture + annulus
+        height = peaks["height"].to_numpy(dtype=np.float64)
+        tree = cKDTree(pxy)
+        _, own = tree.query(slope_xy)
+        keep = np.ones(len(slope_xy), dtype=bool)
+        for i, nb in enumerate(tree.query_ball_point(slope_xy, r_slope + 10.0)):
+            others = [k for k in nb if k != own[i]]
+            keep[i] = not others or height[others].max() < 0.01 * height[own[i]]
+        slope_xy = slope_xy[keep]
+    slope, n_slope = flux_slope(
+        fin_img, cla_img, slope_xy, radius=r_slope, annulus=(r_slope + 3.0, r_slope + 10.0)
+    )
+
+    # The two stacks may be normalized differently (under v3 the final by each frame's
+    # background, the classical one by addscale), so their pixel units differ by a factor;
+    # noise is compared in the same photometric units: the final's background RMS divided by
+    # the median flux ratio final / classical of the brighter detected stars (2 × FWHM).
+    radius = rad_c
     flux_ratio = float("nan")
     if len(ref) >= 4:
         bright = ref.sort_values("flux")[["x", "y"]].to_numpy()[len(ref) // 2 :]
@@ -693,7 +905,19 @@ def compare_stacks(
         "flux_ratio": flux_ratio,
         "snr_final": snr_f,
         "snr_classical": snr_c,
-        "aperture_radius": radius,
+        "snr_ratio": snr_f / snr_c if np.isfinite(snr_c) and snr_c > 0 else float("nan"),
+        "n_faint_stars": n_faint,
+        "aperture_radius": radius,  # the classical stack's (kept for older readers)
+        "aperture_radius_final": rad_f,
+        "aperture_radius_classical": rad_c,
+        "aperture_annulus": list(annulus),
+        "aperture_noise_final": noise_f,
+        "aperture_noise_classical": noise_c,
+        "n_blank_apertures": n_blank,
+        "photometric_slope": slope,
+        "n_slope_stars": n_slope,
+        "slope_aperture_radius": r_slope,
+        "nonfinite_pixels": nonfinite,
         "seam_final": seam_f,
         "seam_classical": seam_c,
         "seam_final_self": seam_self,

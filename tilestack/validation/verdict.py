@@ -1,11 +1,33 @@
-"""The validation verdict (METHODOLOGY §13): did tile reconstruction beat the classical stack?
+"""The validation verdict (METHODOLOGY §13): is the final stack at least as good as the
+classical stack of the same frames?
 
-Every criterion is written to the JSON with its value, threshold and outcome, so a user can
-see *why* a run is ``success``, ``borderline`` or ``failed``:
+Two rule sets, chosen by the run's ``method``. Every criterion is written to the JSON with its
+value, threshold and outcome, and a non-success verdict lists in ``reasons`` one sentence per
+figure that kept it from ``success``.
 
-* hard — usable signal tiles ≥ ``usable_tiles_min`` (30 %); below it the tile weights carry
-  no information and the run is ``failed`` whatever else holds. A final FWHM *worse* than the
-  classical stack's is also ``failed``.
+``method: tbqr2`` (default) — each figure has a success threshold and a failure threshold:
+
+* hard — no NaN/Inf pixel inside the footprint; usable signal tiles ≥ ``usable_tiles_min``
+  (30 %; below it the tile weights carry no information).
+* FWHM final / classical: success ≤ ``fwhm_ratio_success`` (1.0), failed > ``fwhm_ratio_fail``
+  (1.02).
+* faint-star SNR final / classical (apertures matched to each stack's FWHM, noise from blank
+  sky): success ≥ ``snr_ratio_success`` (0.97), failed < ``snr_ratio_fail`` (0.90).
+* seam score: success ≤ max(``seam_max``, ``seam_ratio_success`` × classical), failed >
+  max(``seam_max``, ``seam_ratio_fail`` × classical).
+* photometric slope final vs classical: success |slope − 1| ≤ ``slope_tolerance_success``
+  (1 %), failed > ``slope_tolerance_fail`` (2 %).
+
+``failed``: a hard check or any failure threshold crossed. ``success``: every success threshold
+met (a calm night where nothing could be sharpened passes: FWHM equal, SNR kept).
+``borderline``: everything else; also when a judged figure could not be measured. Background
+RMS, tile weight variance, fallback tiles and unregistered frames are reported, not judged.
+``gain`` states the FWHM change (final / classical − 1) and the SNR change (ratio − 1).
+
+``method: v3`` — the v3 verdict, unchanged:
+
+* hard — usable signal tiles ≥ ``usable_tiles_min``; a final FWHM *worse* than the classical
+  stack's is ``failed``.
 * primary — FWHM improvement ≥ ``fwhm_improvement_min`` (5 %); an improvement in [0, 5 %)
   (or an unmeasurable FWHM) counts as one miss.
 * soft — background RMS not worse than the classical stack's (tolerance
@@ -13,8 +35,8 @@ see *why* a run is ``success``, ``borderline`` or ``failed``:
   pattern at the tile stride (seam score ≤ max(``seam_max``, ``seam_ratio_max`` × the
   classical stack's score)); each missed one counts as one miss.
 
-``success``: no miss. ``borderline``: exactly one miss. ``failed``: a hard failure or two or
-more misses. Unregistered frames, fallback tiles and faint-star SNR are reported, not judged.
+  ``success``: no miss. ``borderline``: exactly one miss. ``failed``: a hard failure or two or
+  more misses. Unregistered frames, fallback tiles and faint-star SNR are reported, not judged.
 """
 
 from __future__ import annotations
@@ -25,7 +47,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-DEFAULTS = {
+METHODS = ("tbqr2", "v3")
+
+DEFAULTS = {  # method: v3
     "fwhm_improvement_min": 0.05,
     "bg_rms_tolerance": 0.02,
     "weight_variance_min": 0.1,
@@ -34,11 +58,27 @@ DEFAULTS = {
     "seam_ratio_max": 1.5,
 }
 
+TBQR2_DEFAULTS = {  # method: tbqr2
+    "usable_tiles_min": 0.3,
+    "fwhm_ratio_success": 1.0,
+    "fwhm_ratio_fail": 1.02,
+    "snr_ratio_success": 0.97,
+    "snr_ratio_fail": 0.90,
+    "seam_max": 3.0,
+    "seam_ratio_success": 1.2,
+    "seam_ratio_fail": 1.5,
+    "slope_tolerance_success": 0.01,
+    "slope_tolerance_fail": 0.02,
+}
+
+ALL_DEFAULTS = {**DEFAULTS, **TBQR2_DEFAULTS}
+_EPS = 1e-9  # a figure exactly at a tbqr2 threshold meets it despite float rounding
+
 
 def thresholds_from_config(config: Mapping | None) -> dict:
-    """Verdict thresholds from ``config['validation']`` with the documented defaults."""
+    """Verdict thresholds (both methods) from ``config['validation']`` with the defaults."""
     section = dict((config or {}).get("validation", {}) or {})
-    return {k: float(section.get(k, v)) for k, v in DEFAULTS.items()}
+    return {k: float(section.get(k, v)) for k, v in ALL_DEFAULTS.items()}
 
 
 def _num(x) -> float | None:
@@ -66,13 +106,23 @@ def _check(value, threshold, passed: bool, kind: str, rule: str, note: str | Non
 
 
 def verdict(checks: Mapping[str, Mapping]) -> str:
-    """``success`` | ``borderline`` | ``failed`` from a ``checks`` mapping (see module doc)."""
+    """The v3 verdict ``success`` | ``borderline`` | ``failed`` from a ``checks`` mapping."""
     if any(c["kind"] == "hard" and not c["passed"] for c in checks.values()):
         return "failed"
     misses = sum(1 for c in checks.values() if c["kind"] in ("primary", "soft") and not c["passed"])
     if misses == 0:
         return "success"
     return "borderline" if misses == 1 else "failed"
+
+
+def verdict_tbqr2(checks: Mapping[str, Mapping]) -> str:
+    """The tbqr2 verdict: ``failed`` when a hard check fails or a graded figure crosses its
+    failure threshold, ``success`` when every check passes, else ``borderline``."""
+    if any(c["kind"] == "hard" and not c["passed"] for c in checks.values()):
+        return "failed"
+    if any(c.get("failed") for c in checks.values()):
+        return "failed"
+    return "success" if all(c["passed"] for c in checks.values()) else "borderline"
 
 
 def build_validation(
@@ -89,106 +139,78 @@ def build_validation(
     seam_classical: float,
     usable_tile_fraction: float,
     fallback_tiles: int,
+    method: str = "tbqr2",
     n_tiles: int | None = None,
     snr_final: float | None = None,
     snr_classical: float | None = None,
+    photometric_slope: float | None = None,
+    nonfinite_pixels: int | None = None,
     thresholds: Mapping | None = None,
     channels: Mapping | None = None,
     extra: Mapping | None = None,
 ) -> dict:
-    """The ``validation.json`` document: figures, per-criterion checks and the verdict.
+    """The ``validation.json`` document: figures, per-criterion checks, the verdict of
+    ``method`` (``tbqr2`` or ``v3``, see the module doc), the reasons and the gain.
 
-    ``thresholds`` overrides :data:`DEFAULTS` (use :func:`thresholds_from_config`).
-    ``channels`` (per-channel figures) and ``extra`` are copied into the document.
+    ``thresholds`` overrides the defaults (use :func:`thresholds_from_config`).
+    ``photometric_slope`` (final vs classical flux) and ``nonfinite_pixels`` (NaN/Inf inside
+    the footprint, all channels) are judged by tbqr2 only. ``channels`` (per-channel figures)
+    and ``extra`` are copied into the document.
     """
-    th = dict(DEFAULTS)
-    th.update({k: float(v) for k, v in (thresholds or {}).items() if k in DEFAULTS})
+    method = str(method)
+    if method not in METHODS:
+        raise ValueError(f"validation method must be one of {METHODS}, got {method!r}")
+    th = dict(ALL_DEFAULTS)
+    th.update({k: float(v) for k, v in (thresholds or {}).items() if k in ALL_DEFAULTS})
 
     fc, ff = _num(fwhm_classical), _num(fwhm_final)
+    fwhm_ratio = ff / fc if ff is not None and fc else None
     improvement = (fc - ff) / fc if fc and ff is not None and fc > 0 else None
-    checks: dict[str, dict] = {}
-
-    checks["usable_tiles"] = _check(
-        usable_tile_fraction,
-        th["usable_tiles_min"],
-        _num(usable_tile_fraction) is not None and usable_tile_fraction >= th["usable_tiles_min"],
-        "hard",
-        "fraction of usable signal tiles >= threshold (else abort)",
-    )
-    if improvement is None:
-        checks["fwhm_improvement"] = _check(
-            None,
-            th["fwhm_improvement_min"],
-            False,
-            "primary",
-            "(FWHM_classical - FWHM_final) / FWHM_classical >= threshold",
-            "FWHM not measurable in one of the stacks",
-        )
-    else:
-        checks["fwhm_improvement"] = _check(
-            improvement,
-            th["fwhm_improvement_min"],
-            improvement >= th["fwhm_improvement_min"],
-            "primary",
-            "(FWHM_classical - FWHM_final) / FWHM_classical >= threshold",
-        )
-        checks["fwhm_not_worse"] = _check(
-            improvement,
-            0.0,
-            improvement >= 0.0,
-            "hard",
-            "final FWHM not larger than the classical stack's",
-        )
-
     bf, bc = _num(bg_rms_final), _num(bg_rms_classical)
     bg_ratio = bf / bc if bf is not None and bc and bc > 0 else None
-    checks["background_rms"] = _check(
-        bg_ratio,
-        1.0 + th["bg_rms_tolerance"],
-        bg_ratio is not None and bg_ratio <= 1.0 + th["bg_rms_tolerance"],
-        "soft",
-        "background RMS final / classical <= 1 + tolerance",
-        None if bg_ratio is not None else "background RMS not measurable",
-    )
     wv = _num(weight_variance)
-    checks["weight_variance"] = _check(
-        wv,
-        th["weight_variance_min"],
-        wv is not None and wv >= th["weight_variance_min"],
-        "soft",
-        "variance of tile weights W (normalized to mean 1 per tile) >= threshold",
-    )
     sf, sc = _num(seam_final), _num(seam_classical)
-    seam_limit = (
-        max(th["seam_max"], th["seam_ratio_max"] * sc) if sc is not None else th["seam_max"]
-    )
-    checks["no_seams"] = _check(
-        sf,
-        seam_limit,
-        sf is None or sf <= seam_limit,
-        "soft",
-        "seam score at the tile stride <= max(seam_max, seam_ratio_max x classical score)",
-        None if sf is not None else "seam score not measurable (image smaller than 3 strides)",
-    )
-
-    result = verdict(checks)
-    failed_checks = [k for k, c in checks.items() if not c["passed"]]
     snr_ratio = (
         _num(snr_final) / _num(snr_classical)
         if _num(snr_final) is not None and _num(snr_classical)
         else None
     )
+    slope = _num(photometric_slope)
+
+    if method == "v3":
+        checks = _checks_v3(th, improvement, bg_ratio, wv, sf, sc, usable_tile_fraction)
+        result = verdict(checks)
+        used = DEFAULTS
+    else:
+        checks = _checks_tbqr2(
+            th, fwhm_ratio, snr_ratio, sf, sc, slope, nonfinite_pixels, usable_tile_fraction
+        )
+        result = verdict_tbqr2(checks)
+        used = TBQR2_DEFAULTS
+    failed_checks = [k for k, c in checks.items() if not c["passed"]]
+    for c in checks.values():  # the sentence stays only on the checks that did not pass
+        sentence = c.pop("reason")
+        if not c["passed"]:
+            c["reason"] = sentence
+    reasons = [] if result == "success" else [checks[k]["reason"] for k in failed_checks]
     doc = {
+        "method": method,
         "verdict": result,
+        "reasons": reasons,
         "mode": str(mode),
         "n_frames": int(n_frames),
         "n_unregistered": int(n_unregistered),
         "failed_checks": failed_checks,
         "checks": checks,
-        "thresholds": th,
+        "gain": {
+            "fwhm_change": _num(fwhm_ratio - 1.0) if fwhm_ratio is not None else None,
+            "snr_change": _num(snr_ratio - 1.0) if snr_ratio is not None else None,
+        },
+        "thresholds": {k: th[k] for k in used},
         "figures": {
             "fwhm_final_px": ff,
             "fwhm_classical_px": fc,
+            "fwhm_ratio": _num(fwhm_ratio),
             "fwhm_improvement": _num(improvement),
             "bg_rms_final": bf,
             "bg_rms_classical": bc,
@@ -202,6 +224,8 @@ def build_validation(
             "faint_star_snr_final": _num(snr_final),
             "faint_star_snr_classical": _num(snr_classical),
             "faint_star_snr_ratio": _num(snr_ratio),
+            "photometric_slope": slope,
+            "nonfinite_pixels": None if nonfinite_pixels is None else int(nonfinite_pixels),
         },
     }
     if mode == "emergency":
@@ -211,6 +235,193 @@ def build_validation(
     if extra:
         doc.update(_json_safe(dict(extra)))
     return doc
+
+
+def _usable_check(th: Mapping, usable_tile_fraction) -> dict:
+    u = _num(usable_tile_fraction)
+    c = _check(
+        u,
+        th["usable_tiles_min"],
+        u is not None and u >= th["usable_tiles_min"],
+        "hard",
+        "fraction of usable signal tiles >= threshold (else abort)",
+    )
+    c["reason"] = (
+        f"usable signal tiles {u:.0%} < {th['usable_tiles_min']:.0%} (failed)"
+        if u is not None
+        else "usable signal tiles not measurable (failed)"
+    )
+    return c
+
+
+def _checks_tbqr2(th, fwhm_ratio, snr_ratio, sf, sc, slope, nonfinite, usable) -> dict:
+    """The tbqr2 checks; each carries a ``reason`` sentence used when it does not pass."""
+
+    def graded(value, success, fail, passed, failed, rule, reason, note=None) -> dict:
+        c = _check(value, success, passed, "graded", rule, note)
+        c["fail_threshold"] = _num(fail)
+        c["failed"] = bool(failed)
+        c["reason"] = reason + (" (failed)" if failed else "")
+        return c
+
+    checks: dict[str, dict] = {}
+    n_bad = None if nonfinite is None else int(nonfinite)
+    checks["finite_footprint"] = _check(
+        n_bad,
+        0,
+        n_bad is None or n_bad == 0,
+        "hard",
+        "no NaN/Inf pixel inside the footprint (pixels covered by at least one frame)",
+        None if n_bad is not None else "not measured",
+    )
+    checks["finite_footprint"]["reason"] = f"{n_bad} NaN/Inf pixels inside the footprint (failed)"
+    checks["usable_tiles"] = _usable_check(th, usable)
+
+    s_ok, s_bad = th["fwhm_ratio_success"], th["fwhm_ratio_fail"]
+    checks["fwhm"] = graded(
+        fwhm_ratio,
+        s_ok,
+        s_bad,
+        fwhm_ratio is not None and fwhm_ratio <= s_ok + _EPS,
+        fwhm_ratio is not None and fwhm_ratio > s_bad + _EPS,
+        "FWHM final / classical <= threshold (failed above fail_threshold)",
+        f"FWHM {fwhm_ratio:.3f} × classical > {s_bad if fwhm_ratio > s_bad + _EPS else s_ok:.2f}"
+        if fwhm_ratio is not None
+        else "FWHM not measurable in both stacks",
+    )
+
+    s_ok, s_bad = th["snr_ratio_success"], th["snr_ratio_fail"]
+    checks["faint_star_snr"] = graded(
+        snr_ratio,
+        s_ok,
+        s_bad,
+        snr_ratio is not None and snr_ratio >= s_ok - _EPS,
+        snr_ratio is not None and snr_ratio < s_bad - _EPS,
+        "faint-star SNR final / classical >= threshold (failed below fail_threshold); "
+        "apertures matched to each stack's FWHM, noise from blank-sky apertures",
+        f"faint-star SNR {snr_ratio:.3f} × classical < {s_bad if snr_ratio < s_bad - _EPS else s_ok:.2f}"
+        if snr_ratio is not None
+        else "faint-star SNR not measurable in both stacks",
+    )
+
+    base = th["seam_max"]
+    lim_ok = max(base, th["seam_ratio_success"] * sc) if sc is not None else base
+    lim_bad = max(base, th["seam_ratio_fail"] * sc) if sc is not None else base
+    if sf is None:
+        seam_reason = "seam score not measurable"
+    else:
+        over_bad = sf > lim_bad + _EPS
+        ratio = th["seam_ratio_fail"] if over_bad else th["seam_ratio_success"]
+        seam_reason = f"seam score {sf:.2f} > {lim_bad if over_bad else lim_ok:.2f}" + (
+            f" (max({base:g}, {ratio:g} × classical {sc:.2f}))" if sc is not None else ""
+        )
+    checks["no_seams"] = graded(
+        sf,
+        lim_ok,
+        lim_bad,
+        sf is None or sf <= lim_ok + _EPS,
+        sf is not None and sf > lim_bad + _EPS,
+        "seam score at the tile stride <= max(seam_max, seam_ratio_success x classical score) "
+        "(failed above max(seam_max, seam_ratio_fail x classical score))",
+        seam_reason,
+        None if sf is not None else "seam score not measurable (image smaller than 3 strides)",
+    )
+
+    t_ok, t_bad = th["slope_tolerance_success"], th["slope_tolerance_fail"]
+    off = abs(slope - 1.0) if slope is not None else None
+    checks["photometric_slope"] = graded(
+        off,
+        t_ok,
+        t_bad,
+        off is not None and off <= t_ok + _EPS,
+        off is not None and off > t_bad + _EPS,
+        "|slope - 1| <= threshold (failed above fail_threshold); slope = median flux ratio "
+        "final / classical of the same stars in a wide aperture",
+        f"photometric slope {slope:.4f}: off by {off:.1%} > "
+        f"{t_bad if off > t_bad + _EPS else t_ok:.0%}"
+        if off is not None
+        else "photometric slope not measurable (too few bright isolated stars)",
+    )
+    checks["photometric_slope"]["slope"] = slope
+    return checks
+
+
+def _checks_v3(th, improvement, bg_ratio, wv, sf, sc, usable) -> dict:
+    """The v3 checks (unchanged rules); each carries a ``reason`` sentence."""
+    checks: dict[str, dict] = {}
+    checks["usable_tiles"] = _usable_check(th, usable)
+    if improvement is None:
+        checks["fwhm_improvement"] = _check(
+            None,
+            th["fwhm_improvement_min"],
+            False,
+            "primary",
+            "(FWHM_classical - FWHM_final) / FWHM_classical >= threshold",
+            "FWHM not measurable in one of the stacks",
+        )
+        checks["fwhm_improvement"]["reason"] = "FWHM not measurable in both stacks"
+    else:
+        checks["fwhm_improvement"] = _check(
+            improvement,
+            th["fwhm_improvement_min"],
+            improvement >= th["fwhm_improvement_min"],
+            "primary",
+            "(FWHM_classical - FWHM_final) / FWHM_classical >= threshold",
+        )
+        checks["fwhm_improvement"]["reason"] = (
+            f"FWHM improvement {improvement:.1%} < {th['fwhm_improvement_min']:.0%}"
+        )
+        checks["fwhm_not_worse"] = _check(
+            improvement,
+            0.0,
+            improvement >= 0.0,
+            "hard",
+            "final FWHM not larger than the classical stack's",
+        )
+        checks["fwhm_not_worse"]["reason"] = (
+            f"final FWHM {-improvement:.1%} larger than the classical stack's (failed)"
+        )
+
+    checks["background_rms"] = _check(
+        bg_ratio,
+        1.0 + th["bg_rms_tolerance"],
+        bg_ratio is not None and bg_ratio <= 1.0 + th["bg_rms_tolerance"],
+        "soft",
+        "background RMS final / classical <= 1 + tolerance",
+        None if bg_ratio is not None else "background RMS not measurable",
+    )
+    checks["background_rms"]["reason"] = (
+        f"background RMS {bg_ratio:.3f} × classical > {1.0 + th['bg_rms_tolerance']:.2f}"
+        if bg_ratio is not None
+        else "background RMS not measurable"
+    )
+    checks["weight_variance"] = _check(
+        wv,
+        th["weight_variance_min"],
+        wv is not None and wv >= th["weight_variance_min"],
+        "soft",
+        "variance of tile weights W (normalized to mean 1 per tile) >= threshold",
+    )
+    checks["weight_variance"]["reason"] = (
+        f"tile weight variance {wv:.3g} < {th['weight_variance_min']:g}"
+        if wv is not None
+        else "tile weight variance not measurable"
+    )
+    seam_limit = (
+        max(th["seam_max"], th["seam_ratio_max"] * sc) if sc is not None else th["seam_max"]
+    )
+    checks["no_seams"] = _check(
+        sf,
+        seam_limit,
+        sf is None or sf <= seam_limit,
+        "soft",
+        "seam score at the tile stride <= max(seam_max, seam_ratio_max x classical score)",
+        None if sf is not None else "seam score not measurable (image smaller than 3 strides)",
+    )
+    checks["no_seams"]["reason"] = (
+        f"seam score {sf if sf is not None else 0:.2f} > {seam_limit:.2f}"
+    )
+    return checks
 
 
 def _json_safe(obj):
