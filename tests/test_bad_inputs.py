@@ -15,6 +15,8 @@ Snakemake runs (marked slow when they take more than a few seconds). The README 
 
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -101,3 +103,22 @@ def test_provenance_header_has_no_clock_and_no_paths(monkeypatch):
     h2 = provenance_header(n_frames=5, mode="reduced", config=moved)
     assert "DATE" not in h1
     assert h1.tostring() == h2.tostring()
+
+
+@pytest.mark.slow
+def test_too_few_frames_hint_gives_a_command_that_works(nights, tmp_path):
+    """The hint's commands, run as printed, let the same dry run go through in emergency mode."""
+    lights = tmp_path / "few"
+    lights.mkdir()
+    for p in lights_of(nights(None))[:10]:
+        shutil.copy(p, lights / p.name)
+    args = ("-n", "--config", f"lights={lights}", "results=out")
+    refused = run_snakemake(tmp_path, *args)
+    assert refused.returncode != 0
+    line = next(x for x in refused.stderr.splitlines() if "too few frames" in x)
+    assert "Traceback" not in refused.stderr
+    write_cmd, extra = re.findall(r"`([^`]+)`", line)  # the two commands of the hint
+    subprocess.run(write_cmd, shell=True, cwd=tmp_path, check=True)
+    ok = run_snakemake(tmp_path, *args, *shlex.split(extra))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "mode emergency" in ok.stderr

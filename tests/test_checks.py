@@ -233,8 +233,8 @@ def test_decide_mode():
         decide_mode(49)
     assert str(e.value) == (
         "too few frames: 49 usable light frames, at least 50 are needed; to stack them anyway in "
-        "reduced mode flagged 'emergency', set assumptions.allow_emergency_mode: true "
-        "(e.g. --config 'assumptions={allow_emergency_mode: true}')"
+        "reduced mode flagged 'emergency': `echo 'assumptions: {allow_emergency_mode: true}' > "
+        "emergency.yaml`, then add `--configfile emergency.yaml` to the snakemake command"
     )
 
 

@@ -37,6 +37,13 @@ from tilestack.errors import ConfigError, InputError
 
 MAX_LISTED = 20
 SOFT_MIN_FRAMES = 800
+# How to allow emergency mode. A boolean cannot be given through --config (Snakemake keeps
+# nested --config values as strings, which the schema refuses), so the hint writes a file.
+EMERGENCY_CONFIG = "emergency.yaml"
+EMERGENCY_HINT = (
+    f"`echo 'assumptions: {{allow_emergency_mode: true}}' > {EMERGENCY_CONFIG}`, then add "
+    f"`--configfile {EMERGENCY_CONFIG}` to the snakemake command"
+)
 
 
 @dataclass
@@ -295,9 +302,7 @@ def decide_mode(
         return "emergency"
     raise InputError(
         f"too few frames: {n} usable light frames, at least {frames_min} are needed; "
-        "to stack them anyway in reduced mode flagged 'emergency', set "
-        "assumptions.allow_emergency_mode: true (e.g. --config "
-        "'assumptions={allow_emergency_mode: true}')"
+        f"to stack them anyway in reduced mode flagged 'emergency': {EMERGENCY_HINT}"
     )
 
 
