@@ -1,7 +1,9 @@
-# §1 inputs. The hard checks run per batch at the start of `prepare` (each batch is checked
-# against the first light, which the plan read at parse time, so the checks are global by
-# transitivity) before any heavy work; `scan` merges the per-batch manifests into the night's
-# manifest and records the mode and the soft-check warnings. Keeping the checks per batch means
+# §1 inputs. The header checks run over the whole night at parse time (tilestack.plan reads
+# every light's header); `prepare` checks each frame's pixels as it reads them (mostly
+# NaN/Inf, stretched) and records cheap statistics; `scan` merges the per-batch manifests into
+# the night's manifest, refuses frames on another scale than the night's majority, and records
+# the mode and the soft-check warnings. `weights` waits for `scan`, so nothing is stacked
+# from a refused night. Keeping the pixel checks per batch means
 # adding lights later does not invalidate the per-frame work already done.
 
 
@@ -13,6 +15,7 @@ rule scan:
         checks=R("scan/checks.json"),
     params:
         assumptions=config["assumptions"],
+        lights=str(config["lights"]),
         mode=PLAN.mode,
         n_frames=PLAN.n_frames,
         bayer=PLAN.bayer or "",

@@ -9,6 +9,7 @@ rule weights:
         tables=expand(R("registration/batches/{batch}.csv"), batch=BATCHES),
         reference=R("registration/reference.json"),
         grid=R("tiles/grid.json"),
+        checks=R("scan/checks.json"),  # the night-wide checks passed (the script does not read it)
     output:
         transforms=R("registration/transforms.csv"),
         **weights_outputs(),

@@ -32,10 +32,19 @@ def main():
             list(manifest["path"]), masters, bayer=bayer, sigma=float(p.bad_pixel_sigma)
         )
         prog.log(f"{int(masters['bad_pixels'].sum())} sensor defects flagged from the lights")
+    pixel_stats = []
     with batch_writer(sm.output.calibrated, {"BATCH": sm.wildcards.batch}) as add:
         stars = prepare_batch(
-            manifest, masters, add, bayer=bayer, detect_sigma=float(p.detect_sigma), progress=prog
+            manifest,
+            masters,
+            add,
+            bayer=bayer,
+            detect_sigma=float(p.detect_sigma),
+            progress=prog,
+            pixel_stats=pixel_stats,
         )
+    for key in ("invalid_fraction", "median", "max"):  # for the night-wide checks of `scan`
+        manifest[key] = [s[key] for s in pixel_stats]
     write_table(sm.output.stars, stars)
     write_table(sm.output.manifest, manifest)
     prog.finish()

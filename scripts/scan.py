@@ -22,9 +22,11 @@ def main():
     manifest = pd.concat(parts, ignore_index=True).sort_values("path", kind="stable")
     manifest = manifest.reset_index(drop=True)
     manifest["bayer"] = manifest["bayer"].astype(object).where(manifest["bayer"].notna(), None)
-    config = {"assumptions": dict(sm.params.assumptions)}
-    # Pixels were already sampled per batch in `prepare`; here the whole-night consistency
-    # (sizes, Bayer, exposures, bit depth) and the mode are re-derived from the headers.
+    config = {"assumptions": dict(sm.params.assumptions), "lights": sm.params.lights}
+    # Every frame's pixels were checked in `prepare`; here the whole-night consistency
+    # (sizes, Bayer, exposures, bit depth, pixel type, value range from the per-frame medians
+    # and maxima) and the mode are re-derived. `weights` waits for this, so nothing is stacked
+    # from a night this refuses.
     report = run_hard_checks(manifest, config, sample_pixels=False).to_dict()
     report["mode_planned"] = sm.params.mode
     if report["mode"] != sm.params.mode:

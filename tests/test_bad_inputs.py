@@ -22,7 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from astropy.io import fits
 from wfrun import run_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +58,218 @@ def copy_night(src: Path, dest: Path) -> Path:
 
 def lights_of(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.fits"))
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def workflow_checks(lights, n_frames=None) -> list[str]:
+    """What the workflow checks, in its order, without running it: the plan's whole-night
+    header checks (parse time), every frame's pixel checks (``prepare``) and the night-wide
+    checks of ``scan``. Returns the warnings; a refusal raises ``InputError``."""
+    from tilestack import checks
+    from tilestack.io.frames import read_frame
+    from tilestack.io.manifest import build_manifest
+    from tilestack.plan import make_plan
+
+    config = {"lights": str(lights), "assumptions": {"frames_min": 50}}
+    plan = make_plan(config)
+    manifest = build_manifest(plan.frames, checksum=False)
+    stats = []
+    for path, name in zip(manifest["path"], manifest["frame"], strict=True):
+        frame = read_frame(path)
+        st = checks.frame_pixel_stats(frame.data)
+        checks.check_finite(st, name)
+        checks.check_frame_linearity(frame.data, frame.full_scale, name)
+        stats.append(st)
+    for key in ("invalid_fraction", "median", "max"):
+        manifest[key] = [st[key] for st in stats]
+    return checks.run_hard_checks(manifest, config, sample_pixels=False).warnings
+
+
+def rewrite(path: Path, fn=None, dtype=None, **cards) -> None:
+    """Rewrite one light: data through ``fn``, stored as ``dtype``, header cards changed."""
+    with fits.open(path) as hdul:
+        data, header = hdul[0].data.astype(np.float64), hdul[0].header.copy()
+    data = fn(data) if fn else data
+    for key in ("BZERO", "BSCALE"):
+        header.pop(key, None)
+    header.update(cards)
+    out = data.astype(dtype or np.float32)  # uint16 is written with BZERO 32768
+    fits.PrimaryHDU(out, header=header).writeto(path, overwrite=True)
+
+
+def each(folder: Path, idx, **kw) -> None:
+    for p in lights_of(folder)[idx]:
+        rewrite(p, **kw)
+
+
+def as_float_night(folder: Path) -> None:
+    """The whole night stored as float32 counts (a converted night: one pixel type)."""
+    each(folder, slice(None), dtype=np.float32)
+
+
+def sqrt_stretch(x):
+    return np.round(np.sqrt(np.clip(x, 0, None) / 65535.0) * 65535.0)
+
+
+def mtf_stretch(x, target=0.25):
+    v = np.clip((x - np.median(x) + 50) / 65535.0, 0, 1)
+    b = np.median(v)
+    m = b * (target - 1) / (2 * target * b - target - b)
+    return np.round(65535 * (m - 1) * v / ((2 * m - 1) * v - m))
+
+
+def truncate(folder):
+    p = lights_of(folder)[10]
+    p.write_bytes(p.read_bytes()[:50_000])
+
+
+def not_fits(folder):
+    (folder / "light_0020.fits").write_text("SIMPLE? no: a text file with a .fits name\n")
+
+
+def one_all_nan(folder):
+    as_float_night(folder)
+    each(folder, slice(7, 8), fn=lambda x: np.full_like(x, np.nan))
+
+
+def one_scaled_float_night(folder):
+    as_float_night(folder)
+    each(folder, slice(40, 41), fn=lambda x: x / 65535.0)
+
+
+def in_subfolders(folder):
+    """Frames 30-55 in a second session folder, at another size (lights given as a glob)."""
+    sub = folder / "session2"
+    sub.mkdir()
+    for p in lights_of(folder)[30:]:
+        rewrite(p, fn=lambda x: x[:, :300], dtype=np.uint16)
+        p.rename(sub / p.name)
+
+
+def too_few(folder):
+    for p in lights_of(folder)[10:]:
+        p.unlink()
+
+
+# (case, bayer of the night, how the input is made, expected outcome, message fragments)
+# The fragments name the file and the problem; "light_0030.fits" where a whole batch differs
+# shows the minority is blamed, not the first light.
+CASES = [
+    ("clean mono night", None, None, "accepted", []),
+    ("clean RGGB night", "RGGB", None, "accepted", []),
+    ("truncated file", None, truncate, "refused", ["light_0010.fits", "truncated"]),
+    ("non-FITS file named .fits", None, not_fits, "refused", ["light_0020.fits", "not FITS"]),
+    (
+        "frames 30-55 at another size",
+        None,
+        lambda f: each(f, slice(30, None), fn=lambda x: x[:, :300], dtype=np.uint16),
+        "refused",
+        ["mixed image sizes: 26 of 56", "expected 320x240", "light_0030.fits"],
+    ),
+    (
+        "frames 30-55 at another exposure",
+        None,
+        lambda f: each(f, slice(30, None), dtype=np.uint16, EXPTIME=30.0),
+        "refused",
+        ["exposure times differ", "26 of 56", "light_0030.fits (30 s)"],
+    ),
+    (
+        "one frame with another Bayer pattern",
+        "RGGB",
+        lambda f: each(f, slice(12, 13), dtype=np.uint16, BAYERPAT="GRBG"),
+        "refused",
+        ["mixed Bayer patterns", "light_0012.fits"],
+    ),
+    (
+        "8-bit frame",
+        None,
+        lambda f: each(f, slice(5, 6), fn=lambda x: np.clip(x / 256, 0, 255), dtype=np.uint8),
+        "refused",
+        ["8-bit data is not linear", "light_0005.fits"],
+    ),
+    (
+        "one frame stored as float32 among 16-bit",
+        None,
+        lambda f: each(f, slice(40, 41)),
+        "refused",
+        ["mixed pixel types (BITPIX)", "BITPIX -32", "light_0040.fits"],
+    ),
+    (
+        "float frame divided by 65535 among 16-bit",
+        None,
+        lambda f: each(f, slice(40, 41), fn=lambda x: x / 65535.0),
+        "refused",
+        ["BITPIX -32", "light_0040.fits"],
+    ),
+    (
+        "float night, one frame divided by 65535",
+        None,
+        one_scaled_float_night,
+        "refused",
+        ["frames on another scale", "light_0040.fits (median"],
+    ),
+    ("float night, one all-NaN frame", None, one_all_nan, "refused", ["light_0007.fits: 100%"]),
+    (
+        "square-root stretch",
+        None,
+        lambda f: each(f, slice(25, 26), fn=sqrt_stretch, dtype=np.uint16),
+        "refused",
+        ["light_0025.fits: stretched", "levels around the sky"],
+    ),
+    (
+        "display (MTF) stretch",
+        "RGGB",
+        lambda f: each(f, slice(3, 4), fn=mtf_stretch, dtype=np.uint16),
+        "refused",
+        ["light_0003.fits: stretched"],
+    ),
+    (
+        "second session folder at another size",
+        None,
+        in_subfolders,
+        "refused",
+        ["26 of 56", "session2/light_0030.fits"],
+    ),
+    ("10 frames", None, too_few, "refused", ["too few frames: 10", "--configfile"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "bayer", "make", "outcome", "fragments"), CASES, ids=[c[0] for c in CASES]
+)
+def test_bad_input(nights, tmp_path, case, bayer, make, outcome, fragments):
+    from tilestack.errors import InputError
+
+    folder = copy_night(nights(bayer), tmp_path / "lights")
+    if make:
+        make(folder)
+    spec = f"{folder}/**/*.fits" if case.startswith("second session") else folder
+    if outcome == "accepted":
+        warnings = workflow_checks(spec)
+        for frag in fragments:
+            assert any(frag in w for w in warnings), (frag, warnings)
+        return
+    with pytest.raises(InputError) as err:
+        workflow_checks(spec)
+    line = str(err.value)
+    assert "\n" not in line
+    for frag in fragments:
+        assert frag in line, f"{frag!r} not in: {line}"
+
+
+def test_an_all_nan_frame_does_not_switch_off_defect_detection(nights, tmp_path):
+    """One NaN frame in a batch: the hot pixels are still found (NaN must not win a minimum)."""
+    from tilestack.calibration import defects_from_lights
+
+    folder = copy_night(nights(None), tmp_path / "lights")
+    paths = lights_of(folder)[:30]
+    clean = int(defects_from_lights(paths).sum())
+    assert clean > 100
+    rewrite(paths[0], fn=lambda x: np.full_like(x, np.nan))
+    rewrite(paths[15], fn=lambda x: np.where(np.arange(x.shape[1]) < 40, np.inf, x))
+    assert int(defects_from_lights(paths).sum()) >= 0.95 * clean
 
 
 # --------------------------------------------------------------------------- end to end

@@ -572,6 +572,7 @@ def _column_runs(plane: np.ndarray, sigma: float, fraction: float, length: int) 
 
 
 DEFECT_FRAMES = 12  # lights read by `defects_from_lights` at most
+MAX_INVALID_FRACTION = 0.5  # a light with more non-finite pixels than this is not used
 
 
 def defects_from_lights(
@@ -588,6 +589,10 @@ def defects_from_lights(
     defects stay, and one odd frame (a cloud-dark or a corrupt one) cannot hide them. At most
     ``max_frames`` lights, evenly spread over ``paths``, are read — enough for that statistic,
     so preparing a batch does not read every light twice. Returns :func:`sensor_defects`.
+
+    Non-finite samples (NaN, ±Inf) are ignored pixel by pixel (``np.fmin``/``np.fmax``: a NaN
+    must not win a minimum), and a frame with more than ``MAX_INVALID_FRACTION`` of them is
+    not used at all (the workflow refuses such a frame; see ``checks.check_finite``).
     """
     from tilestack.io.frames import read_frame
 
@@ -596,13 +601,21 @@ def defects_from_lights(
         raise InputError("defects_from_lights: no lights")
     pick = np.unique(np.linspace(0, n - 1, min(n, max(1, int(max_frames)))).round().astype(int))
     low = second = None
+    used = 0
     for i in pick:
         frame = read_frame(paths[i])
         light, _ = calibrate(frame.data, frame.exposure, masters)
+        finite = np.isfinite(light)
+        if finite.mean() < 1.0 - MAX_INVALID_FRACTION:
+            continue
+        light = np.where(finite, light, np.float32(np.nan))
+        used += 1
         if low is None:
             low, second = light, np.full_like(light, np.inf)
         else:
-            second = np.minimum(second, np.maximum(low, light))
-            low = np.minimum(low, light)
-    base = second if len(pick) >= 3 else low
+            second = np.fmin(second, np.fmax(low, light))
+            low = np.fmin(low, light)
+    if low is None:
+        return np.zeros(read_frame(paths[0]).data.shape, np.uint8)
+    base = second if used >= 3 else low
     return sensor_defects(base, bayer=bayer, sigma=sigma)

@@ -273,6 +273,173 @@ def check_linearity(manifest: pd.DataFrame, n_sample: int = 5, reader=None) -> l
     return [manifest["frame"].iloc[i] for i in idx]
 
 
+# --------------------------------------------------------------------------- every frame's pixels
+
+MAX_INVALID_FRACTION = 0.5  # more non-finite pixels than this: the frame is refused
+SCALE_FACTOR = 20.0  # a frame whose median or maximum differs by more: another scale
+MIN_LEVEL_OCCUPANCY = 0.5  # integer data: share of the levels around the sky that occur
+
+
+def frame_pixel_stats(data: np.ndarray) -> dict:
+    """Cheap statistics of one frame, NaN/Inf ignored: what the night-wide checks compare.
+
+    ``invalid_fraction`` (non-finite share), ``median`` and ``max`` of the finite pixels.
+    """
+    finite = np.isfinite(data)
+    n = int(data.size)
+    frac = 1.0 - float(finite.sum()) / max(n, 1)
+    if frac >= 1.0:
+        return {"invalid_fraction": 1.0, "median": np.nan, "max": np.nan}
+    step = max(1, int(np.sqrt(n / 1_000_000)))  # the median from at most ~1 M pixels
+    sample = np.asarray(data[::step, ::step], dtype=np.float64)
+    sample = sample[np.isfinite(sample)]
+    med = float(np.median(sample)) if sample.size else float(np.nanmedian(data))
+    top = float(np.max(data, where=finite, initial=-np.inf))
+    return {"invalid_fraction": frac, "median": med, "max": top}
+
+
+def check_finite(stats: dict, name: str) -> None:
+    """Refuse a frame that is mostly NaN/Inf (a failed download, a blank export)."""
+    frac = float(stats["invalid_fraction"])
+    if frac > MAX_INVALID_FRACTION:
+        raise InputError(
+            f"{name}: {100 * frac:.0f}% of its pixels are not finite (NaN/Inf), more than "
+            f"{100 * MAX_INVALID_FRACTION:.0f}%; remove it from the lights"
+        )
+
+
+def level_gaps(data: np.ndarray) -> str | None:
+    """Integer-valued data whose levels around the sky leave gaps a linear ADC cannot leave.
+
+    A linear camera steps by one count (or a fixed multiple: 12-bit data scaled by 16) and,
+    over the sky's ±1σ range, every step is occupied by many pixels. A stretch (square root,
+    asinh, curves) saved as integers spreads neighbouring input counts several output counts
+    apart, so most levels near the sky never occur. Inconclusive (None) when the levels are
+    too few or too thinly populated to tell.
+    """
+    step = max(1, int(np.sqrt(data.size / 2_000_000)))
+    vals = np.asarray(data[::step, ::step], dtype=np.float64).ravel()
+    vals = vals[np.isfinite(vals)]
+    if vals.size < 1000 or not np.all(vals == np.round(vals)):
+        return None
+    med = float(np.median(vals))
+    sigma = 1.4826 * float(np.median(np.abs(vals - med)))
+    near = vals[np.abs(vals - med) <= sigma]
+    levels = np.unique(near)
+    if levels.size < 8:
+        return None
+    quantum = int(np.gcd.reduce(np.diff(levels).astype(np.int64)))
+    span = (levels[-1] - levels[0]) / max(quantum, 1) + 1
+    if near.size / span < 10:  # too few pixels per possible level to judge gaps
+        return None
+    occupancy = levels.size / span
+    if occupancy < MIN_LEVEL_OCCUPANCY:
+        return (
+            f"only {100 * occupancy:.0f}% of the levels around the sky occur (gaps like a "
+            "display stretch saved as integers)"
+        )
+    return None
+
+
+def check_frame_linearity(data: np.ndarray, full_scale: float | None, name: str) -> None:
+    """The stretch tests of the module docstring plus :func:`level_gaps`, on one frame."""
+    why = stretch_evidence(data, full_scale) or level_gaps(data)
+    if why:
+        raise InputError(f"{name}: stretched (non-linear) data: {why}; use the unprocessed frame")
+
+
+def check_value_range(manifest: pd.DataFrame, names: Sequence[str] | None = None) -> None:
+    """Refuse frames on another scale than the night's majority (e.g. float divided by 65535).
+
+    Needs the per-frame ``median`` and ``max`` columns (:func:`frame_pixel_stats`). A frame
+    is refused when its median or its maximum differs from the night's median of them by more
+    than ``SCALE_FACTOR``, or when it is float data with maximum ≤ 1 while most frames are
+    integer counts.
+    """
+    if not {"median", "max"} <= set(manifest.columns) or len(manifest) < 2:
+        return
+    names = list(names) if names is not None else list(manifest["frame"])
+    med = pd.to_numeric(manifest["median"], errors="coerce").to_numpy(float)
+    top = pd.to_numeric(manifest["max"], errors="coerce").to_numpy(float)
+    ref_med, ref_top = np.nanmedian(med), np.nanmedian(top)
+    dtypes = [str(d) for d in manifest["dtype"]] if "dtype" in manifest else ["?"] * len(med)
+    integer_night = _majority(["int" in d for d in dtypes]) is True
+    bad = []
+    for i in range(len(med)):
+        why = None
+        if integer_night and dtypes[i].startswith("float") and top[i] <= 1.0:
+            why = f"float data with maximum {top[i]:.3g} among integer counts"
+        elif _off_scale(med[i], ref_med):
+            why = f"median {med[i]:.4g}, night's median {ref_med:.4g}"
+        elif _off_scale(top[i], ref_top):
+            why = f"maximum {top[i]:.4g}, night's maximum {ref_top:.4g}"
+        if why:
+            bad.append(f"{names[i]} ({why})")
+    if bad:
+        raise InputError(
+            f"frames on another scale: {len(bad)} of {len(med)} frames differ from the night's "
+            f"values by more than a factor {SCALE_FACTOR:g}; rescale or remove them: "
+            f"{_names(bad)}"
+        )
+
+
+def _off_scale(value: float, ref: float) -> bool:
+    if not (np.isfinite(value) and np.isfinite(ref)) or ref <= 0:
+        return False
+    if value <= 0:
+        return True
+    return value / ref > SCALE_FACTOR or ref / value > SCALE_FACTOR
+
+
+def check_bitpix(manifest: pd.DataFrame) -> None:
+    """All frames stored with the same pixel type (BITPIX); a converted frame stands out."""
+    if "bitpix" not in manifest:
+        return
+    values = [int(b) for b in manifest["bitpix"]]
+    _check_uniform(values, manifest["frame"], "pixel types (BITPIX)", lambda b: f"BITPIX {b}")
+
+
+def display_names(paths: Sequence, lights) -> list[str]:
+    """Each path relative to the lights folder (the folder of a glob's fixed part)."""
+    import glob as _glob
+
+    root = Path(str(lights)) if lights else None
+    if root is not None and not root.is_dir():
+        parts = []
+        for part in root.parts:
+            if _glob.has_magic(part):
+                break
+            parts.append(part)
+        root = Path(*parts) if parts else None
+        if root is not None and not root.is_dir():
+            root = root.parent
+    out = []
+    for p in paths:
+        p = Path(p)
+        try:
+            out.append(str(p.relative_to(root)) if root is not None else p.name)
+        except ValueError:
+            out.append(p.name)
+    return out
+
+
+def check_night(manifest: pd.DataFrame, config=None, lights=None) -> None:
+    """The header checks over the WHOLE night (every light's header, read at parse time).
+
+    Sizes, Bayer patterns, exposures, pixel types and 8-bit data are decided against the
+    night's majority, so a batch of odd frames is named, not the first light; the names are
+    paths relative to the lights folder.
+    """
+    a = _assumptions(config)
+    shown = manifest.copy()
+    shown["frame"] = display_names(manifest["path"], lights)
+    check_sizes(shown)
+    check_bayer(shown)
+    check_exposures(shown, float(a.get("exposure_tolerance", 0.05)))
+    check_bit_depth(shown)
+    check_bitpix(shown)
+
+
 # --------------------------------------------------------------------------- modes, soft checks
 
 
@@ -385,7 +552,8 @@ def run_hard_checks(
 ) -> CheckReport:
     """All hard checks in a fixed order; the first failure raises one ``InputError`` line.
 
-    Order: α+β+γ → empty → sizes → Bayer patterns → exposures → 8-bit → stretch (pixel sample).
+    Order: α+β+γ → empty → sizes → Bayer patterns → exposures → 8-bit → pixel types → value
+    range (when the per-frame ``median``/``max`` columns are there) → stretch (pixel sample).
     Unreadable files are already reported by :func:`tilestack.io.manifest.build_manifest`.
     Returns the :class:`CheckReport` with the mode and the soft-check warnings.
     """
@@ -397,6 +565,8 @@ def run_hard_checks(
     check_bayer(manifest)
     check_exposures(manifest, float(a.get("exposure_tolerance", 0.05)))
     check_bit_depth(manifest)
+    check_bitpix(manifest)
+    check_value_range(manifest, display_names(manifest["path"], config.get("lights")))
     sampled = check_linearity(manifest, n_sample=n_sample) if sample_pixels else []
     mode = decide_mode(len(manifest), config)
     bayer = _none_if_nan(manifest["bayer"].iloc[0])

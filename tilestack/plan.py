@@ -1,7 +1,7 @@
 """Parse-time planning of the workflow: which frames, which batches, bands, channels and mode.
 
-Everything the DAG's shape depends on is decided here, from the light file names and one
-cheap header read, so ``snakemake -n`` shows the real job list without checkpoints. Frames are
+Everything the DAG's shape depends on is decided here, from the light file names and their
+headers (every light's header is read and checked against the night's majority), so ``snakemake -n`` shows the real job list without checkpoints. Frames are
 sorted by file name and cut into batches of ``workflow.frames_per_job`` consecutive frames:
 adding frames that sort later only changes the last (partial) batch and adds new ones, so the
 per-frame work already done stays valid.
@@ -144,7 +144,6 @@ def _frame_stems(paths: list[Path]) -> list[str]:
 def make_plan(config: dict) -> Plan:
     """Plan the run from the config (already validated and defaulted)."""
     from tilestack.cfa import channels_for
-    from tilestack.io.frames import read_frame_info
     from tilestack.io.manifest import list_frames
 
     lights = str(config.get("lights", "") or "")
@@ -166,9 +165,16 @@ def make_plan(config: dict) -> Plan:
     wf = config.get("workflow", {})
     batches = make_batches(stems, wf.get("frames_per_job", 30))
 
-    info = read_frame_info(frames[0])
-    width, height = int(info.width), int(info.height)
-    bayer = info.bayer or None
+    # Every light's header (cheap): sizes, Bayer patterns, exposures and pixel types are
+    # decided over the whole night, so the odd files are named, whichever batch they are in.
+    from tilestack.checks import check_night
+    from tilestack.io.manifest import build_manifest
+
+    headers = build_manifest(frames, checksum=False)
+    check_night(headers, config, lights)
+    first = headers.iloc[0]
+    width, height = int(first["width"]), int(first["height"])
+    bayer = first["bayer"] or None
     channels = list(channels_for(bayer))
     if bayer:
         cw, ch = width // 2, height // 2

@@ -1,7 +1,8 @@
 """One batch of lights from raw files to calibrated frames and star lists (rule ``prepare``).
 
 Every frame is checked against the night's first light (sizes, Bayer pattern, exposure, bit
-depth, a pixel sample for stretched data) before any heavy work; then each is calibrated to
+depth, pixel type; the whole night's headers were already checked at parse time) before any
+heavy work, and every frame's pixels when it is read (mostly NaN/Inf, stretched); then each is calibrated to
 float32 + validity and appended to the batch file, and its stars are detected on the
 luminance (mono: the frame; OSC: the mosaic binned 2x2, positions mapped back to full
 resolution) for registration and the tile grid.
@@ -23,7 +24,8 @@ def check_batch(paths, first_light: str, exposure_tolerance: float) -> pd.DataFr
     checks.check_bayer(both)
     checks.check_exposures(both, float(exposure_tolerance))
     checks.check_bit_depth(both)
-    checks.check_linearity(batch, n_sample=2)
+    checks.check_bitpix(both)
+    # The pixels of every frame are checked in prepare_batch, where each frame is read anyway.
     return batch
 
 
@@ -50,15 +52,27 @@ def prepare_batch(
     bayer: str | None,
     detect_sigma: float,
     progress=None,
+    pixel_stats: list | None = None,
 ) -> pd.DataFrame:
     """Calibrate every light of ``manifest``, hand it to ``add_frame(stem, light, valid,
-    header)`` (the batch file writer) and return the star table of all frames."""
+    header)`` (the batch file writer) and return the star table of all frames.
+
+    Every frame's pixels are checked first (one ``InputError`` line naming the file): mostly
+    NaN/Inf, or stretched. Its cheap statistics (:func:`tilestack.checks.frame_pixel_stats`)
+    are appended to ``pixel_stats`` when given, for the night-wide scale check of ``scan``.
+    """
+    from tilestack import checks
     from tilestack.calibration import calibrate
     from tilestack.io.frames import read_frame
 
     tables = []
     for row in manifest.itertuples(index=False):
         frame = read_frame(row.path)
+        stats = checks.frame_pixel_stats(frame.data)
+        checks.check_finite(stats, row.frame)
+        checks.check_frame_linearity(frame.data, getattr(frame, "full_scale", None), row.frame)
+        if pixel_stats is not None:
+            pixel_stats.append(stats)
         light, valid = calibrate(
             frame.data, frame.exposure, masters, saturation=getattr(frame, "full_scale", None)
         )
