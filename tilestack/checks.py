@@ -477,7 +477,7 @@ def soft_checks(manifest: pd.DataFrame, mode: str | None = None) -> list[str]:
     """Warnings that never stop the run (METHODOLOGY §1 plus header completeness)."""
     out: list[str] = []
     n = len(manifest)
-    if n < SOFT_MIN_FRAMES:
+    if n < SOFT_MIN_FRAMES and mode != "emergency":  # in emergency mode that says it already
         out.append(
             f"only {n} frames (< {SOFT_MIN_FRAMES}): tile weighting has fewer good samples "
             "per tile to choose from"
