@@ -36,3 +36,15 @@ rule all:
     input:
         final_targets(),
     default_target: True
+
+
+onsuccess:
+    from tilestack.run_summary import summary
+
+    print(summary(RESULTS, ok=True), file=sys.stderr)
+
+
+onerror:
+    from tilestack.run_summary import summary
+
+    print(summary(RESULTS, ok=False), file=sys.stderr)

@@ -336,3 +336,21 @@ def test_too_few_frames_hint_gives_a_command_that_works(nights, tmp_path):
     ok = run_snakemake(tmp_path, *args, *shlex.split(extra))
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "mode emergency" in ok.stderr
+
+
+def test_run_summary_names_verdict_reason_left_out_frames_and_logs(tmp_path):
+    from tilestack.run_summary import summary
+
+    (tmp_path / "validation").mkdir()
+    (tmp_path / "registration").mkdir()
+    (tmp_path / "validation" / "validation.json").write_text(
+        '{"verdict": "borderline", "failed_checks": ["background_rms"]}'
+    )
+    (tmp_path / "registration" / "transforms.csv").write_text(
+        "frame,status\nlight_0000.fits,ok\nlight_0001.fits,unregistered\nlight_0002.fits,fallback\n"
+    )
+    lines = summary(tmp_path, ok=True).splitlines()
+    assert lines[1] == "tilestack: verdict borderline: background_rms"
+    assert lines[2] == "tilestack: 1 of 3 frames unregistered (left out): light_0001.fits"
+    assert lines[-1] == f"tilestack: logs in {tmp_path / 'logs'}"
+    assert "FAILED" in summary(tmp_path / "missing", ok=False)

@@ -1,0 +1,38 @@
+"""The last lines a user sees after a run: result, verdict and its main reason, left-out
+frames, and where the logs are (printed by the Snakefile's ``onsuccess``/``onerror``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def summary(results, ok: bool) -> str:
+    """A few lines about the run in ``results``; never raises (files may be missing)."""
+    res = Path(str(results))
+    lines = [f"tilestack: run {'finished' if ok else 'FAILED'} ({res})"]
+    try:
+        doc = json.loads((res / "validation" / "validation.json").read_text())
+        verdict = str(doc.get("verdict", "unknown"))
+        failed = doc.get("failed_checks") or []
+        reason = f": {failed[0]}" if failed and verdict != "success" else ""
+        lines.append(f"tilestack: verdict {verdict}{reason}")
+    except (OSError, ValueError, AttributeError):
+        if ok:
+            lines.append("tilestack: no validation.json (verdict unknown)")
+    try:
+        import pandas as pd
+
+        table = pd.read_csv(res / "registration" / "transforms.csv")
+        left = table[table["status"] == "unregistered"]
+        if len(left):
+            names = ", ".join(left["frame"].astype(str).head(10))
+            more = f", … (+{len(left) - 10} more)" if len(left) > 10 else ""
+            lines.append(
+                f"tilestack: {len(left)} of {len(table)} frames unregistered (left out): "
+                f"{names}{more}"
+            )
+    except (OSError, ValueError, KeyError, ImportError):
+        pass
+    lines.append(f"tilestack: logs in {res / 'logs'}")
+    return "\n".join(lines)
