@@ -80,12 +80,25 @@ def _aperture_kernel(img, valid, xs, ys, r, r_in, r_out, out):
                 break
         if bad or m < 8 or n == 0:
             continue
-        a = np.sort(buf[:m])
-        bkg = 0.5 * (a[(m - 1) // 2] + a[m // 2])
-        for j in range(m):
-            a[j] = abs(a[j] - bkg)
-        a.sort()
-        noise = MAD_TO_SIGMA * 0.5 * (a[(m - 1) // 2] + a[m // 2])
+        # Sky of the annulus: median, then clipped at 3 sigma (a neighbour's light in a few
+        # annulus pixels would otherwise lift the median by a fraction of the sky noise).
+        vals = buf[:m].copy()
+        bkg = 0.0
+        noise = 0.0
+        for _ in range(4):
+            a = np.sort(vals[:m])
+            bkg = 0.5 * (a[(m - 1) // 2] + a[m // 2])
+            dev = np.abs(a - bkg)
+            dev.sort()
+            noise = MAD_TO_SIGMA * 0.5 * (dev[(m - 1) // 2] + dev[m // 2])
+            k = 0
+            for j in range(m):
+                if abs(vals[j] - bkg) <= 3.0 * noise:
+                    vals[k] = vals[j]
+                    k += 1
+            if k == m or k < 8:
+                break
+            m = k
         out[i, 0] = s - n * bkg
         out[i, 1] = bkg
         out[i, 2] = noise
@@ -140,40 +153,45 @@ def photometric_scale(
 ) -> tuple[float, int]:
     """``(s, n_stars)``: the factor that brings this frame's star fluxes onto the reference's.
 
-    A weighted mean of ``log(flux_ref / flux)`` over stars measured well in both images,
-    iteratively clipped at 3 robust sigmas; each star weighs ``1 / (σ_rel² + floor²)``.
-    NaN when fewer than ``min_stars`` stars qualify (the caller then falls back).
+    A weighted median of ``log(flux_ref / flux)`` over stars measured well in both images
+    (robust to blends, variable stars and cosmic rays in an aperture). Each star's relative errors are *predicted* from
+    its mean flux over both images (not from its own measured SNR, which would favour stars
+    that happened to fluctuate up), it weighs ``1 / (σ_rel² + floor²)``, and the second-order
+    bias of a log of a noisy ratio (``(σ_f² − σ_ref²)/2``) is taken off. NaN when fewer than
+    ``min_stars`` stars qualify (the caller then falls back).
     """
     flux, snr, ref_flux, ref_snr = (
         np.asarray(v, np.float64).reshape(-1) for v in (flux, snr, ref_flux, ref_snr)
     )
-    ok = (
-        np.isfinite(flux)
-        & np.isfinite(ref_flux)
-        & (flux > 0)
-        & (ref_flux > 0)
-        & (snr >= snr_min)
-        & (ref_snr >= snr_min)
-    )
+    ok = np.isfinite(flux) & np.isfinite(ref_flux) & (flux > 0) & (ref_flux > 0)
+    ok &= np.isfinite(snr) & np.isfinite(ref_snr) & (snr > 0) & (ref_snr > 0)
     if ok.sum() < min_stars:
         return float("nan"), int(ok.sum())
-    lr = np.log(ref_flux[ok] / flux[ok])
-    var = 1.0 / snr[ok] ** 2 + 1.0 / ref_snr[ok] ** 2 + SCALE_SYS_FLOOR**2
-    w = 1.0 / var
-    keep = np.ones(lr.size, bool)
-    mean = float(np.median(lr))
-    for _ in range(5):
-        resid = (lr - mean) / np.sqrt(var)
-        spread = MAD_TO_SIGMA * float(np.median(np.abs(resid[keep] - np.median(resid[keep]))))
-        spread = max(spread, 1.0)
-        new = np.abs(resid) <= 3.0 * spread
-        if new.sum() < max(3, min_stars // 2):
-            break
-        mean = float(np.sum(w[new] * lr[new]) / np.sum(w[new]))
-        if np.array_equal(new, keep):
-            break
-        keep = new
-    return float(np.exp(mean)), int(keep.sum())
+    flux, snr, ref_flux, ref_snr = flux[ok], snr[ok], ref_flux[ok], ref_snr[ok]
+    s0 = float(np.median(ref_flux / flux))
+    mean_ref = 0.5 * (ref_flux + s0 * flux)  # the star's flux on the reference scale
+    noise_f = flux / snr  # aperture noise (ADU), independent of the star's fluctuation
+    noise_r = ref_flux / ref_snr
+    rel_f = noise_f / (mean_ref / s0)
+    rel_r = noise_r / mean_ref
+    bright = (1.0 / rel_f >= snr_min) & (1.0 / rel_r >= snr_min)
+    if bright.sum() < min_stars:
+        return float("nan"), int(bright.sum())
+    lr = np.log(ref_flux[bright] / flux[bright]) - 0.5 * (rel_f[bright] ** 2 - rel_r[bright] ** 2)
+    var = rel_f[bright] ** 2 + rel_r[bright] ** 2 + SCALE_SYS_FLOOR**2
+    return float(np.exp(weighted_median(lr, 1.0 / var))), int(lr.size)
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value where the cumulative weight crosses half (midpoint on an exact tie)."""
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], weights[order]
+    c = np.cumsum(w)
+    half = 0.5 * c[-1]
+    i = int(np.searchsorted(c, half))
+    if np.isclose(c[i], half) and i + 1 < v.size:
+        return 0.5 * (v[i] + v[i + 1])
+    return float(v[i])
 
 
 def signal_scale(
@@ -215,22 +233,42 @@ def _clipped(v: np.ndarray) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Surface:
-    """A smooth background surface: values on a coarse grid of ``cell``-pixel cells.
+    """A smooth background surface: values at the centres of a coarse grid of equal cells.
 
-    Cell ``(i, j)`` covers rows ``[i·cell, (i+1)·cell)`` and columns ``[j·cell, (j+1)·cell)``;
-    its value sits at the cell centre. A 1×1 grid is a constant (``offset``); ``plane`` models
-    are stored as their exact values at the cell centres (a plane is reproduced exactly by the
-    cubic interpolation).
+    The image (``height`` × ``width``) is divided into ``ny`` × ``nx`` cells of equal size (up to
+    rounding to whole pixels); ``grid[i, j]`` is the surface at the centre of cell ``(i, j)``.
+    A 1×1 grid is a constant (``offset``); a plane is reproduced exactly by the cubic
+    interpolation, so ``plane`` models are stored as their values at the cell centres.
     """
 
     grid: np.ndarray  # (ny, nx) float64
-    cell: int
+    height: int
+    width: int
 
-    def rows(self, y0: int, y1: int, width: int) -> np.ndarray:
-        return surface_rows(self.grid, self.cell, y0, y1, width)
+    def rows(self, y0: int, y1: int, width: int | None = None) -> np.ndarray:
+        return surface_rows(self.grid, self.height, self.width, y0, y1)
 
-    def image(self, height: int, width: int) -> np.ndarray:
-        return self.rows(0, height, width)
+    def image(self) -> np.ndarray:
+        return self.rows(0, self.height)
+
+
+def cell_edges(n_px: int, n_cells: int) -> np.ndarray:
+    """Pixel edges of ``n_cells`` equal cells over ``n_px`` pixels."""
+    return np.round(np.linspace(0, n_px, n_cells + 1)).astype(np.int64)
+
+
+def _node_positions(pix: np.ndarray, n_px: int, n_cells: int) -> np.ndarray:
+    """Fractional node index of each pixel (cell centres are at integer positions)."""
+    e = cell_edges(n_px, n_cells)
+    centres = (e[:-1] + e[1:] - 1) / 2.0
+    if n_cells == 1:
+        return np.zeros(pix.shape)
+    idx = np.arange(n_cells, dtype=np.float64)
+    pos = np.interp(pix, centres, idx)
+    lo, hi = pix < centres[0], pix > centres[-1]
+    pos[lo] = (pix[lo] - centres[0]) / (centres[1] - centres[0])
+    pos[hi] = n_cells - 1 + (pix[hi] - centres[-1]) / (centres[-1] - centres[-2])
+    return pos
 
 
 def _cubic_weights(pos: np.ndarray, n: int) -> np.ndarray:
@@ -281,16 +319,13 @@ def _cubic_weights(pos: np.ndarray, n: int) -> np.ndarray:
     return wmat
 
 
-def surface_rows(grid: np.ndarray, cell: int, y0: int, y1: int, width: int) -> np.ndarray:
+def surface_rows(grid: np.ndarray, height: int, width: int, y0: int, y1: int) -> np.ndarray:
     """Rows ``[y0, y1)`` of the surface (float32), separable cubic interpolation of ``grid``."""
     g = np.asarray(grid, np.float64)
     ny, nx = g.shape
-    c = float(cell)
-    py = (np.arange(y0, y1, dtype=np.float64) + 0.5) / c - 0.5
-    px = (np.arange(width, dtype=np.float64) + 0.5) / c - 0.5
-    wy = _cubic_weights(py, ny)
-    wx = _cubic_weights(px, nx)
-    return (wy @ g @ wx.T).astype(np.float32)
+    py = _node_positions(np.arange(y0, y1, dtype=np.float64), int(height), ny)
+    px = _node_positions(np.arange(int(width), dtype=np.float64), int(width), nx)
+    return (_cubic_weights(py, ny) @ g @ _cubic_weights(px, nx).T).astype(np.float32)
 
 
 def star_mask(shape, xy: np.ndarray, radius: float) -> np.ndarray:
@@ -328,14 +363,15 @@ def fit_background(
         vals = diff[ok].astype(np.float64)
         step = max(1, vals.size // (1 << 18))
         med = sigma_clipped_stats(vals[::step], max_iter=10)[0] if vals.size else 0.0
-        return Surface(np.array([[med if np.isfinite(med) else 0.0]]), max(h, w))
-    cell = int(max(8, min(scale_px, max(h, w))))
-    ny, nx = -(-h // cell), -(-w // cell)
+        return Surface(np.array([[med if np.isfinite(med) else 0.0]]), h, w)
+    cell = float(max(8, scale_px))
+    ny, nx = max(1, int(round(h / cell))), max(1, int(round(w / cell)))
+    ey, ex = cell_edges(h, ny), cell_edges(w, nx)
     grid = np.full((ny, nx), np.nan)
     count = np.zeros((ny, nx), np.int64)
     for i in range(ny):
         for j in range(nx):
-            sl = (slice(i * cell, min(h, (i + 1) * cell)), slice(j * cell, min(w, (j + 1) * cell)))
+            sl = (slice(ey[i], ey[i + 1]), slice(ex[j], ex[j + 1]))
             v = diff[sl][ok[sl]].astype(np.float64)
             count[i, j] = v.size
             if v.size >= min_pixels:
@@ -343,23 +379,26 @@ def fit_background(
     measured = np.isfinite(grid)
     if not measured.any():
         vals = diff[ok].astype(np.float64)
-        return Surface(np.array([[float(np.median(vals))]]), max(h, w))
+        return Surface(np.array([[float(np.median(vals))]]), h, w)
     if model == "plane" or measured.sum() < 3:
-        return _plane_surface(grid, measured, count, cell)
+        return _plane_surface(grid, measured, count, ey, ex)
     if not measured.all():
         grid = _fill_nearest(grid, measured)
-    return Surface(grid, cell)
+    return Surface(grid, h, w)
 
 
-def _plane_surface(grid, measured, count, cell) -> Surface:
-    ny, nx = grid.shape
-    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
+def _plane_surface(grid, measured, count, ey, ex) -> Surface:
+    """Least-squares plane through the cell medians, stored at the cell centres."""
+    cy = (ey[:-1] + ey[1:] - 1) / 2.0
+    cx = (ex[:-1] + ex[1:] - 1) / 2.0
+    yy, xx = np.meshgrid(cy, cx, indexing="ij")
+    h, w = int(ey[-1]), int(ex[-1])
     if measured.sum() < 3:
-        return Surface(np.full((ny, nx), float(np.nanmedian(grid))), cell)
+        return Surface(np.full(grid.shape, float(np.nanmedian(grid))), h, w)
     a = np.column_stack([np.ones(measured.sum()), xx[measured], yy[measured]])
     wt = np.sqrt(count[measured].astype(np.float64))
     coef, *_ = np.linalg.lstsq(a * wt[:, None], grid[measured] * wt, rcond=None)
-    return Surface(coef[0] + coef[1] * xx + coef[2] * yy, cell)
+    return Surface(coef[0] + coef[1] * xx + coef[2] * yy, h, w)
 
 
 def _fill_nearest(grid: np.ndarray, measured: np.ndarray) -> np.ndarray:
@@ -435,4 +474,4 @@ class ReferencePhotometry:
 
 def identity_normalization() -> FrameNormalization:
     """The reference frame's own normalization: ``I = X``."""
-    return FrameNormalization(1.0, Surface(np.zeros((1, 1)), 1), 0, "reference")
+    return FrameNormalization(1.0, Surface(np.zeros((1, 1)), 1, 1), 0, "reference")

@@ -86,7 +86,8 @@ def surfaces_for(normalization_df, frames: list[str]):
             np.asarray(by[f]["surface"], np.float64).reshape(
                 int(by[f]["surface_ny"]), int(by[f]["surface_nx"])
             ),
-            int(by[f]["surface_cell"]),
+            int(by[f]["surface_height"]),
+            int(by[f]["surface_width"]),
         )
         for f in frames
     ]

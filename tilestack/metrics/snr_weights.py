@@ -9,7 +9,8 @@ The local weight corrects the global one only where a tile's quality *really* de
 frame's: the same point-source SNR² ratio, tile against frame, from the tile's FWHM, its
 photometric transmission (a cloud over part of the field) and its noise. A tile's measurement
 is noisy (a few stars), so each log-deviation is smoothed over neighbouring tiles and shrunk
-toward 0 by the share of its variance that is measurement noise. The noise is estimated from
+toward 0 by the share of its variance that is measurement noise (a 3x3 median over
+the tile grid first, so one tile's outlier does not move its weight). The noise is estimated from
 the differences between neighbouring tiles (real conditions are spatially coherent, noise is
 not), so no per-tile error bar is needed and a calm frame gets ``L ≈ 1`` everywhere.
 """
@@ -22,9 +23,6 @@ import numpy as np
 import pandas as pd
 
 from tilestack.metrics.robust import MAD_TO_SIGMA
-
-# 3x3 smoothing kernel over the tile grid (binomial): neighbouring tiles share a weight.
-SMOOTH_KERNEL = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
 
 
 def _finite_median(v: np.ndarray) -> float:
@@ -91,29 +89,24 @@ def snr_global_weights(
 
 
 def _smooth_on_grid(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """NaN-aware binomial 3x3 smoothing of a tile grid; also each tile's noise-variance factor
-    ``Σw² / (Σw)²`` (what is left of independent noise after the smoothing)."""
+    """NaN-aware 3x3 median over the tile grid, and each tile's noise-variance factor.
+
+    A median keeps a coherent region (a cloud over several tiles) and its edge, and removes
+    a single tile's outlier (a blended star, a trail); the factor ``π/(2n)`` is what a median
+    of ``n`` independent noisy tiles leaves of one tile's noise variance.
+    """
     ny, nx = x.shape
-    ok = np.isfinite(x)
-    v = np.where(ok, x, 0.0)
-    num = np.zeros_like(v)
-    den = np.zeros_like(v)
-    den2 = np.zeros_like(v)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            k = SMOOTH_KERNEL[dy + 1, dx + 1]
-            ys = slice(max(0, dy), ny + min(0, dy))
-            yd = slice(max(0, -dy), ny + min(0, -dy))
-            xs = slice(max(0, dx), nx + min(0, dx))
-            xd = slice(max(0, -dx), nx + min(0, -dx))
-            num[yd, xd] += k * v[ys, xs]
-            w = k * ok[ys, xs]
-            den[yd, xd] += w
-            den2[yd, xd] += w * w
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sm = np.where(den > 0, num / den, np.nan)
-        kappa = np.where(den > 0, den2 / den**2, np.nan)
-    sm[~ok] = np.nan
+    pad = np.pad(np.asarray(x, np.float64), 1, constant_values=np.nan)
+    stack = np.stack(
+        [pad[1 + dy : 1 + dy + ny, 1 + dx : 1 + dx + nx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    )
+    n = np.isfinite(stack).sum(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sm = np.nanmedian(stack, axis=0)
+    sm[~np.isfinite(x)] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(n > 0, 0.5 * np.pi / np.maximum(n, 1), np.nan)
     return sm, kappa
 
 

@@ -31,7 +31,15 @@ GLOBAL_COLUMNS_TBQR2 = [
     "Q",
     "G",
 ]
-NORMALIZATION_COLUMNS = ["frame", "s", "surface_cell", "surface_ny", "surface_nx", "surface"]
+NORMALIZATION_COLUMNS = [
+    "frame",
+    "s",
+    "surface_height",
+    "surface_width",
+    "surface_ny",
+    "surface_nx",
+    "surface",
+]
 
 
 def global_columns(method: str) -> list[str]:

@@ -1,0 +1,229 @@
+"""METHODOLOGY §14 normative tests 12-14 (revision 2, ``method: tbqr2``) and the §5/§6/§8 formulas.
+
+Frames are made here with known truth: one star field, Gaussian PSFs, a sky with a gradient,
+and Gaussian noise; each test changes one condition (sky level, transparency, a gradient, the
+noise realisation) and checks the property the methodology promises.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tilestack.align_batch import WarpSettings, frame_fwhm, measure_plane
+from tilestack.metrics.local import frame_metrics, weight_matrix
+from tilestack.metrics.snr_weights import shrink_deviation, snr_global_weights, snr_local_weights
+from tilestack.normalization import (
+    ReferencePhotometry,
+    Surface,
+    aperture_photometry,
+    fit_background,
+    photometric_scale,
+    surface_rows,
+)
+from tilestack.reconstruction import array_reader, reconstruct_band
+from tilestack.tiles import TileGrid
+
+SIZE = 256
+N_STARS = 220
+READ_NOISE = 4.0
+
+
+def star_field(seed=7):
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(12, SIZE - 12, (N_STARS, 2))
+    flux = 10 ** rng.uniform(2.6, 4.3, N_STARS)
+    return xy, flux
+
+
+def render(xy, flux, *, fwhm=3.0, transparency=1.0, sky=200.0, gradient=(0.0, 0.0), seed=0):
+    """One frame in ADU: stars (Gaussian PSF) × transparency + sky (+ linear gradient) + noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
+    img = sky * (1.0 + gradient[0] * (xx / SIZE - 0.5) + gradient[1] * (yy / SIZE - 0.5))
+    s = fwhm / 2.3548
+    for (x, y), f in zip(xy, flux, strict=True):
+        x0, y0 = int(round(x)), int(round(y))
+        ys, xs = slice(max(0, y0 - 12), y0 + 13), slice(max(0, x0 - 12), x0 + 13)
+        img[ys, xs] += (
+            transparency
+            * f
+            / (2 * np.pi * s * s)
+            * np.exp(-((xx[ys, xs] - x) ** 2 + (yy[ys, xs] - y) ** 2) / (2 * s * s))
+        )
+    noise = np.sqrt(np.maximum(img, 0) + READ_NOISE**2)
+    return (img + rng.standard_normal(img.shape) * noise).astype(np.float32)
+
+
+GRID = TileGrid.from_fwhm(3.0, SIZE, SIZE, min_size=48, divisor=4)
+SETTINGS = WarpSettings(channels=["L"], bayer=None, out_shape=(SIZE, SIZE), border=4, scale_px=64)
+
+
+def measure_night(frames, xy, flux):
+    """§5-§8 of a night whose first frame is the reference: raw tables as the align job makes."""
+    stars = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "flux": flux})
+    ok0 = np.ones(frames[0].shape, np.uint8)
+    _, _, st = frame_metrics(frames[0], ok0, GRID, stars, border=4, with_stars=True)
+    ref = ReferencePhotometry.measure(frames[0], ok0, xy, frame_fwhm(st, GRID))
+    rows, tiles = [], []
+    for i, img in enumerate(frames):
+        g, t = measure_plane(img, np.ones(img.shape, np.uint8), GRID, stars, SETTINGS, ref)
+        rows.append({"frame": f"f{i:02d}", **g})
+        tiles.append(t.assign(frame=f"f{i:02d}"))
+    return pd.DataFrame(rows), pd.concat(tiles, ignore_index=True)
+
+
+def stack(frames, g, local, sharpen=0.5):
+    gw = snr_global_weights(g, sharpen=sharpen, reference="f00")
+    lw = snr_local_weights(local, gw, (GRID.ny, GRID.nx), star_min_count=3, sharpen=sharpen)
+    w = weight_matrix(lw, gw["frame"].tolist(), GRID.n_tiles)
+    surfaces = [
+        Surface(
+            np.asarray(r["surface"]).reshape(r["surface_ny"], r["surface_nx"]),
+            r["surface_height"],
+            r["surface_width"],
+        )
+        for r in g.to_dict("records")
+    ]
+    res = reconstruct_band(
+        array_reader(np.asarray(frames)),
+        len(frames),
+        0,
+        SIZE,
+        GRID,
+        w,
+        g["B"].to_numpy(),
+        classical=(g["median"].to_numpy(), g["mad"].to_numpy()),
+        normalization=(g["s"].to_numpy(), surfaces),
+    )
+    return gw, lw, res
+
+
+@pytest.fixture(scope="module")
+def calm_night():
+    """Twelve statistically identical frames: same field, seeing, sky; new noise each."""
+    xy, flux = star_field()
+    frames = [render(xy, flux, seed=100 + i) for i in range(12)]
+    g, local = measure_night(frames, xy, flux)
+    return frames, xy, flux, g, local
+
+
+def test_12_identical_frames_get_equal_weights_and_the_classical_result(calm_night):
+    frames, _, _, g, local = calm_night
+    gw, lw, res = stack(frames, g, local)
+    cv_g = float(np.std(gw["G"]) / np.mean(gw["G"]))
+    w = lw.pivot(index="frame", columns="tile", values="W").to_numpy()
+    cv_w = float(np.median(np.std(w, axis=0) / np.mean(w, axis=0)))
+    assert cv_g <= 0.10, cv_g
+    assert cv_w <= 0.10, cv_w
+    inner = (slice(16, -16), slice(16, -16))
+    diff = (res.stack - res.classical)[inner]
+    noise = float(np.std(res.classical[inner] - np.median(res.classical[inner])))
+    sky = np.abs(res.classical[inner] - np.median(res.classical[inner])) < 3 * READ_NOISE
+    sky_noise = 1.4826 * float(np.median(np.abs(diff[sky] - np.median(diff[sky]))))
+    per_pixel = float(np.sqrt(200.0 + READ_NOISE**2) / np.sqrt(len(frames)))
+    assert abs(float(np.median(diff))) < 0.05 * per_pixel
+    assert sky_noise < 0.35 * per_pixel, (sky_noise, per_pixel, noise)
+
+
+def test_14_local_weights_of_noise_only_tiles_are_flat(calm_night):
+    _, _, _, g, local = calm_night
+    gw = snr_global_weights(g, sharpen=0.5, reference="f00")
+    lw = snr_local_weights(local, gw, (GRID.ny, GRID.nx), star_min_count=3, sharpen=0.5)
+    dev = np.abs(lw["L"].to_numpy() - 1.0)
+    assert float(np.max(dev)) <= 0.10, float(np.max(dev))
+
+
+def test_shrinkage_keeps_a_coherent_cloud_and_drops_noise():
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0, 0.1, (8, 8))
+    assert np.max(np.abs(shrink_deviation(noise))) < 0.05
+    cloud = noise.copy()
+    cloud[:4, :4] -= 0.7  # a quarter of the field loses half its light
+    out = shrink_deviation(cloud)
+    assert np.median(out[:3, :3]) < -0.5
+    assert np.median(np.abs(out[5:, 5:])) < 0.1
+
+
+def test_13_moon_and_thin_cloud_fluxes_match_the_reference_and_a_gradient_leaves_no_trace():
+    xy, flux = star_field(seed=11)
+    n = 10
+    sky = np.linspace(200.0, 600.0, n)  # the sky brightness triples
+    transparency = np.linspace(1.0, 0.5, n)  # the transparency drops by half
+    frames = [
+        render(xy, flux, sky=sky[i], transparency=transparency[i], gradient=(0.1, -0.05), seed=i)
+        for i in range(n)
+    ]
+    g, local = measure_night(frames, xy, flux)
+    stars = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "flux": flux})
+    ok = np.ones((SIZE, SIZE), np.uint8)
+    ref_flux, ref_snr = aperture_photometry(frames[0], ok, xy, 3.0)
+    for i, r in enumerate(g.to_dict("records")):
+        surf = surface_rows(
+            np.asarray(r["surface"]).reshape(r["surface_ny"], r["surface_nx"]),
+            SIZE,
+            SIZE,
+            0,
+            SIZE,
+        )
+        norm = np.float32(r["s"]) * frames[i] - surf
+        f, snr = aperture_photometry(norm, ok, xy, 3.0)
+        good = (snr > 20) & (ref_snr > 20)
+        ratio = float(np.median(f[good] / ref_flux[good]))
+        assert abs(ratio - 1.0) < 0.01, (i, ratio)
+        assert abs(r["s"] * transparency[i] - 1.0) < 0.01
+    # A strong gradient on one frame: the final stack does not change beyond a trace.
+    _, _, base = stack(frames, g, local)
+    tilted = list(frames)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    tilted[4] = (frames[4] + 150.0 * (xx / SIZE) + 80.0 * (yy / SIZE)).astype(np.float32)
+    g2, local2 = measure_night(tilted, xy, flux)
+    _, _, res = stack(tilted, g2, local2)
+    inner = (slice(16, -16), slice(16, -16))
+    d = (res.stack - base.stack)[inner]
+    per_pixel = float(np.sqrt(400.0 + READ_NOISE**2) / np.sqrt(n))
+    assert abs(float(np.median(d))) < 0.05 * per_pixel
+    # no large-scale trace: the difference averaged over 32 px blocks stays far below the noise
+    blocks = d[: d.shape[0] // 32 * 32, : d.shape[1] // 32 * 32]
+    blocks = blocks.reshape(blocks.shape[0] // 32, 32, -1, 32).mean(axis=(1, 3))
+    assert float(np.max(np.abs(blocks))) < 0.1 * per_pixel, float(np.max(np.abs(blocks)))
+    _ = stars
+
+
+def test_photometric_scale_formula():
+    flux = np.array([1000.0, 2000.0, 4000.0, 8000.0] * 5)
+    snr = np.full(flux.size, 100.0)
+    s, n = photometric_scale(flux / 2.0, snr, flux, snr, min_stars=10)
+    assert n == 20
+    assert s == pytest.approx(2.0, rel=1e-12)
+    s_few, _ = photometric_scale(flux[:5], snr[:5], flux[:5], snr[:5], min_stars=10)
+    assert np.isnan(s_few)
+
+
+def test_global_weight_is_inverse_noise_and_psf_area():
+    g = pd.DataFrame(
+        {
+            "frame": ["a", "b", "c"],
+            "s": [1.0, 2.0, 1.0],
+            "B": [100.0, 100.0, 100.0],
+            "sigma": [0.1, 0.1, 0.1],
+            "E": [1.0, 1.0, 1.0],
+            "F": [3.0, 3.0, 4.5],
+        }
+    )
+    out = snr_global_weights(g, sharpen=0.0, reference="a")
+    # b: half the transmission -> s = 2 -> noise ×2 in I -> weight / 4; c: F ×1.5 -> / 2.25
+    assert out["G"].to_numpy() / out["G"].iloc[0] == pytest.approx([1.0, 0.25, 1 / 2.25])
+    sharp = snr_global_weights(g, sharpen=2.0, reference="a")
+    assert sharp["G"].iloc[2] / sharp["G"].iloc[0] == pytest.approx(1.5**-4)
+
+
+def test_background_models_reproduce_a_plane():
+    yy, xx = np.mgrid[0:200, 0:300].astype(np.float64)
+    plane = 5.0 + 0.02 * xx - 0.03 * yy
+    mask = np.ones(plane.shape, bool)
+    for model in ("surface", "plane"):
+        surf = fit_background(plane, mask, model=model, scale_px=64)
+        assert np.max(np.abs(surf.image() - plane)) < 0.02, model
+    off = fit_background(plane, mask, model="offset")
+    assert off.grid.shape == (1, 1)
+    assert off.image()[0, 0] == pytest.approx(np.median(plane), abs=0.05)
