@@ -78,11 +78,12 @@ def provenance_header(
     h = fits.Header()
     h["CREATOR"] = ("tilestack", "software that produced this file")
     h["TSVERS"] = (str(__version__), "tilestack version")
-    h["TSCFGSHA"] = config_hash(
-        config
-    )  # sha256 of the canonical JSON config (no room for a comment)
+    # sha256 of the canonical JSON config (no room for a comment)
+    h["TSCFGSHA"] = config_hash(config)
     h["NFRAMES"] = (int(n_frames), "number of frames stacked")
     h["TSMODE"] = (str(mode), "TBQR mode (full, reduced, emergency)")
+    if config is not None:
+        h["TSMETHOD"] = (str(config.get("method", "tbqr2")), "TBQR method (tbqr2 or literal v3)")
     if channel is not None:
         h["CHANNEL"] = (str(channel), "colour channel")
     date = date or creation_date()
