@@ -24,6 +24,7 @@ import pandas as pd
 
 from tilestack.cfa import split_channels
 from tilestack.errors import InputError
+from tilestack.metrics.global_metrics import background_level, diff_noise
 from tilestack.metrics.local import frame_metrics, reference_star_list, tile_scales
 from tilestack.normalization import ReferencePhotometry, normalize_frame
 from tilestack.pipeline_steps import BatchFile, Progress, luminance_image, to_channel_xy
@@ -50,7 +51,18 @@ REGISTRATION_OPTION_KEYS = (
     "sip",
 )
 # raw per-frame metrics of the batch table (the weights job adds z-scores, Q and G)
-RAW_GLOBAL_COLUMNS = ["frame", "stem", "channel", "B", "sigma", "E", "median", "mad", "F"]
+RAW_GLOBAL_COLUMNS = [
+    "frame",
+    "stem",
+    "channel",
+    "B",
+    "sigma",
+    "E",
+    "median",
+    "mad",
+    "F",
+    "sigma_raw",
+]
 # §5 normalization of each frame and channel (method tbqr2): scale, how it was found, surface
 NORM_COLUMNS = [
     "s",
@@ -136,6 +148,17 @@ def frame_fwhm(stars: pd.DataFrame, grid: TileGrid) -> float:
     return float(np.median(fw)) if fw.size else float("nan")
 
 
+def pixel_noise(plane: np.ndarray, ok: np.ndarray) -> float:
+    """Robust per-pixel noise (ADU) of a plane's star-free background."""
+    mask = (np.asarray(ok) > 0) & np.isfinite(plane)
+    if mask.sum() < 64:
+        return float("nan")
+    b, bsig = background_level(plane, mask)
+    if np.isfinite(bsig) and bsig > 0:
+        mask &= np.abs(plane - np.float32(b)) <= np.float32(3.0 * bsig)
+    return diff_noise(plane, mask)
+
+
 def measure_plane(
     plane: np.ndarray,
     ok: np.ndarray,
@@ -143,10 +166,17 @@ def measure_plane(
     star_xy: pd.DataFrame,
     settings: WarpSettings,
     ref_phot: ReferencePhotometry | None,
+    unwarped: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[dict, pd.DataFrame]:
-    """Raw §6/§8 metrics of one registered plane and, for tbqr2, its §5 normalization."""
+    """Raw §6/§8 metrics of one registered plane and, for tbqr2, its §5 normalization.
+
+    ``unwarped``: the same channel plane before warping, where the pixel noise is still
+    white (``sigma_raw``, ADU): interpolation smooths a frame's noise by an amount that depends
+    on its sub-pixel shift, which says nothing about the frame's quality.
+    """
     g, t, stars = frame_metrics(plane, ok, grid, star_xy, border=settings.border, with_stars=True)
     g["F"] = frame_fwhm(stars, grid)
+    g["sigma_raw"] = pixel_noise(*(unwarped if unwarped is not None else (plane, ok)))
     if ref_phot is None:
         return g, t
     xy = star_xy[["x", "y"]].to_numpy(np.float64)
@@ -251,10 +281,13 @@ def align_batch(
         note = f"{name}: {row['status']} {row['method']} rms {float(row['rms_px']):.3f}"
         if row["status"] != "unregistered":
             planes = warp_planes(image, valid, row_matrix(row), settings)
+            raw_planes = split_channels(image, settings.bayer, valid)
             for c in settings.channels:
                 plane, ok = planes[c]
                 writers[c](stem, plane, ok, {"FRAME": name})
-                g, t = measure_plane(plane, ok, grid, star_xy[c], settings, ref_phot.get(c))
+                g, t = measure_plane(
+                    plane, ok, grid, star_xy[c], settings, ref_phot.get(c), raw_planes[c]
+                )
                 global_rows.append({"frame": name, "stem": stem, "channel": c, **g})
                 t.insert(0, "channel", c)
                 t.insert(0, "stem", stem)

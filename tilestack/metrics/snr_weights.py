@@ -34,13 +34,17 @@ def _finite_median(v: np.ndarray) -> float:
 def frame_noise_and_fwhm(g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """``(σ_I, F)`` per frame: noise of the normalized frame and its (possibly proxied) FWHM.
 
-    ``σ`` in the raw table is measured on ``X / B``; ``I = s·X − S`` has noise ``s·B·σ``.
+    ``sigma_raw`` is the white pixel noise of the unwarped frame (ADU), so ``I = s·X − S`` has
+    noise ``s·sigma_raw``; without it (older tables) ``σ`` of ``X / B`` gives ``s·B·σ``.
     A frame without a measurable FWHM takes ``F = sqrt(c / E_I)`` with ``c`` the night's
     median of ``F² E_I`` (the gradient energy of a point source scales as ``F⁻²``).
     """
     s = g["s"].to_numpy(np.float64)
     b = g["B"].to_numpy(np.float64)
-    sigma_i = s * b * g["sigma"].to_numpy(np.float64)
+    if "sigma_raw" in g:  # white pixel noise of the unwarped frame (ADU)
+        sigma_i = s * g["sigma_raw"].to_numpy(np.float64)
+    else:
+        sigma_i = s * b * g["sigma"].to_numpy(np.float64)
     f = g["F"].to_numpy(np.float64).copy()
     e_i = g["E"].to_numpy(np.float64) * (s * b) ** 2
     missing = ~(np.isfinite(f) & (f > 0))

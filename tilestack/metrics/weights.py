@@ -23,6 +23,7 @@ GLOBAL_COLUMNS_TBQR2 = [
     "median",
     "mad",
     "F",
+    "sigma_raw",
     "s",
     "norm_stars",
     "norm_method",
