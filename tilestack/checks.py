@@ -276,7 +276,7 @@ def check_linearity(manifest: pd.DataFrame, n_sample: int = 5, reader=None) -> l
 # --------------------------------------------------------------------------- every frame's pixels
 
 MAX_INVALID_FRACTION = 0.5  # more non-finite pixels than this: the frame is refused
-SCALE_FACTOR = 20.0  # a frame whose median or maximum differs by more: another scale
+SCALE_FACTOR = 20.0  # a frame whose median differs by more: another scale
 MIN_LEVEL_OCCUPANCY = 0.5  # integer data: share of the levels around the sky that occur
 
 
@@ -352,16 +352,17 @@ def check_value_range(manifest: pd.DataFrame, names: Sequence[str] | None = None
     """Refuse frames on another scale than the night's majority (e.g. float divided by 65535).
 
     Needs the per-frame ``median`` and ``max`` columns (:func:`frame_pixel_stats`). A frame
-    is refused when its median or its maximum differs from the night's median of them by more
-    than ``SCALE_FACTOR``, or when it is float data with maximum ≤ 1 while most frames are
-    integer counts.
+    is refused when its median (the sky plus pedestal) differs from the night's median of them
+    by more than ``SCALE_FACTOR``, or when it is float data with maximum ≤ 1 while most frames
+    are integer counts. The maximum alone decides nothing: a frame under thick cloud has no
+    saturated star and a far lower maximum than its neighbours, yet is on the same scale.
     """
     if not {"median", "max"} <= set(manifest.columns) or len(manifest) < 2:
         return
     names = list(names) if names is not None else list(manifest["frame"])
     med = pd.to_numeric(manifest["median"], errors="coerce").to_numpy(float)
     top = pd.to_numeric(manifest["max"], errors="coerce").to_numpy(float)
-    ref_med, ref_top = np.nanmedian(med), np.nanmedian(top)
+    ref_med = np.nanmedian(med)
     dtypes = [str(d) for d in manifest["dtype"]] if "dtype" in manifest else ["?"] * len(med)
     integer_night = _majority(["int" in d for d in dtypes]) is True
     bad = []
@@ -371,8 +372,6 @@ def check_value_range(manifest: pd.DataFrame, names: Sequence[str] | None = None
             why = f"float data with maximum {top[i]:.3g} among integer counts"
         elif _off_scale(med[i], ref_med):
             why = f"median {med[i]:.4g}, night's median {ref_med:.4g}"
-        elif _off_scale(top[i], ref_top):
-            why = f"maximum {top[i]:.4g}, night's maximum {ref_top:.4g}"
         if why:
             bad.append(f"{names[i]} ({why})")
     if bad:
