@@ -170,7 +170,8 @@ def test_13_moon_and_thin_cloud_fluxes_match_the_reference_and_a_gradient_leaves
         good = (snr > 20) & (ref_snr > 20)
         ratio = float(np.median(f[good] / ref_flux[good]))
         assert abs(ratio - 1.0) < 0.01, (i, ratio)
-        assert abs(r["s"] * transparency[i] - 1.0) < 0.01
+        # against the truth, s also carries the noise of the reference's own fluxes
+        assert abs(r["s"] * transparency[i] - 1.0) < 0.015
     # A strong gradient on one frame: the final stack does not change beyond a trace.
     _, _, base = stack(frames, g, local)
     tilted = list(frames)

@@ -27,11 +27,13 @@ from tilestack.metrics.robust import MAD_TO_SIGMA
 
 BACKGROUND_MODELS = ("surface", "plane", "offset")
 # An aperture of radius APERTURE_K x FWHM holds the same fraction of a self-similar PSF's light
-# in every frame; the background annulus spans [r + ANNULUS_GAP, r + ANNULUS_GAP + ANNULUS_WIDTH].
+# in every frame, and the background annulus [ANNULUS_IN·r, ANNULUS_OUT·r] the same fraction of
+# its wings: an annulus at a fixed distance in pixels sits relatively closer to a blurred star,
+# subtracts more of its wings and made blurred frames' scales too large by several per cent.
 APERTURE_K = 2.0
-ANNULUS_GAP = 2.0
-ANNULUS_WIDTH = 4.0
-MIN_APERTURE = 3.0
+ANNULUS_IN = 1.5
+ANNULUS_OUT = 2.5
+MIN_APERTURE = 2.5
 # Stars below this aperture SNR (in either image) do not vote on the scale.
 SCALE_SNR_MIN = 10.0
 # Systematic floor of one star's log flux ratio (PSF shape, crowding): no star dominates.
@@ -131,8 +133,8 @@ def aperture_photometry(
             np.ascontiguousarray(xy[:, 0]),
             np.ascontiguousarray(xy[:, 1]),
             r,
-            r + ANNULUS_GAP,
-            r + ANNULUS_GAP + ANNULUS_WIDTH,
+            ANNULUS_IN * r,
+            ANNULUS_OUT * r,
             out,
         )
     ok = out[:, 4] > 0
