@@ -198,6 +198,14 @@ def test_photometric_scale_formula():
     assert s == pytest.approx(2.0, rel=1e-12)
     s_few, _ = photometric_scale(flux[:5], snr[:5], flux[:5], snr[:5], min_stars=10)
     assert np.isnan(s_few)
+    # a trail across one bright star's aperture: that star looks 30x brighter (and, by its own
+    # flux, very precise); the scale follows the other stars
+    hit = flux.copy()
+    hit[3] *= 30.0
+    snr_hit = snr.copy()
+    snr_hit[3] *= 30.0
+    s_trail, _ = photometric_scale(hit[:10], snr_hit[:10], flux[:10], snr[:10], min_stars=8)
+    assert s_trail == pytest.approx(1.0, abs=1e-9)
 
 
 def test_global_weight_is_inverse_noise_and_psf_area():

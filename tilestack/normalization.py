@@ -36,8 +36,9 @@ ANNULUS_OUT = 2.5
 MIN_APERTURE = 2.5
 # Stars below this aperture SNR (in either image) do not vote on the scale.
 SCALE_SNR_MIN = 10.0
-# Systematic floor of one star's log flux ratio (PSF shape, crowding): no star dominates.
-SCALE_SYS_FLOOR = 0.01
+# Systematic floor of one star's log flux ratio (PSF shape, crowding, seeing-dependent blends):
+# no star dominates, the brightest stars vote about equally.
+SCALE_SYS_FLOOR = 0.03
 
 
 @njit(cache=True, nogil=True)
@@ -157,8 +158,8 @@ def photometric_scale(
 
     A weighted median of ``log(flux_ref / flux)`` over stars measured well in both images
     (robust to blends, variable stars and cosmic rays in an aperture). Each star's relative errors are *predicted* from
-    its mean flux over both images (not from its own measured SNR, which would favour stars
-    that happened to fluctuate up), it weighs ``1 / (σ_rel² + floor²)``, and the second-order
+    its reference flux and the frame's aperture noise (not from its own measured flux, which
+    would favour stars that happened to fluctuate up or a trail crossed), it weighs ``1 / (σ_rel² + floor²)``, and the second-order
     bias of a log of a noisy ratio (``(σ_f² − σ_ref²)/2``) is taken off. NaN when fewer than
     ``min_stars`` stars qualify (the caller then falls back).
     """
@@ -171,11 +172,12 @@ def photometric_scale(
         return float("nan"), int(ok.sum())
     flux, snr, ref_flux, ref_snr = flux[ok], snr[ok], ref_flux[ok], ref_snr[ok]
     s0 = float(np.median(ref_flux / flux))
-    mean_ref = 0.5 * (ref_flux + s0 * flux)  # the star's flux on the reference scale
     noise_f = flux / snr  # aperture noise (ADU), independent of the star's fluctuation
     noise_r = ref_flux / ref_snr
-    rel_f = noise_f / (mean_ref / s0)
-    rel_r = noise_r / mean_ref
+    # Expected fluxes come from the reference only: a star hit by a trail or a cosmic ray in
+    # this frame must not look bright, hence precise, hence heavy.
+    rel_f = noise_f / (ref_flux / s0)
+    rel_r = noise_r / ref_flux
     bright = (1.0 / rel_f >= snr_min) & (1.0 / rel_r >= snr_min)
     if bright.sum() < min_stars:
         return float("nan"), int(bright.sum())
