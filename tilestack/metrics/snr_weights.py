@@ -6,8 +6,8 @@ is that quantity, with an optional extra preference for sharpness ``(F_ref / F)^
 night of statistically equal frames therefore gets nearly equal weights.
 
 The local weight corrects the global one only where a tile's quality *really* departs from its
-frame's: the same point-source SNR² ratio, tile against frame, from the tile's FWHM, its
-photometric transmission (a cloud over part of the field) and its noise. A tile's measurement
+frame's: the same point-source SNR² ratio, tile against frame, from the tile's FWHM and its
+photometric transmission (a cloud over part of the field). A tile's measurement
 is noisy (a few stars), so each log-deviation is smoothed over neighbouring tiles and shrunk
 toward 0 by the share of its variance that is measurement noise (a 3x3 median over
 the tile grid first, so one tile's outlier does not move its weight). The noise is estimated from
@@ -196,9 +196,9 @@ def snr_local_weights(
     """Add ``class dF dT dS dE Q L W`` to the raw local table of a channel (all frames).
 
     ``grid_shape`` = (rows, columns) of tiles (tile index = row·columns + column). Star tiles:
-    ``L = (F_f/F̂_ft)^(2+sharpen) · (τ̂_ft)² · (σ_f/σ̂_ft)²``; structure tiles:
-    ``L = (E/σ)^_ft / (E/σ)_f · (σ_f/σ̂_ft)²``; every hat is the shrunk, smoothed estimate of
-    :func:`shrink_deviation`. ``Q = log L``; ``W = G·L``.
+    ``L = (F_f/F̂_ft)^(2+sharpen) · (τ̂_ft)²`` (τ the tile's photometric transmission against
+    the frame's); structure tiles: ``L = (E/σ)^_ft / (E/σ)_f``; every hat is the shrunk,
+    smoothed estimate of :func:`shrink_deviation`. ``Q = log L``; ``W = G·L``.
     """
     frames = g["frame"].tolist()
     ny, nx = (int(v) for v in grid_shape)
@@ -236,12 +236,10 @@ def snr_local_weights(
             out[f] = shrink_deviation(centred[f].reshape(ny, nx)).ravel()
         out[~np.isfinite(dev)] = 0.0
         shrunk[name] = out
-    log_l = (
-        -(2.0 + float(sharpen)) * shrunk["dF"]
-        + 2.0 * shrunk["dT"]
-        - 2.0 * shrunk["dS"]
-        + shrunk["dE"]
-    )
+    # dS (the tile's noise against the frame's) is reported, not used: a registered frame's
+    # local pixel noise mostly shows how much the warp smoothed it there (its sub-pixel shift,
+    # which varies across a rotated frame), not how much light reached the sensor.
+    log_l = -(2.0 + float(sharpen)) * shrunk["dF"] + 2.0 * shrunk["dT"] + shrunk["dE"]
     big = np.log(float(max_ratio))
     log_l = np.clip(log_l, -big, big)
     out = df.copy()
