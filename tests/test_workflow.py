@@ -225,6 +225,11 @@ def test_mono_run_writes_every_contract_output(mono_run):
     assert np.isfinite(stack).mean() > 0.9
     with fits.open(res / "stack/L.fits") as h:
         assert h[0].header["TSMODE"] == "reduced"
+        assert h[0].header["TSMETHOD"] == "tbqr2"
+    # §5 (method tbqr2): one scale and one background surface per registered frame
+    norm = pd.read_parquet(res / "metrics/normalization_L.parquet")
+    assert {"frame", "s", "surface", "surface_ny", "surface_nx"} <= set(norm.columns)
+    assert (norm["s"] > 0).all() and norm.loc[norm["frame"] == ref["frame"], "s"].iloc[0] == 1.0
 
     g = pd.read_csv(res / "metrics/global_L.csv")
     n_reg = int((tr["status"] != "unregistered").sum())
@@ -238,7 +243,7 @@ def test_mono_run_writes_every_contract_output(mono_run):
         assert "LIGHT_0005" not in [x.name for x in h] and h[0].header["NFRAMES"] == 29
 
     v = json.loads((res / "validation/validation.json").read_text())
-    assert v["mode"] == "reduced"
+    assert v["mode"] == "reduced" and v["method"] == "tbqr2"
     assert v["unregistered_frames"] == ["light_0005.fits"] and v["n_unregistered"] == 1
     assert v["verdict"] in ("success", "borderline", "failed")
     checks = json.loads((res / "scan/checks.json").read_text())
@@ -322,6 +327,26 @@ def test_full_mode_runs_clustering_and_synthetic_frames(mono_night, tmp_path):
     assert v["mode"] == "full"
     stack = fits.getdata(res / "stack/L.fits")
     assert np.isfinite(stack).mean() > 0.9
+
+
+# --------------------------------------------------------------------------- method switch
+
+
+def test_method_v3_switch_restores_the_literal_v3_rules(mono_night, tmp_path):
+    """`method: v3`: I = X/B (no §5 table), G = exp(clip(κQ)) from z-scores, the v3 verdict,
+    and the method named in validation.json and the FITS headers."""
+    config = {"lights": str(mono_night), "results": str(tmp_path / "results"), "method": "v3"}
+    ok(snakemake(tmp_path, config))
+    res = Path(config["results"])
+    assert not (res / "metrics/normalization_L.parquet").exists()
+    g = pd.read_csv(res / "metrics/global_L.csv")
+    q = 0.4 * (-g["zB"]) + 0.3 * (-g["zS"]) + 0.3 * g["zE"]
+    np.testing.assert_allclose(g["G"], np.exp(np.clip(q, -3, 3)), rtol=1e-12)
+    v = json.loads((res / "validation/validation.json").read_text())
+    assert v["method"] == "v3"
+    assert "fwhm_improvement" in v["checks"] and "faint_star_snr" not in v["checks"]
+    assert fits.getheader(res / "stack/L.fits")["TSMETHOD"] == "v3"
+    assert fits.getheader(res / "final/L.fits")["TSMETHOD"] == "v3"
 
 
 # --------------------------------------------------------------------------- config errors
