@@ -105,6 +105,16 @@ def run_workflow(lights: Path, results: Path, logfile: Path, configfile: Path | 
     return time.time() - t0
 
 
+def code_version() -> str:
+    """The commit the workflow ran (with ``+dirty`` when tilestack/ had local changes)."""
+    try:
+        head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True)
+        dirty = subprocess.call(["git", "diff", "--quiet", "HEAD", "--", "tilestack"], cwd=REPO)
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return head.strip() + ("+dirty" if dirty else "")
+
+
 def sharpen_config(work: Path, value: float) -> Path:
     path = work / "configs" / f"sharpen_{value:g}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +252,7 @@ def moon_flux_check(night_dir: Path, results: Path) -> dict:
     try:
         for f in range(len(frames)):
             raw, valid = reader(f, 0, height)
-            img = scales[f] * raw.astype(np.float64) - surfaces[f].image(height, width)
+            img = scales[f] * raw.astype(np.float64) - surfaces[f].rows(0, height, width)
             fl, sn = aperture_photometry(img.astype(np.float32), valid, xy, fwhm)
             fluxes.append(fl)
             if f == ref:
@@ -258,6 +268,8 @@ def moon_flux_check(night_dir: Path, results: Path) -> dict:
     dev[ref] = np.nan
     return {
         "moon_flux_maxdev": float(np.nanmax(dev)),
+        "moon_flux_meddev": float(np.nanmedian(dev)),
+        "moon_flux_worst_frame": frames[int(np.nanargmax(dev))],
         "moon_flux_stars": int(good.sum()),
         "moon_flux_frames": int(np.isfinite(dev).sum()),
     }
@@ -369,6 +381,7 @@ def bench_night(
         row["channel"] = ch
         row["g_cv"] = g_cv(results, ch)
         row["runtime_s"] = round(dt, 1)
+        row["code"] = code_version()
         if night == "moon":
             row.update(moon_flux_check(night_dir, results))
         row_file.write_text(json.dumps(row, indent=1))
@@ -385,7 +398,7 @@ def bench_night(
                 if src.exists():
                     shutil.copy(src, dst / name)
     points = []
-    if sweep and not (collect and not (keep / "validation_sharpen_4.json").exists()):
+    if sweep and not (collect and not (keep / "sweep_sharpen_4.json").exists()):
         points = sweep_night(night, night_dir, results, work, keep, logfile, row)
     return row, points
 
@@ -398,16 +411,6 @@ def sweep_night(night, night_dir, results, work, keep, logfile, row) -> list[dic
     points = []
     reader, g = registered_reader(results, "L")
     reader.close()
-    # the workflow's own stack, measured by this script as the oracles are (consistency check)
-    fn = keep / "workflow_remeasured.json"
-    if not fn.exists():
-        grid = json.loads((results / "tiles" / "grid.json").read_text())
-        fig = measure_against_classical(
-            results, read_image(results / "stack" / "L.fits"), float(grid["stride"])
-        )
-        fn.write_text(json.dumps(fig, indent=1))
-    check = {"night": night, "kind": "check", "label": "workflow (re-measured)"}
-    check.update(json.loads(fn.read_text()))
     variants = [(0.0, False), (1.0, False)]
     if night == "clouds":
         variants += [(0.0, True), (1.0, True)]
@@ -428,20 +431,23 @@ def sweep_night(night, night_dir, results, work, keep, logfile, row) -> list[dic
                 f"({time.time() - t0:.0f} s)"
             )
         points.append({"night": night, "kind": "oracle", "label": label, **fig})
+    stride = float(json.loads((results / "tiles" / "grid.json").read_text())["stride"])
     for v in SHARPEN:
-        fn = keep / f"validation_sharpen_{v:g}.json"
-        if v == DEFAULT_SHARPEN:
-            src = keep / "validation_default.json"
-        else:
-            if not fn.exists():
-                dt = run_workflow(night_dir / "lights", results, logfile, sharpen_config(work, v))
-                shutil.copy(results / "validation" / "validation.json", fn)
-                log(f"{night}: sharpen {v:g} rerun in {dt:.0f} s")
-            src = fn
-        fig = figures_of(json.loads(src.read_text()))
+        fn = keep / f"sweep_sharpen_{v:g}.json"
+        if not fn.exists():
+            dt = run_workflow(night_dir / "lights", results, logfile, sharpen_config(work, v))
+            shutil.copy(results / "validation" / "validation.json", keep / f"validation_{v:g}.json")
+            fig = measure_against_classical(
+                results, read_image(results / "stack" / "L.fits"), stride
+            )
+            fn.write_text(json.dumps(fig, indent=1))
+            log(
+                f"{night}: sharpen {v:g}: FWHM x{fig['fwhm_ratio']:.3f} SNR x{fig['snr_ratio']:.3f} ({dt:.0f} s)"
+            )
+        fig = json.loads(fn.read_text())
         points.append({"night": night, "kind": "sharpen", "label": f"sharpen {v:g}", **fig})
-    # (the results folder is left with the last sharpen value; rows and copies hold the default)
-    return points + [check]
+    # (the results folder is left with the last sharpen value; row.json holds the default run)
+    return points
 
 
 # --------------------------------------------------------------------------- tables and plot
