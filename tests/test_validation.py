@@ -668,3 +668,46 @@ def test_tbqr2_thresholds_come_from_config_and_v3_stays_v3():
     assert set(v3["failed_checks"]) == {"fwhm_improvement", "weight_variance"}
     with pytest.raises(ValueError):
         _tb(method="v4")
+
+
+def test_fwhm_ratio_within_its_measurement_noise_is_not_a_miss():
+    """A calm night's FWHM ratio of 1.003 with a ±0.5 % standard error passes; 1.015 does not,
+    and the allowance never exceeds 1 %."""
+    from tilestack.validation.verdict import FWHM_NOISE_CAP, build_validation, fwhm_ratio_error
+
+    rng = np.random.default_rng(5)
+    fc = rng.uniform(2.5, 3.5, 60)
+    ff = fc * np.exp(rng.normal(0.0, 0.03, 60))
+    err = fwhm_ratio_error(fc, ff)
+    assert 0.002 < err < 0.008
+    assert fwhm_ratio_error(fc[:3], ff[:3]) is None
+
+    def doc(ratio, error):
+        return build_validation(
+            method="tbqr2",
+            mode="reduced",
+            n_frames=50,
+            n_unregistered=0,
+            fwhm_final=3.0 * ratio,
+            fwhm_classical=3.0,
+            bg_rms_final=1.0,
+            bg_rms_classical=1.0,
+            weight_variance=0.2,
+            seam_final=1.0,
+            seam_classical=1.0,
+            usable_tile_fraction=1.0,
+            fallback_tiles=0,
+            snr_final=10.0,
+            snr_classical=10.0,
+            photometric_slope=1.0,
+            nonfinite_pixels=0,
+            fwhm_ratio_error=error,
+        )
+
+    assert doc(1.003, 0.005)["verdict"] == "success"
+    assert doc(1.003, None)["verdict"] == "borderline"
+    late = doc(1.015, 0.05)
+    assert late["verdict"] == "borderline"
+    assert late["checks"]["fwhm"]["noise_allowance"] == FWHM_NOISE_CAP
+    assert "measurement noise" in late["reasons"][0]
+    assert doc(1.03, 0.05)["verdict"] == "failed"

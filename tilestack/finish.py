@@ -129,6 +129,7 @@ def validate(
     from tilestack.validation.measure import compare_stacks
     from tilestack.validation.verdict import (
         build_validation,
+        fwhm_ratio_error,
         thresholds_from_config,
         usable_tile_fraction,
         weight_variance,
@@ -182,6 +183,7 @@ def validate(
         snr_classical=pc["snr_classical"],
         photometric_slope=pc["photometric_slope"],
         nonfinite_pixels=sum(int(d["nonfinite_pixels"]) for d in per.values()),
+        fwhm_ratio_error=fwhm_ratio_error(*pc["fwhm_stars"]),
         thresholds=thresholds_from_config({"validation": dict(validation)}),
         channels={c: {k: v for k, v in d.items() if k != "fwhm_stars"} for c, d in per.items()},
         extra={

@@ -145,6 +145,7 @@ def build_validation(
     snr_classical: float | None = None,
     photometric_slope: float | None = None,
     nonfinite_pixels: int | None = None,
+    fwhm_ratio_error: float | None = None,
     thresholds: Mapping | None = None,
     channels: Mapping | None = None,
     extra: Mapping | None = None,
@@ -185,6 +186,7 @@ def build_validation(
         checks = _checks_tbqr2(
             th, fwhm_ratio, snr_ratio, sf, sc, slope, nonfinite_pixels, usable_tile_fraction
         )
+        _allow_fwhm_noise(checks["fwhm"], fwhm_ratio, fwhm_ratio_error)
         result = verdict_tbqr2(checks)
         used = TBQR2_DEFAULTS
     failed_checks = [k for k, c in checks.items() if not c["passed"]]
@@ -252,6 +254,38 @@ def _usable_check(th: Mapping, usable_tile_fraction) -> dict:
         else "usable signal tiles not measurable (failed)"
     )
     return c
+
+
+# A FWHM ratio above the success threshold by less than its own standard error (at most this
+# much) is not evidence that the final is wider: a calm night is judged "at least as sharp".
+FWHM_NOISE_CAP = 0.01
+
+
+def fwhm_ratio_error(fwhm_classical_stars, fwhm_final_stars) -> float | None:
+    """Standard error of the median FWHM ratio from the same stars' per-star ratios."""
+    a = np.asarray(fwhm_classical_stars, np.float64).ravel()
+    b = np.asarray(fwhm_final_stars, np.float64).ravel()
+    if a.size != b.size or a.size < 5:
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lr = np.log(b / a)
+    lr = lr[np.isfinite(lr)]
+    if lr.size < 5:
+        return None
+    spread = 1.4826 * float(np.median(np.abs(lr - np.median(lr))))
+    return 1.2533 * spread / math.sqrt(lr.size)
+
+
+def _allow_fwhm_noise(check: dict, ratio, error) -> None:
+    """Let the FWHM check pass when the ratio exceeds its threshold by less than its noise."""
+    err = _num(error)
+    allowance = min(err, FWHM_NOISE_CAP) if err is not None else 0.0
+    check["noise_allowance"] = allowance
+    if ratio is not None and not check["passed"] and not check["failed"]:
+        if ratio <= check["threshold"] + allowance + _EPS:
+            check["passed"] = True
+    if not check["passed"] and not check["failed"] and allowance > 0:
+        check["reason"] = check["reason"] + f" + {allowance:.3f} (its measurement noise)"
 
 
 def _checks_tbqr2(th, fwhm_ratio, snr_ratio, sf, sc, slope, nonfinite, usable) -> dict:
