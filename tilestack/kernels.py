@@ -72,10 +72,13 @@ def median_inplace(a, n):
 
 
 @njit(cache=True, nogil=True)
-def reject_mad(vals, n, keep, work, klo, khi, max_iter, min_keep):
+def reject_mad(vals, n, keep, work, klo, khi, max_iter, min_keep, sky=0.0, frac=0.0):
     """Sigma clipping against median/MAD of the kept samples; returns the kept count.
 
-    Falls back to keeping every sample when fewer than ``min_keep * n`` would survive.
+    Above the median, the scale is at least ``frac`` × the signal above ``sky``: at a star the
+    sharper frames' higher peaks are seeing, not outliers, and clipping them would widen the
+    star. Below it, the plain scale stays (a star dimmed by a passing cloud is rejected). Falls back to keeping every sample when fewer than
+    ``min_keep * n`` would survive.
     """
     for j in range(n):
         keep[j] = True
@@ -95,7 +98,7 @@ def reject_mad(vals, n, keep, work, klo, khi, max_iter, min_keep):
         if not s > 0.0:
             break
         lo = med - klo * s
-        hi = med + khi * s
+        hi = med + khi * max(s, frac * (med - sky))
         changed = False
         for j in range(n):
             if keep[j] and (vals[j] < lo or vals[j] > hi):
@@ -171,6 +174,8 @@ def band_kernel(
     khi,
     max_iter,
     min_keep,
+    rej_sky,
+    rej_frac,
     tnorm,
     toff,
     tscale,
@@ -256,7 +261,9 @@ def band_kernel(
                         cvals[j] = (px[f] - c_med[f]) * c_fac[f] + c_ref
                     out_cls[r, x] = classical_clip(cvals, n, keep, work, c_kappa, 10)
                 if do_reject:
-                    nk = reject_mad(vals, n, keep, work, klo, khi, max_iter, min_keep)
+                    nk = reject_mad(
+                        vals, n, keep, work, klo, khi, max_iter, min_keep, rej_sky, rej_frac
+                    )
                 else:
                     for j in range(n):
                         keep[j] = True

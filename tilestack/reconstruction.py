@@ -101,6 +101,7 @@ def reconstruct_band(
     kappa_high: float = 4.0,
     max_iter: int = 3,
     min_keep: float = 0.5,
+    signal_tolerance: float = 0.0,
     epsilon: float = 1e-6,
     memory_mb: float = 2000.0,
     scale: float | None = None,
@@ -127,6 +128,9 @@ def reconstruct_band(
     ``classical_kappa``). ``clusters[f]`` (full mode): synthetic frames per cluster,
     ``synthetic='global'`` (weights ``G``) or ``'tile_weighted'`` (§9 within the cluster), and
     ``stack`` = their mean, or the ``cluster_weights``-weighted mean when given.
+
+    ``signal_tolerance``: the rejection scale is at least this fraction of a pixel's signal
+    above the sky, so stars are not reshaped by clipping the frames' seeing differences.
 
     ``normalization=(s, surfaces)`` (revision 2, §5): samples are ``I = s_f·X − S_f`` with
     ``surfaces[f]`` a :class:`tilestack.normalization.Surface`; ``background`` is then only
@@ -155,6 +159,13 @@ def reconstruct_band(
     if scale is None:
         fin = bg[np.isfinite(bg)]
         scale = float(np.median(fin)) if fin.size else 1.0
+    # the sky level of the normalized samples: rejection tolerates spread above it (stars)
+    if normalization is not None:
+        lv = s_f * bg - np.array([float(np.mean(sf.grid)) for sf in surfaces])
+    else:
+        lv = bg * inv_b
+    lv = lv[np.isfinite(lv)]
+    rej_sky = float(np.median(lv)) if lv.size else 0.0
     tile_ok = w_ft.sum(axis=0) >= epsilon
     w_tf = np.ascontiguousarray(w_ft.T)
 
@@ -256,6 +267,8 @@ def reconstruct_band(
             float(kappa_high),
             int(max_iter),
             float(min_keep),
+            float(rej_sky),
+            float(signal_tolerance),
             tnorm,
             toff,
             tsc,

@@ -162,6 +162,9 @@ def reconstruct_channel_band(
             kappa_high=float(rc["kappa_high"]),
             max_iter=int(rc["max_iterations"]),
             min_keep=float(rc["min_keep_fraction"]),
+            signal_tolerance=float(rc.get("signal_tolerance", 0.0))
+            if normalization_df is not None
+            else 0.0,
             epsilon=float(rc["epsilon"]),
             memory_mb=float(memory_mb),
             tile_normalization=rc["tile_normalization"],
