@@ -47,7 +47,7 @@ SIZES = {
 }
 N_FRAMES = 50
 SHARPEN = (0.0, 0.5, 1.0, 2.0, 4.0)
-DEFAULT_SHARPEN = 0.5
+DEFAULT_SHARPEN = 1.0
 SWEEP_NIGHTS = ("variable", "clouds")
 PNGS = ("difference.png", "weight_map.png", "preview.png")
 
@@ -224,10 +224,10 @@ def truth_on_reference(night_dir: Path, results: Path) -> tuple[np.ndarray, np.n
 
 def moon_flux_check(night_dir: Path, results: Path) -> dict:
     """§5 across frames: aperture fluxes of isolated truth stars on every ``I = s·X − S``,
-    ratio to the reference frame's; the worst frame's |median ratio − 1|."""
+    ratio to the reference frame's; the worst frame's |weighted median ratio − 1|."""
     from scipy.spatial import cKDTree
 
-    from tilestack.normalization import aperture_photometry
+    from tilestack.normalization import aperture_photometry, weighted_median
 
     ch = "L"
     reader, g = registered_reader(results, ch)
@@ -263,7 +263,17 @@ def moon_flux_check(night_dir: Path, results: Path) -> dict:
     fref = fluxes[ref]
     good = np.isfinite(fref) & (snr > 20)
     ratio = fluxes[:, good] / fref[good]
-    med = np.nanmedian(ratio, axis=1)
+    # per frame: the weighted median over stars (weight = the star's SNR², capped so that no
+    # single star decides; a median of a handful of stars is noisier than what is measured)
+    wts = np.minimum(snr[good] ** 2, 1.0 / 0.03**2)
+    med = np.array(
+        [
+            weighted_median(r[np.isfinite(r)], wts[np.isfinite(r)])
+            if np.isfinite(r).any()
+            else np.nan
+            for r in ratio
+        ]
+    )
     dev = np.abs(med - 1.0)
     dev[ref] = np.nan
     return {
@@ -309,7 +319,10 @@ def oracle_weights(night_dir: Path, results: Path, g: pd.DataFrame, p: float, lo
 def oracle_stack(results: Path, weights: np.ndarray, grid) -> np.ndarray:
     from tilestack.reconstruction import reconstruct_band
 
-    rc = {"kappa_low": 4.0, "kappa_high": 4.0, "max_iterations": 3, "min_keep_fraction": 0.5}
+    import yaml
+
+    # the same rejection as the workflow's (its config defaults)
+    rc = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["reconstruction"]
     reader, g = registered_reader(results, "L")
     frames = g["frame"].astype(str).tolist()
     try:
@@ -326,6 +339,7 @@ def oracle_stack(results: Path, weights: np.ndarray, grid) -> np.ndarray:
             kappa_high=rc["kappa_high"],
             max_iter=rc["max_iterations"],
             min_keep=rc["min_keep_fraction"],
+            signal_tolerance=rc["signal_tolerance"],
             memory_mb=1500.0,
             normalization=normalization_of(results, "L", frames),
         )
