@@ -317,9 +317,9 @@ def oracle_weights(night_dir: Path, results: Path, g: pd.DataFrame, p: float, lo
 
 
 def oracle_stack(results: Path, weights: np.ndarray, grid) -> np.ndarray:
-    from tilestack.reconstruction import reconstruct_band
-
     import yaml
+
+    from tilestack.reconstruction import reconstruct_band
 
     # the same rejection as the workflow's (its config defaults)
     rc = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["reconstruction"]
