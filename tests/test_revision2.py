@@ -236,3 +236,26 @@ def test_background_models_reproduce_a_plane():
     off = fit_background(plane, mask, model="offset")
     assert off.grid.shape == (1, 1)
     assert off.image()[0, 0] == pytest.approx(np.median(plane), abs=0.05)
+
+
+def test_rejection_keeps_sharper_peaks_and_rejects_a_dimmed_star():
+    """§9 (tbqr2): at a star, frames' peaks differ by seeing (signal, kept above the median up
+    to signal_tolerance × the signal); a sample dimmed by a passing cloud is still rejected."""
+    from tilestack.kernels import reject_mad
+
+    rng = np.random.default_rng(2)
+    sky = 100.0
+    peaks = sky + 1000.0 * rng.uniform(0.8, 1.2, 40)  # seeing spread around the star's peak
+    peaks[:4] = sky + 1900.0  # four sharp frames
+    peaks[4] = sky + 300.0  # one frame under a cloud
+    keep = np.empty(peaks.size, np.bool_)
+    work = np.empty(peaks.size)
+    reject_mad(peaks.copy(), peaks.size, keep, work, 4.0, 4.0, 3, 0.5)
+    assert not keep[:4].any()  # the plain MAD scale clips the sharp peaks
+    reject_mad(peaks.copy(), peaks.size, keep, work, 4.0, 4.0, 3, 0.5, sky, 0.5)
+    assert keep[:4].all() and not keep[4]
+    # on the sky (no signal) the tolerance changes nothing: a cosmic ray is rejected
+    flat = sky + rng.normal(0.0, 5.0, 40)
+    flat[7] = sky + 400.0
+    reject_mad(flat.copy(), flat.size, keep, work, 4.0, 4.0, 3, 0.5, sky, 0.5)
+    assert not keep[7] and keep.sum() == 39
