@@ -256,8 +256,10 @@ def _usable_check(th: Mapping, usable_tile_fraction) -> dict:
     return c
 
 
-# A FWHM ratio above the success threshold by less than its own standard error (at most this
-# much) is not evidence that the final is wider: a calm night is judged "at least as sharp".
+# A FWHM ratio above the success threshold by less than two of its standard errors (a one-sided
+# test at about 98 %; at most FWHM_NOISE_CAP) is no evidence that the final is wider: a calm
+# night whose stack equals the classical one within noise is judged "at least as sharp".
+FWHM_NOISE_SIGMAS = 2.0
 FWHM_NOISE_CAP = 0.01
 
 
@@ -279,7 +281,7 @@ def fwhm_ratio_error(fwhm_classical_stars, fwhm_final_stars) -> float | None:
 def _allow_fwhm_noise(check: dict, ratio, error) -> None:
     """Let the FWHM check pass when the ratio exceeds its threshold by less than its noise."""
     err = _num(error)
-    allowance = min(err, FWHM_NOISE_CAP) if err is not None else 0.0
+    allowance = min(FWHM_NOISE_SIGMAS * err, FWHM_NOISE_CAP) if err is not None else 0.0
     check["noise_allowance"] = allowance
     if ratio is not None and not check["passed"] and not check["failed"]:
         if ratio <= check["threshold"] + allowance + _EPS:
