@@ -171,6 +171,13 @@ STRUCTURE_MIN_SNR = 3.0
 STRUCTURE_MAX_FACTOR = 3.0
 
 
+# Physical bounds of a tile's log-deviation from its frame: seeing differs across one frame by
+# far less than across a night (a tile at most 1.5x sharper or 2x softer than its frame), while a
+# cloud's edge can leave a tile with a quarter (or, on a mostly covered frame, 4x) the light.
+FWHM_DEV_RANGE = (-np.log(1.5), np.log(2.0))
+TRANSMISSION_DEV_RANGE = (-np.log(4.0), np.log(4.0))
+
+
 def _structure_deviation(es: np.ndarray) -> np.ndarray:
     """``log((E/σ)_ft / median_f (E/σ)_ft)`` on tiles that hold structure, NaN elsewhere."""
     with warnings.catch_warnings():
@@ -220,9 +227,12 @@ def snr_local_weights(
     is_star = np.median(count, axis=0) >= star_min_count if len(frames) else np.zeros(n_tiles, bool)
     f_frame = g["F_used"].to_numpy(np.float64)[:, None]
     s_frame = g["s"].to_numpy(np.float64)[:, None]
-    dev_f = _log_ratio(mat("FWHM"), f_frame)
+    # A tile's own measurement counts only with enough of its stars in this frame (a lone
+    # "star" may be a hot pixel or a cosmic ray), and within physical bounds.
+    enough = count >= max(star_min_count, 2)
+    dev_f = np.clip(_log_ratio(np.where(enough, mat("FWHM"), np.nan), f_frame), *FWHM_DEV_RANGE)
     # T_local = median over the tile's stars of flux_ref / flux_f: the tile's own scale.
-    dev_t = _log_ratio(s_frame, mat("T_local"))
+    dev_t = np.clip(_log_ratio(s_frame, mat("T_local")), *TRANSMISSION_DEV_RANGE)
     sig = mat("sigma")
     dev_s = _log_ratio(sig, np.nanmedian(np.where(np.isfinite(sig), sig, np.nan), axis=1)[:, None])
     dev_e = _structure_deviation(mat("E_sigma"))
