@@ -12,26 +12,12 @@ from tilestack.metrics.global_metrics import global_weights
 from tilestack.metrics.local import STAR_WEIGHTS, STRUCTURE_WEIGHTS, local_weights
 from tilestack.metrics.snr_weights import snr_global_weights, snr_local_weights
 
-GLOBAL_COLUMNS = ["frame", "stem", "B", "sigma", "E", "median", "mad", "zB", "zS", "zE", "Q", "G"]
+# per-frame columns both methods report (raw metrics of the batch tables)
+_REPORTED = ["frame", "stem", "B", "sigma", "E", "median", "mad"]
+GLOBAL_COLUMNS = [*_REPORTED, "zB", "zS", "zE", "Q", "G"]
 # method tbqr2: §5 scale and the physical quantities the weight is made of
-GLOBAL_COLUMNS_TBQR2 = [
-    "frame",
-    "stem",
-    "B",
-    "sigma",
-    "E",
-    "median",
-    "mad",
-    "F",
-    "sigma_raw",
-    "s",
-    "norm_stars",
-    "norm_method",
-    "sigma_I",
-    "F_used",
-    "Q",
-    "G",
-]
+_TBQR2 = ["F", "sigma_raw", "s", "norm_stars", "norm_method", "sigma_I", "F_used", "Q", "G"]
+GLOBAL_COLUMNS_TBQR2 = [*_REPORTED, *_TBQR2]
 NORMALIZATION_COLUMNS = [
     "frame",
     "s",
