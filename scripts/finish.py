@@ -14,7 +14,7 @@ sm = snakemake  # noqa: F821  (injected by the script: directive)
 
 def main():
     set_threads(sm.threads)
-    from tilestack.finish import postprocess, run_info, validate
+    from tilestack.finish import StagedOutputs, postprocess, run_info, validate
     from tilestack.io.frames import read_image
     from tilestack.pipeline_steps import Progress
 
@@ -25,24 +25,31 @@ def main():
     config = dict(sm.config)
     prog = Progress(sm.log[0], 3, "steps", "finish")
     stacks = {c: read_image(path) for c, path in zip(channels, sm.input.stacks, strict=True)}
-    postprocess(
-        stacks, sm.input, sm.output, bayer=p.bayer or None, mode=p.mode, config=config, log=prog.log
-    )
-    prog.step(note="postprocess")
-    doc = validate(
-        stacks,
-        sm.input,
-        sm.output,
-        channels=channels,
-        mode=p.mode,
-        validation=dict(p.validation),
-        workers=int(sm.threads),
-        log=prog.log,
-        method=str(p.method),
-    )
-    prog.step(note="validate")
-    run_info(json.loads(open(sm.output.validation).read()), config, sm.output.run_info, prog.log)
-    prog.step(note="run_info")
+    # final/ and validation/ appear together or not at all (staged, then published at once)
+    out = StagedOutputs(sm.output)
+    try:
+        postprocess(
+            stacks, sm.input, out, bayer=p.bayer or None, mode=p.mode, config=config, log=prog.log
+        )
+        prog.step(note="postprocess")
+        doc = validate(
+            stacks,
+            sm.input,
+            out,
+            channels=channels,
+            mode=p.mode,
+            validation=dict(p.validation),
+            workers=int(sm.threads),
+            log=prog.log,
+            method=str(p.method),
+        )
+        prog.step(note="validate")
+        run_info(json.loads(open(out.validation).read()), config, out.run_info, prog.log)
+        prog.step(note="run_info")
+        out.publish()
+    except BaseException:
+        out.discard()
+        raise
     prog.finish(f"verdict {doc.get('verdict')}")
 
 

@@ -8,6 +8,8 @@ so they run the same way outside Snakemake.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,6 +37,41 @@ SCALARS = (
     "seam_final",
     "seam_classical",
 )
+
+
+class StagedOutputs:
+    """The finish rule's outputs under hidden staging names, published together at the end.
+
+    Post-processing and validation write ``final/`` and ``validation/`` one file after the
+    other; a run killed in between would leave a ``final/`` that looks finished beside an empty
+    ``validation/``. Every writer gets ``.<name>.staged`` in the output's own folder instead,
+    and :meth:`publish` renames them all in one short loop once everything is written.
+    """
+
+    def __init__(self, output):
+        self._final = {k: str(getattr(output, k)) for k in output.keys()}
+        for k, path in self._final.items():
+            setattr(self, k, self.staged(path))
+
+    @staticmethod
+    def staged(path: str) -> str:
+        p = Path(path)
+        return str(p.with_name(f".{p.name}.staged"))
+
+    def keys(self):
+        return self._final.keys()
+
+    def discard(self) -> None:
+        """Remove staged files (a failed finish publishes nothing)."""
+        for path in self._final.values():
+            Path(self.staged(path)).unlink(missing_ok=True)
+
+    def publish(self) -> None:
+        missing = [p for p in self._final.values() if not Path(self.staged(p)).is_file()]
+        if missing:
+            raise RuntimeError(f"finish: {missing[0]} was not written")
+        for path in self._final.values():
+            os.replace(self.staged(path), path)
 
 
 def tile_fwhm(stars, grid) -> np.ndarray:
