@@ -380,6 +380,7 @@ MIN_STAR_VOTES = 3
 
 class _NoVotes:
     enough = False
+    needed = 0
 
     def __call__(self, m):
         return 0
@@ -402,6 +403,9 @@ def _star_vote_counter(stars_xy, ref_xy, radius):
         return int(np.isfinite(d).sum())
 
     votes.enough = min(len(src), len(ref_xy)) >= STAR_CHECK_MIN
+    # with a few stars, a right transform still puts about a third of them on reference stars
+    # (the others may be cosmic rays or hot pixels); a transform that puts none is wrong
+    votes.needed = min(MIN_STAR_VOTES, max(1, len(src) // 3))
     return votes
 
 
@@ -488,17 +492,25 @@ def image_fallback(
         near_ident = np.abs(Transform(m).apply(probe) - probe).max() < 0.1
         # the NCC gain must be real: on pure noise ECC can "gain" 0.01 by chance, never 0.05
         votes = star_votes(m)
-        if star_votes.enough and votes < MIN_STAR_VOTES:
-            # plenty of stars, yet almost none land on a reference star: a wrong transform
+        if (star_votes.enough and votes < MIN_STAR_VOTES) or votes < star_votes.needed:
+            # the frame's stars, plenty or few, do not land on reference stars: a wrong transform
             tried.append(f"{name}: NCC {n0:.3f} → {n1:.3f} but only {votes} stars coincide")
+        elif name == "phase_correlation" and model != "translation" and votes < MIN_STAR_VOTES:
+            # a pure shift cannot express the field rotation of a night; without stars that
+            # confirm it, an NCC gain only says the shift is roughly right (a rotated frame can
+            # gain NCC and still be pixels off at its corners)
+            tried.append(
+                f"{name}: a shift without rotation, confirmed by {votes} stars"
+                f" (need {MIN_STAR_VOTES})"
+            )
         elif (n1 >= n0 + delta_ncc and n1 >= min_ncc) or (near_ident and n1 >= 0.5):
             if winner is None or (votes, n1) > (winner[4], winner[2]):
                 winner = (m, name, n1, refine, votes)
         else:
             tried.append(f"{name}: NCC {n0:.3f} → {n1:.3f}")
     if winner is not None:
-        m, name, n1, refine, _ = winner
-        details = {"ncc_before": n0, "ncc_after": n1, "pc_confidence": conf}
+        m, name, n1, refine, votes = winner
+        details = {"ncc_before": n0, "ncc_after": n1, "pc_confidence": conf, "star_votes": votes}
         if refine:
             model_name = emodel
         elif name == "phase_correlation":
@@ -514,6 +526,19 @@ def image_fallback(
         return None, "none", "phase correlation and ECC produced no candidate", details
     why = "; ".join(tried) + f" (need +{delta_ncc} and ≥ {min_ncc})"
     return None, "none", why, details
+
+
+def fallback_strength(details: dict) -> str:
+    """How well an accepted fallback is supported, for the transforms table's reason column.
+
+    ``strong``: at least ``MIN_STAR_VOTES`` frame stars land on reference stars; ``weak``: only
+    the NCC gain supports it (few or no stars in the frame: check it before trusting it).
+    """
+    votes = int(details.get("star_votes", 0) or 0)
+    gain = float(details.get("ncc_after", np.nan)) - float(details.get("ncc_before", np.nan))
+    if votes >= MIN_STAR_VOTES:
+        return f"strong fallback: {votes} stars coincide, NCC +{gain:.3f}"
+    return f"weak fallback: {votes} stars coincide, only the NCC gain +{gain:.3f} supports it"
 
 
 def _probe(shape):
@@ -586,7 +611,7 @@ def register_frame(
                 transform=t,
                 status="fallback",
                 method=method,
-                reason=reason,
+                reason=f"{reason}; {fallback_strength(det)}",
                 quality=q,
                 model=t.model,
                 details=det,
