@@ -3,9 +3,10 @@
 Every frame is brought onto the reference frame's signal scale and sky, ``I = s·X − S(p)``:
 
 * ``s`` (one number per frame and channel) from aperture photometry of the common star list:
-  a weighted, clipped mean of ``log(flux_ref / flux_f)``. Apertures scale with each image's own
-  FWHM, so a self-similar PSF loses the same fraction of its light in every frame and seeing
-  does not leak into the photometric scale.
+  a weighted median of ``log(flux_ref / flux_f)`` (robust to a trail or a blend in one
+  aperture). Apertures and their sky annuli scale with each image's own FWHM, so a
+  self-similar PSF loses the same fraction of its light in every frame and seeing does not
+  leak into the photometric scale.
 * ``S`` (a smooth surface) from the star-masked difference ``s·X − X_ref``: sigma-clipped
   medians on a coarse grid of ``scale_px`` cells, interpolated with a cubic (Catmull-Rom)
   kernel. Objects common to both frames cancel in the difference, so nebulae are kept; only the
@@ -23,7 +24,7 @@ import cv2
 import numpy as np
 from numba import njit
 
-from tilestack.metrics.robust import MAD_TO_SIGMA
+from tilestack.metrics.robust import MAD_TO_SIGMA, sigma_clipped_stats
 
 BACKGROUND_MODELS = ("surface", "plane", "offset")
 # An aperture of radius APERTURE_K x FWHM holds the same fraction of a self-similar PSF's light
@@ -228,8 +229,6 @@ def signal_scale(
 
 
 def _clipped(v: np.ndarray) -> tuple[float, float]:
-    from tilestack.metrics.robust import sigma_clipped_stats
-
     step = max(1, v.size // (1 << 18))
     med, sig, _ = sigma_clipped_stats(v[::step], max_iter=10)
     return med, sig
@@ -357,8 +356,6 @@ def fit_background(
     from their nearest measured cells; ``plane``: a least-squares plane through the cell
     medians; ``offset``: the clipped median of all mask pixels.
     """
-    from tilestack.metrics.robust import sigma_clipped_stats
-
     if model not in BACKGROUND_MODELS:
         raise ValueError(f"normalization.background: unknown model {model!r}")
     h, w = diff.shape
