@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import wfrun
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 PER_FRAME_RULES = {"prepare", "align"}
 # Aggregates that must follow any change of the frame set.

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import wfrun
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 CHROMIUM_FLAGS = [
     "--headless",

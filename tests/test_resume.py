@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import wfrun
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 # (stage, rule whose start triggers the kill, seconds to wait after it started,
 #  an output that must still be missing when the kill lands)

@@ -18,7 +18,7 @@ import time
 import pytest
 import wfrun
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.timeout(900)]
 
 SCRIPT = wfrun.ROOT / "tests" / "cluster" / "slurm_local.sh"
 PROFILE = wfrun.ROOT / "profiles" / "slurm"

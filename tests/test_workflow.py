@@ -31,6 +31,9 @@ CONTRACT_COLUMNS = ["frame", "status", "method", "is_reference"]
 CONTRACT_COLUMNS += [f"m{i}{j}" for i in range(3) for j in range(3)] + ["rms_px", "n_inliers"]
 SIZE = 256
 
+# every test here runs the real workflow in a subprocess
+pytestmark = pytest.mark.slow
+
 
 def snakemake(workdir: Path, config: dict, *args: str, timeout: int = 900):
     """Run the workflow in ``workdir`` with ``config`` (written to a file); return the process."""
