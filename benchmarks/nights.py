@@ -252,7 +252,7 @@ def moon_flux_check(night_dir: Path, results: Path) -> dict:
     try:
         for f in range(len(frames)):
             raw, valid = reader(f, 0, height)
-            img = scales[f] * raw.astype(np.float64) - surfaces[f].rows(0, height, width)
+            img = scales[f] * raw.astype(np.float64) - surfaces[f].rows(0, height)
             fl, sn = aperture_photometry(img.astype(np.float32), valid, xy, fwhm)
             fluxes.append(fl)
             if f == ref:

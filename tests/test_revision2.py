@@ -154,7 +154,6 @@ def test_13_moon_and_thin_cloud_fluxes_match_the_reference_and_a_gradient_leaves
         for i in range(n)
     ]
     g, local = measure_night(frames, xy, flux)
-    stars = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "flux": flux})
     ok = np.ones((SIZE, SIZE), np.uint8)
     ref_flux, ref_snr = aperture_photometry(frames[0], ok, xy, 3.0)
     for i, r in enumerate(g.to_dict("records")):
@@ -187,7 +186,6 @@ def test_13_moon_and_thin_cloud_fluxes_match_the_reference_and_a_gradient_leaves
     blocks = d[: d.shape[0] // 32 * 32, : d.shape[1] // 32 * 32]
     blocks = blocks.reshape(blocks.shape[0] // 32, 32, -1, 32).mean(axis=(1, 3))
     assert float(np.max(np.abs(blocks))) < 0.1 * per_pixel, float(np.max(np.abs(blocks)))
-    _ = stars
 
 
 def test_photometric_scale_formula():

@@ -248,7 +248,8 @@ class Surface:
     height: int
     width: int
 
-    def rows(self, y0: int, y1: int, width: int | None = None) -> np.ndarray:
+    def rows(self, y0: int, y1: int) -> np.ndarray:
+        """Rows ``[y0, y1)`` of the surface, every column (float32)."""
         return surface_rows(self.grid, self.height, self.width, y0, y1)
 
     def image(self) -> np.ndarray:
@@ -471,8 +472,3 @@ class ReferencePhotometry:
         flux, snr = aperture_photometry(image, valid, star_xy, fwhm)
         ok = np.asarray(valid) > 0
         return cls(np.asarray(image, np.float32), ok, float(fwhm), flux, snr)
-
-
-def identity_normalization() -> FrameNormalization:
-    """The reference frame's own normalization: ``I = X``."""
-    return FrameNormalization(1.0, Surface(np.zeros((1, 1)), 1, 1), 0, "reference")

@@ -236,7 +236,7 @@ def reconstruct_band(
             d, v = reader(f, a, b)
             if normalization is not None:
                 np.multiply(d, s_f[f], out=data[f, :m])
-                data[f, :m] -= surfaces[f].rows(a, b, width)
+                data[f, :m] -= surfaces[f].rows(a, b)
             else:
                 data[f, :m] = d
             valid[f, :m] = v
