@@ -19,15 +19,13 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
-from wfrun import run_env
+from wfrun import run_plain as run_snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
 N, W, H = 56, 320, 240
 
 _NIGHTS: dict[str, Path] = {}
@@ -273,18 +271,6 @@ def test_an_all_nan_frame_does_not_switch_off_defect_detection(nights, tmp_path)
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-def run_snakemake(workdir: Path, *args: str, timeout: float = 600):
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), *args],
-        cwd=workdir,
-        env=run_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.mark.slow

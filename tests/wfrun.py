@@ -64,10 +64,10 @@ def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
     ]
 
 
-def snakemake(workdir: Path, *args: str, timeout: float = 600, check: bool = True):
-    """Run Snakemake on ``workdir``; on failure raise with the tail of stdout and stderr."""
-    res = subprocess.run(
-        snakemake_cmd(workdir, *args),
+def run_cmd(cmd: list[str], workdir: Path, timeout: float = 600):
+    """Run a workflow command in ``workdir`` with this venv's environment (no check)."""
+    return subprocess.run(
+        cmd,
         cwd=workdir,
         env=run_env(),
         capture_output=True,
@@ -75,6 +75,17 @@ def snakemake(workdir: Path, *args: str, timeout: float = 600, check: bool = Tru
         timeout=timeout,
         check=False,
     )
+
+
+def run_plain(workdir: Path, *args: str, timeout: float = 600):
+    """Snakemake with the project's Snakefile and ``args`` only (a user's own command line)."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), *args]
+    return run_cmd(cmd, workdir, timeout)
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 600, check: bool = True):
+    """Run Snakemake on ``workdir``; on failure raise with the tail of stdout and stderr."""
+    res = run_cmd(snakemake_cmd(workdir, *args), workdir, timeout)
     if check and res.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed ({res.returncode})\n"
