@@ -43,7 +43,7 @@ def main():
             progress=prog,
             pixel_stats=pixel_stats,
         )
-    for key in ("invalid_fraction", "median", "max"):  # for the night-wide checks of `scan`
+    for key in ("invalid_fraction", "median", "max", "noise"):  # for the night-wide checks of `scan`
         manifest[key] = [s[key] for s in pixel_stats]
     write_table(sm.output.stars, stars)
     write_table(sm.output.manifest, manifest)

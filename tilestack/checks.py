@@ -20,6 +20,12 @@ stored pixel type, FS = 1 for float data normalised to [0, 1]):
   lifts the sky to 10–30 % of the range and multiplies its noise by the stretch slope (tens).
   A bright or strongly graded sky alone is never taken as a stretch: light-polluted linear
   subs have exactly that.
+* **noise against sky level over the night** (:func:`check_noise_scaling`): in linear data
+  the sky's variance grows with the sky (photon noise, σ² = r² + (m − P)/g), so where the
+  night's sky level changes by a few per cent or more the variance must rise with it. A square-root or
+  logarithmic stretch of pedestal-free data (float frames from another program) turns that
+  round: the variance stays flat or falls as the sky brightens. A stretch of data that still
+  holds a large pedestal keeps a rising variance and is not identified by this test.
 """
 
 from __future__ import annotations
@@ -215,6 +221,16 @@ def pixel_full_scale(data: np.ndarray, full_scale: float | None) -> float:
     return top
 
 
+def pixel_noise(data: np.ndarray) -> float:
+    """White pixel noise: 1.4826·MAD of differences between same-CFA-phase pixels two
+    columns apart, / √2. Gradients, nebulosity and most of the stars cancel; NaN ignored."""
+    diff = (data[:, 2:] - data[:, :-2]).ravel()
+    diff = diff[np.isfinite(diff)]
+    if diff.size == 0:
+        return float("nan")
+    return 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / np.sqrt(2.0)
+
+
 def stretch_evidence(data: np.ndarray, full_scale: float | None) -> str | None:
     """Why ``data`` does not look linear (see the module docstring), or None if it does."""
     fs = pixel_full_scale(data, full_scale)
@@ -230,9 +246,7 @@ def stretch_evidence(data: np.ndarray, full_scale: float | None) -> str | None:
             return f"only {levels.size} distinct levels, spaced like 8-bit data"
     bg = float(np.median(vals)) / fs
     if bg >= 0.10:
-        diff = (sample[:, 2:] - sample[:, :-2]).ravel()
-        diff = diff[np.isfinite(diff)]
-        noise = 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / np.sqrt(2.0)
+        noise = pixel_noise(sample)
         if noise / fs > 0.03:
             return (
                 f"background at {100 * bg:.0f}% of full scale with noise "
@@ -289,13 +303,15 @@ def frame_pixel_stats(data: np.ndarray) -> dict:
     n = int(data.size)
     frac = 1.0 - float(finite.sum()) / max(n, 1)
     if frac >= 1.0:
-        return {"invalid_fraction": 1.0, "median": np.nan, "max": np.nan}
+        return {"invalid_fraction": 1.0, "median": np.nan, "max": np.nan, "noise": np.nan}
     step = max(1, int(np.sqrt(n / 1_000_000)))  # the median from at most ~1 M pixels
     sample = np.asarray(data[::step, ::step], dtype=np.float64)
     sample = sample[np.isfinite(sample)]
     med = float(np.median(sample)) if sample.size else float(np.nanmedian(data))
     top = float(np.max(data, where=finite, initial=-np.inf))
-    return {"invalid_fraction": frac, "median": med, "max": top}
+    # every step²-th row keeps full rows, so neighbours two columns apart stay neighbours
+    rows = np.asarray(data[:: step * step], dtype=np.float64)
+    return {"invalid_fraction": frac, "median": med, "max": top, "noise": pixel_noise(rows)}
 
 
 def check_finite(stats: dict, name: str) -> None:
@@ -379,6 +395,57 @@ def check_value_range(manifest: pd.DataFrame, names: Sequence[str] | None = None
             f"frames on another scale: {len(bad)} of {len(med)} frames differ from the night's "
             f"values by more than a factor {SCALE_FACTOR:g}; rescale or remove them: "
             f"{_names(bad)}"
+        )
+
+
+NOISE_MIN_FRAMES = 10  # fewer frames with a noise figure: the night test is not run
+NOISE_MIN_LEVEL_SPAN = 0.03  # ln(q90/q10) of the sky levels: enough change to judge
+NOISE_MAX_ELASTICITY = 0.10  # d ln σ² / d ln m must reach above this (linear: > 0)
+
+
+def noise_elasticity(level: np.ndarray, noise: np.ndarray) -> tuple[float, float, float]:
+    """Slope of ln σ² against ln(sky level) over the frames, its standard error, and the
+    span ln(q90/q10) of the levels. One pass of 3σ residual clipping keeps a few odd frames
+    (a satellite, a cloud edge) from steering the slope. NaN where it cannot be measured."""
+    ok = np.isfinite(level) & np.isfinite(noise) & (level > 0) & (noise > 0)
+    x = np.log(level[ok])
+    y = np.log(noise[ok] ** 2)
+    if x.size < NOISE_MIN_FRAMES:
+        return float("nan"), float("nan"), 0.0
+    span = float(np.quantile(x, 0.9) - np.quantile(x, 0.1))
+    keep = np.ones(x.size, bool)
+    for _ in range(2):
+        xk, yk = x[keep], y[keep]
+        sxx = float(np.sum((xk - xk.mean()) ** 2))
+        if xk.size < NOISE_MIN_FRAMES or sxx <= 0:
+            return float("nan"), float("nan"), span
+        slope = float(np.sum((xk - xk.mean()) * (yk - yk.mean())) / sxx)
+        resid = y - (yk.mean() + slope * (x - xk.mean()))
+        scale = 1.4826 * float(np.median(np.abs(resid[keep] - np.median(resid[keep]))))
+        keep = np.abs(resid) <= 3.0 * max(scale, 1e-12)
+    r = resid[keep]
+    se = float(np.sqrt(np.sum(r**2) / max(r.size - 2, 1) / sxx))
+    return slope, se, span
+
+
+def check_noise_scaling(manifest: pd.DataFrame) -> None:
+    """Refuse a night whose sky noise does not grow with its sky level (module docstring).
+
+    Needs the per-frame ``median`` and ``noise`` columns (:func:`frame_pixel_stats`); runs
+    only where the sky level changes enough over the night to tell.
+    """
+    if not {"median", "noise"} <= set(manifest.columns):
+        return
+    level = pd.to_numeric(manifest["median"], errors="coerce").to_numpy(float)
+    noise = pd.to_numeric(manifest["noise"], errors="coerce").to_numpy(float)
+    slope, se, span = noise_elasticity(level, noise)
+    if not np.isfinite(slope) or span < NOISE_MIN_LEVEL_SPAN:
+        return
+    if slope + 2.0 * se < NOISE_MAX_ELASTICITY:
+        raise InputError(
+            f"stretched (non-linear) data: over the night the sky level changes by "
+            f"{100 * np.expm1(span):.0f}% but its noise does not grow with it (d ln σ²/d ln sky "
+            f"= {slope:.2f} ± {se:.2f}; linear data: > 0); use the unprocessed frames"
         )
 
 
@@ -552,7 +619,8 @@ def run_hard_checks(
     """All hard checks in a fixed order; the first failure raises one ``InputError`` line.
 
     Order: α+β+γ → empty → sizes → Bayer patterns → exposures → 8-bit → pixel types → value
-    range (when the per-frame ``median``/``max`` columns are there) → stretch (pixel sample).
+    range and noise against sky level (when the per-frame ``median``/``max``/``noise`` columns
+    are there) → stretch (pixel sample).
     Unreadable files are already reported by :func:`tilestack.io.manifest.build_manifest`.
     Returns the :class:`CheckReport` with the mode and the soft-check warnings.
     """
@@ -566,6 +634,7 @@ def run_hard_checks(
     check_bit_depth(manifest)
     check_bitpix(manifest)
     check_value_range(manifest, display_names(manifest["path"], config.get("lights")))
+    check_noise_scaling(manifest)
     sampled = check_linearity(manifest, n_sample=n_sample) if sample_pixels else []
     mode = decide_mode(len(manifest), config)
     bayer = _none_if_nan(manifest["bayer"].iloc[0])

@@ -6,11 +6,38 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+ERROR_PREFIX = "tilestack: error: "
+
+
+def failure_reason(logs: Path) -> str | None:
+    """The one-line reason of the job that failed last: the newest log with an error line.
+
+    Snakemake prints the failing job's output among many lines of its own; repeating the
+    reason at the end keeps it where the user looks.
+    """
+    try:
+        candidates = sorted(logs.rglob("*.log"), key=lambda f: f.stat().st_mtime, reverse=True)
+    except OSError:
+        return None
+    for log in candidates:
+        try:
+            text = log.read_text(errors="replace")
+        except OSError:
+            continue
+        found = [ln for ln in text.splitlines() if ln.startswith(ERROR_PREFIX)]
+        if found:
+            return found[-1]
+    return None
+
 
 def summary(results, ok: bool) -> str:
     """A few lines about the run in ``results``; never raises (files may be missing)."""
     res = Path(str(results))
     lines = [f"tilestack: run {'finished' if ok else 'FAILED'} ({res})"]
+    if not ok:
+        reason = failure_reason(res / "logs")
+        if reason:
+            lines.append(reason)
     try:
         doc = json.loads((res / "validation" / "validation.json").read_text())
         verdict = str(doc.get("verdict", "unknown"))
