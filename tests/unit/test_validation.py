@@ -69,6 +69,7 @@ def sky(shape, seed, sigma=2.0, gradient=True):
 # --- stars and photometry ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # star fits on whole images: several seconds
 def test_parallel_star_fits_are_identical_to_serial_ones():
     shape = (384, 384)
     xy, flux = star_field(7, shape, n=260)
@@ -80,7 +81,7 @@ def test_parallel_star_fits_are_identical_to_serial_ones():
         pd.testing.assert_frame_equal(serial, parallel)
 
 
-@pytest.mark.parametrize("fwhm", [2.2, 4.0])
+@pytest.mark.parametrize("fwhm", [2.2, pytest.param(4.0, marks=pytest.mark.slow)])
 def test_measure_stars_recovers_gaussian_fwhm(fwhm):
     shape = (384, 384)
     xy, flux = star_field(1)
@@ -99,6 +100,7 @@ def test_measure_stars_recovers_gaussian_fwhm(fwhm):
     assert np.median(d) < 0.1
 
 
+@pytest.mark.slow  # star fits on whole images: several seconds
 def test_median_fwhm_at_fixed_positions_orders_two_stacks():
     shape = (320, 320)
     xy, flux = star_field(3, shape, n=80)
@@ -292,6 +294,7 @@ def test_weight_variance_and_usable_tiles():
 # --- comparing two stacks ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # star fits on whole images: several seconds
 def test_compare_stacks_sees_the_sharper_stack():
     shape = (320, 320)
     xy, flux = star_field(30, shape, n=90)
@@ -315,6 +318,7 @@ def test_compare_stacks_sees_the_sharper_stack():
     assert blind["seam_classical"] < 3
 
 
+@pytest.mark.slow  # star fits on whole images: several seconds
 def test_background_noise_is_compared_in_the_same_photometric_units():
     shape = (320, 320)
     xy, flux = star_field(30, shape, n=90)
@@ -333,6 +337,7 @@ def test_background_noise_is_compared_in_the_same_photometric_units():
 # --- plots ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # star fits on whole images: several seconds
 def test_plots_write_small_deterministic_pngs(tmp_path):
     rng = np.random.default_rng(0)
     shape = (200, 260)
@@ -537,6 +542,7 @@ def test_blank_sky_positions_avoid_sources_and_uncovered_sky():
     assert len(blank_sky_positions(src, fp, 11.0, n_max=50)) <= 60
 
 
+@pytest.mark.slow  # star fits on whole images: several seconds
 def test_compare_stacks_snr_with_matched_apertures_slope_and_footprint():
     shape = (384, 384)
     xy, flux = star_field(50, shape, n=90)

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from astropy.io import fits
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "Snakefile"
 CONTRACT_COLUMNS = ["frame", "status", "method", "is_reference"]
 CONTRACT_COLUMNS += [f"m{i}{j}" for i in range(3) for j in range(3)] + ["rms_px", "n_inliers"]

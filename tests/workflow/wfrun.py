@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from astropy.io import fits
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # TILESTACK_SNAKEFILE runs the tests against another entry point (e.g. a wrapper workflow).
 SNAKEFILE = Path(os.environ.get("TILESTACK_SNAKEFILE", ROOT / "Snakefile"))
 

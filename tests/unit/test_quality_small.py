@@ -22,6 +22,9 @@ stars_mod = pytest.importorskip("tilestack.registration.stars")
 measure = pytest.importorskip("tilestack.validation.measure")
 frames_io = pytest.importorskip("tilestack.io.frames")
 
+# a 50-frame night stacked twice and star fits on both stacks: about 10 s
+pytestmark = pytest.mark.slow
+
 SIZE = 384
 N_FRAMES = 50
 
