@@ -27,15 +27,14 @@ PATTERNS = ("RGGB", "GBRG", "BGGR", "GRBG")
 def night_errors(workdir: Path, pattern: str, refine: bool) -> dict:
     import yaml
 
-    import tilestack.registration.cfa_centroid as cc
     from tilestack.align_batch import REGISTRATION_OPTION_KEYS
     from tilestack.calibration import calibrate
+    from tilestack.cfa import luminance_image
     from tilestack.io.frames import read_frame
-    from tilestack.pipeline_steps import luminance_image
-    from tilestack.prepare_batch import detect_frame_stars
     from tilestack.registration.pipeline import register_frame
     from tilestack.simulate import load_night, simulate_night
     from tilestack.simulation.timeline import matrices
+    from tilestack.stars import detect_frame_stars
 
     out = workdir / f"osc_{pattern}"
     if (out / "truth" / "params.json").exists():
@@ -46,17 +45,12 @@ def night_errors(workdir: Path, pattern: str, refine: bool) -> dict:
         )
     reg = yaml.safe_load(open(ROOT / "config" / "config.yaml"))["registration"]
     opts = {k: reg[k] for k in REGISTRATION_OPTION_KEYS}
-    keep = cc.refine_on_green
-    if not refine:
-        cc.refine_on_green = lambda mosaic, valid, stars, bayer, **kw: stars
-    try:
-        frames = []
-        for p in sorted(night.lights):
-            f = read_frame(p)
-            light, valid = calibrate(f.data, f.exposure, None)
-            frames.append((light, valid, detect_frame_stars(light, valid, pattern, 5.0)))
-    finally:
-        cc.refine_on_green = keep
+    frames = []
+    for p in sorted(night.lights):
+        f = read_frame(p)
+        light, valid = calibrate(f.data, f.exposure, None)
+        stars = detect_frame_stars(light, valid, pattern, sigma=5.0, refine=refine)
+        frames.append((light, valid, stars))
     mats = matrices(night.frames)
     h, w = frames[0][0].shape
     pts = np.array(

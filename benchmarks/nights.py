@@ -190,7 +190,7 @@ def g_cv(results: Path, channel: str) -> float:
 
 def registered_reader(results: Path, channel: str):
     """``(reader, global table sorted as the workflow's reconstruction orders it)``."""
-    from tilestack.pipeline_steps import RegisteredReader
+    from tilestack.io.batch import RegisteredReader
 
     g = pd.read_csv(results / "metrics" / f"global_{channel}.csv")
     g = g.sort_values("frame", kind="stable").reset_index(drop=True)

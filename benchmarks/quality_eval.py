@@ -85,16 +85,11 @@ def prepare(night, kernel: str = "lanczos3") -> dict:
     the workflow feeds them to the local metrics. Returns per channel the frame cube, the
     validity cube and the per-frame star tables in channel coordinates.
     """
-    from tilestack.cfa import split_channels
+    from tilestack.cfa import split_channels, to_channel_xy
     from tilestack.io.frames import read_frame
-    from tilestack.pipeline_steps import (
-        apply_matrix,
-        binned_luminance,
-        stars_to_full_resolution,
-        to_channel_xy,
-    )
     from tilestack.registration.interpolation import warp_image
-    from tilestack.registration.stars import detect_stars
+    from tilestack.registration.transforms import Transform
+    from tilestack.stars import detect_frame_stars
 
     bayer = night.bayer
     h, w = night.height, night.width
@@ -113,12 +108,10 @@ def prepare(night, kernel: str = "lanczos3") -> dict:
             from tilestack.registration.cfa_warp import warp_mosaic
 
             warped, cov = warp_mosaic(img, m, bayer, (h, w), kernel=kernel, valid=valid)
-            lum, lok = binned_luminance(img, valid)
-            st = stars_to_full_resolution(detect_stars(lum, valid=lok))
         else:
             warped, cov = warp_image(img, m, (h, w), kernel=kernel, valid=valid)
-            st = detect_stars(img, valid=valid)
-        ref_xy = apply_matrix(m, st[["x", "y"]].to_numpy(np.float64))
+        st = detect_frame_stars(img, valid, bayer, sigma=5.0, refine=False)
+        ref_xy = Transform(m).apply(st[["x", "y"]].to_numpy(np.float64))
         planes = split_channels(warped, bayer, cov)
         for c in channels:
             plane, ok = planes[c]
@@ -159,8 +152,7 @@ def cached_prepare(night) -> dict:
 
 def channel_truth(night, channel: str) -> tuple[np.ndarray, pd.DataFrame]:
     """Truth image and star table (x, y, flux) in the channel plane's pixel coordinates."""
-    from tilestack.cfa import phase_offsets
-    from tilestack.pipeline_steps import to_channel_xy
+    from tilestack.cfa import phase_offsets, to_channel_xy
 
     st = night.stars[night.stars["in_grid"]].copy()
     if not night.bayer:
@@ -493,8 +485,9 @@ def proto_metrics(cube, vcube, gdf, grid, xy_common, *, border: int = 16, cap: f
     block means (cosmic rays, hot pixels and trail segments cannot dominate).
     Returns (global E per frame, local raw table in E's layout).
     """
-    from tilestack.metrics.global_metrics import B_FLOOR, diff_noise, sobel_energy, usable_mask
+    from tilestack.metrics.global_metrics import B_FLOOR, sobel_energy, usable_mask
     from tilestack.metrics.local import frame_tile_metrics
+    from tilestack.robust import diff_noise
 
     n, h, w = cube.shape
     e_glob = np.empty(n)
@@ -558,13 +551,10 @@ def deep_star_list(cube, vcube, star_tables, sigma: float = 3.0) -> np.ndarray:
     Same stars in every frame, about 5x more than a 5σ list: star tiles get enough stars for
     a robust median FWHM, and far fewer tiles fall back to the noisy structure metrics.
     """
-    from tilestack.registration.stars import detect_stars
+    from tilestack.stars import detect_frame_stars
 
     ref = int(np.argmax([len(t) for t in star_tables]))
-    img = np.asarray(cube[ref])
-    ok = np.isfinite(img) & (np.asarray(vcube[ref]) > 0)
-    fill = np.where(ok, img, np.float32(np.median(img[ok]))).astype(np.float32)
-    st = detect_stars(fill, sigma=sigma, valid=ok.astype(np.uint8))
+    st = detect_frame_stars(cube[ref], vcube[ref], None, sigma=sigma, fill_invalid=True)
     return st[["x", "y"]].to_numpy(np.float64)
 
 
@@ -642,7 +632,7 @@ def evaluate_channel(night, prep, channel: str, args, log) -> dict:
     for p in (2, 3):
         add(f"oracle_p{p}", tr * sky / (sky + rn2) * fw ** (-p), f"global w = T·F^-{p} (truth)")
     # The §8 star-tile formula fed with perfect data: L = exp(clip(-0.6 z(true FWHM))).
-    from tilestack.metrics.robust import robust_z
+    from tilestack.robust import robust_z
 
     add(
         "formula_on_truth",

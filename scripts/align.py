@@ -7,8 +7,7 @@ tables. The work is `tilestack.align_batch.align_batch`.
 
 import json
 
-from tilestack.pipeline_steps import logged
-from tilestack.runtime import run_script, set_threads
+from tilestack.runtime import Progress, logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
@@ -21,8 +20,8 @@ def main():
 
     from tilestack.align_batch import Reference, WarpSettings, align_batch
     from tilestack.io.atomic import write_table
+    from tilestack.io.batch import BatchFile, batch_writer
     from tilestack.io.frames import read_image
-    from tilestack.pipeline_steps import BatchFile, Progress, batch_writer
     from tilestack.tiles import TileGrid
 
     p = sm.params

@@ -2,22 +2,21 @@
 
 from pathlib import Path
 
-from tilestack.pipeline_steps import logged
-from tilestack.runtime import run_script, set_threads
+from tilestack.runtime import Progress, logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
 
 def main():
     set_threads(sm.threads)
-    from tilestack.pipeline_steps import Progress, assemble_all
+    from tilestack.assemble import assemble
     from tilestack.tiles import TileGrid
 
     a = sm.params.assemble
     channels = list(a["channels"])
     prog = Progress(sm.log[0], len(channels), "channels", "assemble")
     bands = {c: sorted(f for f in sm.input.bands if Path(f).parent.name == c) for c in channels}
-    assemble_all(
+    assemble(
         bands,
         sm.output,
         a,

@@ -6,8 +6,7 @@ channel's figures are in validation.json under "channels"; the plots are for the
 
 import json
 
-from tilestack.pipeline_steps import logged
-from tilestack.runtime import run_script, set_threads
+from tilestack.runtime import Progress, logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
@@ -16,7 +15,6 @@ def main():
     set_threads(sm.threads)
     from tilestack.finish import StagedOutputs, postprocess, run_info, validate
     from tilestack.io.frames import read_image
-    from tilestack.pipeline_steps import Progress
 
     p = sm.params
     channels = list(p.channels)

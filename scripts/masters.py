@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from tilestack.pipeline_steps import logged
-from tilestack.runtime import run_script, set_threads
+from tilestack.runtime import Progress, logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
@@ -12,7 +11,6 @@ def main():
     set_threads(sm.threads)
     from tilestack.calibration import bad_pixel_mask, build_master
     from tilestack.io.frames import write_fits
-    from tilestack.pipeline_steps import Progress
 
     cal = sm.params.calibration
     bayer = sm.params.bayer or None

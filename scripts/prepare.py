@@ -1,12 +1,11 @@
 """prepare: hard-check one batch of lights, calibrate to float32 + validity, detect stars.
 
-Calibrated frames go to one batch file (see tilestack.pipeline_steps); without a master dark,
+Calibrated frames go to one batch file (see tilestack.io.batch); without a master dark,
 sensor defects are flagged from the batch's lights first (tilestack.prepare_batch,
 tilestack.calibration).
 """
 
-from tilestack.pipeline_steps import logged
-from tilestack.runtime import run_script, set_threads
+from tilestack.runtime import Progress, logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
@@ -15,7 +14,7 @@ def main():
     set_threads(sm.threads)
     from tilestack.calibration import defects_from_lights, load_masters
     from tilestack.io.atomic import write_table
-    from tilestack.pipeline_steps import Progress, batch_writer
+    from tilestack.io.batch import batch_writer
     from tilestack.prepare_batch import check_batch, prepare_batch
 
     p = sm.params
@@ -43,7 +42,12 @@ def main():
             progress=prog,
             pixel_stats=pixel_stats,
         )
-    for key in ("invalid_fraction", "median", "max", "noise"):  # for the night-wide checks of `scan`
+    for key in (
+        "invalid_fraction",
+        "median",
+        "max",
+        "noise",
+    ):  # for the night-wide checks of `scan`
         manifest[key] = [s[key] for s in pixel_stats]
     write_table(sm.output.stars, stars)
     write_table(sm.output.manifest, manifest)

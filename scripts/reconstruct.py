@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tilestack.pipeline_steps import logged
-from tilestack.runtime import run_script, set_threads
+from tilestack.runtime import Progress, logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
@@ -52,7 +51,7 @@ def reconstruct_channel(c, i, grid, prog):
 
 def main():
     set_threads(sm.threads)
-    from tilestack.pipeline_steps import Progress, assemble_all
+    from tilestack.assemble import assemble
     from tilestack.tiles import TileGrid
 
     p = sm.params
@@ -64,7 +63,7 @@ def main():
         n_fallback = reconstruct_channel(c, i, grid, prog)
         prog.step(note=f"{c}: {n_fallback} fallback tiles")
     if "stack" in sm.output.keys():  # a single band: join it into the products right away
-        assemble_all(
+        assemble(
             {c: [sm.output.bands[i]] for i, c in enumerate(channels)},
             sm.output,
             p.assemble,

@@ -8,8 +8,7 @@ same leading batches (tilestack.registration.reference, tilestack.tiles).
 
 import pandas as pd
 
-from tilestack.pipeline_steps import logged
-from tilestack.runtime import run_script, set_threads
+from tilestack.runtime import Progress, logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
@@ -18,7 +17,6 @@ def main():
     set_threads(sm.threads)
     from tilestack.io.atomic import write_json, write_table
     from tilestack.io.frames import write_fits
-    from tilestack.pipeline_steps import Progress
     from tilestack.registration.reference import reference_from_batches
     from tilestack.tiles import grid_from_star_tables
 

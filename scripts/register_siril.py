@@ -9,8 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tilestack.pipeline_steps import logged
-from tilestack.runtime import run_script, set_threads
+from tilestack.runtime import Progress, logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
@@ -18,7 +17,6 @@ sm = snakemake  # noqa: F821  (injected by the script: directive)
 def main():
     set_threads(sm.threads)
     from tilestack.io.atomic import write_table
-    from tilestack.pipeline_steps import Progress
     from tilestack.registration.siril import register_with_siril
 
     lights = [str(p) for p in sm.input.lights]

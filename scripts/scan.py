@@ -2,8 +2,7 @@
 
 import pandas as pd
 
-from tilestack.pipeline_steps import logged
-from tilestack.runtime import run_script, set_threads
+from tilestack.runtime import Progress, logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
@@ -13,7 +12,6 @@ def main():
     from tilestack.checks import run_hard_checks
     from tilestack.io.atomic import write_json
     from tilestack.io.manifest import write_manifest
-    from tilestack.pipeline_steps import Progress
 
     prog = Progress(sm.log[0], len(sm.input.manifests), "batches", "scan")
     parts = [

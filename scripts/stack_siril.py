@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tilestack.pipeline_steps import logged
-from tilestack.runtime import run_script, set_threads
+from tilestack.runtime import Progress, logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
@@ -21,7 +20,6 @@ def main():
     set_threads(sm.threads)
     from tilestack.cfa import split_channels
     from tilestack.io.frames import read_image, write_fits
-    from tilestack.pipeline_steps import Progress
     from tilestack.registration.siril import stack_with_siril
 
     lights = [str(p) for p in sm.input.lights]

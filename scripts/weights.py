@@ -3,15 +3,14 @@
 Merges the batch registration tables into registration/transforms.csv (§3), computes the
 global (§6) and local (§8) weights per channel and, in full mode, the clusters (§10). One job
 for all of it: each part takes well under a second, a job's start-up about one.
-(tilestack.transforms_table, tilestack.metrics.weights, tilestack.clustering)
+(tilestack.io.transforms_table, tilestack.metrics.weights, tilestack.clustering)
 """
 
 import json
 
 import pandas as pd
 
-from tilestack.pipeline_steps import logged
-from tilestack.runtime import run_script, set_threads
+from tilestack.runtime import Progress, logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
@@ -19,15 +18,14 @@ sm = snakemake  # noqa: F821  (injected by the script: directive)
 def main():
     set_threads(sm.threads)
     from tilestack.io.atomic import write_table
+    from tilestack.io.transforms_table import merge_batch_tables
     from tilestack.metrics.weights import (
         NORMALIZATION_COLUMNS,
         channel_weights,
         global_columns,
         tbqr2_channel_weights,
     )
-    from tilestack.pipeline_steps import Progress
     from tilestack.tiles import TileGrid
-    from tilestack.transforms_table import merge_batch_tables
 
     p = sm.params
     channels = list(p.channels)

@@ -22,17 +22,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tilestack.cfa import split_channels
+from tilestack.cfa import luminance_image, split_channels, to_channel_xy
 from tilestack.errors import InputError
-from tilestack.metrics.global_metrics import background_level, diff_noise
+from tilestack.io.batch import BatchFile
+from tilestack.io.transforms_table import row_matrix
+from tilestack.metrics.global_metrics import background_level
 from tilestack.metrics.local import frame_metrics, reference_star_list, tile_scales
 from tilestack.normalization import ReferencePhotometry, normalize_frame
-from tilestack.pipeline_steps import BatchFile, Progress, luminance_image, to_channel_xy
 from tilestack.registration.cfa_warp import warp_mosaic
 from tilestack.registration.interpolation import warp_image
 from tilestack.registration.pipeline import register_frame, result_row
+from tilestack.robust import diff_noise
+from tilestack.runtime import Progress
 from tilestack.tiles import TileGrid
-from tilestack.transforms_table import row_matrix
 
 # stars below this aperture SNR (frame or reference) do not vote on a tile's own scale
 TILE_SCALE_SNR = 5.0

@@ -170,3 +170,84 @@ def interleave(planes: dict[str, np.ndarray], pattern: str) -> np.ndarray:
             raise ValueError(f"plane {key} has shape {plane.shape}, expected {(h, w)}")
         out[dy::2, dx::2] = plane
     return out
+
+
+# --- colour-blind luminance of a mosaic, and channel-plane coordinates ----------------------
+
+
+def binned_luminance(mosaic: np.ndarray, valid: np.ndarray | None = None):
+    """Sum of each 2x2 Bayer cell (a colour-blind luminance at half resolution) and its validity.
+
+    A cell is valid only if all four samples are. Star positions found on it map back to
+    full-resolution pixels with :func:`stars_to_full_resolution`.
+    """
+    h, w = mosaic.shape
+    h2, w2 = h // 2, w // 2
+    m = np.asarray(mosaic[: 2 * h2, : 2 * w2], dtype=np.float32)
+    cells = m.reshape(h2, 2, w2, 2)
+    lum = cells.sum(axis=(1, 3), dtype=np.float32)
+    if valid is None:
+        ok = np.isfinite(lum)
+    else:
+        v = np.asarray(valid[: 2 * h2, : 2 * w2], dtype=bool).reshape(h2, 2, w2, 2)
+        ok = v.all(axis=(1, 3)) & np.isfinite(lum)
+    return lum, ok.astype(np.uint8)
+
+
+def stars_to_full_resolution(stars):
+    """Map a star table measured on the 2x2-binned luminance to full-resolution pixels.
+
+    Bin (i, j) covers pixels 2j, 2j+1 (pixel centres at integers), so its centre is 2j + 0.5;
+    sizes (FWHM) double.
+    """
+    out = stars.copy()
+    for col in ("x", "y"):
+        if col in out:
+            out[col] = 2.0 * out[col].astype(np.float64) + 0.5
+    for col in ("fwhm",):
+        if col in out:
+            out[col] = 2.0 * out[col].astype(np.float64)
+    return out
+
+
+def channel_offset(bayer: str | None, channel: str) -> tuple[float, float]:
+    """Mean (dy, dx) lattice offset of a colour plane in full-resolution pixels (0 for mono)."""
+    if not bayer:
+        return 0.0, 0.0
+    cells = phase_offsets(bayer)[channel]
+    return float(np.mean([c[0] for c in cells])), float(np.mean([c[1] for c in cells]))
+
+
+def to_channel_xy(xy: np.ndarray, bayer: str | None, channel: str) -> np.ndarray:
+    """Full-resolution pixel coordinates -> channel-plane coordinates (x_s = (x - dx) / 2)."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    if not bayer:
+        return xy.copy()
+    dy, dx = channel_offset(bayer, channel)
+    return np.column_stack([(xy[:, 0] - dx) / 2.0, (xy[:, 1] - dy) / 2.0])
+
+
+def luminance_image(mosaic: np.ndarray, valid: np.ndarray | None, bayer: str | None):
+    """A full-resolution, colour-blind image for image-based registration fallbacks.
+
+    Mono frames are returned as they are. OSC mosaics are binned 2x2 (no CFA pattern left)
+    and resized back to full resolution with pixel areas aligned (bin centre 2j + 0.5), so the
+    transforms found on it are in full-resolution pixels like the star-based ones.
+    """
+    if not bayer:
+        return np.asarray(mosaic, np.float32), valid
+    import cv2  # imported here: cfa is read at parse time, where cv2's import would cost 0.3 s
+
+    lum, ok = binned_luminance(mosaic, valid)
+    good = ok.astype(bool) & np.isfinite(lum)
+    fill = float(np.median(lum[good])) if good.any() else 0.0
+    lum = np.where(good, lum, fill).astype(np.float32)
+    h, w = mosaic.shape
+    full = cv2.resize(lum, (2 * (w // 2), 2 * (h // 2)), interpolation=cv2.INTER_LINEAR)
+    full_ok = cv2.resize(
+        good.astype(np.uint8), (2 * (w // 2), 2 * (h // 2)), interpolation=cv2.INTER_NEAREST
+    )
+    if full.shape != (h, w):
+        full = np.pad(full, ((0, h - full.shape[0]), (0, w - full.shape[1])), mode="edge")
+        full_ok = np.pad(full_ok, ((0, h - full_ok.shape[0]), (0, w - full_ok.shape[1])))
+    return full.astype(np.float32), full_ok.astype(np.uint8)

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from numba import njit
 
-from tilestack.metrics.robust import MAD_TO_SIGMA, sigma_clipped_stats
+from tilestack.robust import MAD_TO_SIGMA, sigma_clipped_stats
 
 BACKGROUND_MODELS = ("surface", "plane", "offset")
 # An aperture of radius APERTURE_K x FWHM holds the same fraction of a self-similar PSF's light

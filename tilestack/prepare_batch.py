@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from tilestack.stars import detect_frame_stars
+
 
 def check_batch(paths, first_light: str, exposure_tolerance: float) -> pd.DataFrame:
     """The hard checks of §1 on one batch (against the first light); returns its manifest."""
@@ -27,21 +29,6 @@ def check_batch(paths, first_light: str, exposure_tolerance: float) -> pd.DataFr
     checks.check_bitpix(both)
     # The pixels of every frame are checked in prepare_batch, where each frame is read anyway.
     return batch
-
-
-def detect_frame_stars(light, valid, bayer: str | None, sigma: float) -> pd.DataFrame:
-    """Stars of one calibrated frame in full-resolution pixels (OSC: detected on the 2x2
-    luminance, positions refined on the green samples, see registration.cfa_centroid)."""
-    from tilestack.pipeline_steps import binned_luminance, stars_to_full_resolution
-    from tilestack.registration.stars import detect_stars
-
-    if bayer:
-        from tilestack.registration.cfa_centroid import refine_on_green
-
-        lum, lvalid = binned_luminance(light, valid)
-        stars = stars_to_full_resolution(detect_stars(lum, sigma=sigma, valid=lvalid))
-        return refine_on_green(light, valid, stars, bayer)
-    return detect_stars(light, sigma=sigma, valid=valid)
 
 
 def prepare_batch(
@@ -77,7 +64,7 @@ def prepare_batch(
             frame.data, frame.exposure, masters, saturation=getattr(frame, "full_scale", None)
         )
         add_frame(row.stem, light, valid, {"FRAME": row.frame})
-        stars = detect_frame_stars(light, valid, bayer, float(detect_sigma))
+        stars = detect_frame_stars(light, valid, bayer, sigma=float(detect_sigma))
         stars.insert(0, "stem", row.stem)
         stars.insert(0, "frame", row.frame)
         tables.append(stars)

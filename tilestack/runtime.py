@@ -1,10 +1,15 @@
-"""Process-level helpers for workflow scripts: thread limits and clean error exits."""
+"""Process-level helpers for workflow scripts: thread limits, progress logs and clean error exits."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
+
+from tilestack.errors import TilestackError
 
 _THREAD_VARS = (
     "OMP_NUM_THREADS",
@@ -42,10 +47,69 @@ def set_threads(n: int) -> None:
 
 def run_script(main: Callable[[], None]) -> None:
     """Run a workflow script's ``main``; expected failures exit with one line, no traceback."""
-    from tilestack.errors import TilestackError
-
     try:
         main()
     except TilestackError as err:
         print(f"tilestack: error: {err}", file=sys.stderr)
         sys.exit(1)
+
+
+class Progress:
+    """Progress lines (items done, rate, ETA) appended to a rule's log file."""
+
+    def __init__(self, log_path, total: int, unit: str = "frames", what: str = ""):
+        self.path = Path(log_path) if log_path else None
+        self.total = max(0, int(total))
+        self.unit = unit
+        self.what = what
+        self.done = 0
+        self.t0 = time.perf_counter()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.log(f"start {what}: {self.total} {unit}")
+
+    def log(self, message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        if self.path is None:
+            print(line, flush=True)
+            return
+        with open(self.path, "a") as fh:
+            fh.write(line + "\n")
+
+    def step(self, n: int = 1, note: str = "") -> None:
+        self.done += n
+        dt = time.perf_counter() - self.t0
+        rate = self.done / dt if dt > 0 else float("inf")
+        left = (self.total - self.done) / rate if rate > 0 and self.total else 0.0
+        extra = f" ({note})" if note else ""
+        self.log(
+            f"{self.unit} {self.done}/{self.total} done, {rate:.2f} {self.unit}/s, "
+            f"ETA {left:.0f} s{extra}"
+        )
+
+    def finish(self, message: str = "") -> None:
+        dt = time.perf_counter() - self.t0
+        self.log(f"finished {self.what} in {dt:.1f} s{(': ' + message) if message else ''}")
+
+
+def logged(main, log_path):
+    """Wrap a script's ``main`` so a failure is also written to the rule's log file.
+
+    Expected failures (TilestackError) get their one line, anything else its traceback; the
+    exception is re-raised for :func:`tilestack.runtime.run_script` to report.
+    """
+
+    def wrapped():
+        try:
+            main()
+        except BaseException as err:
+            if log_path:
+                Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+                with open(log_path, "a") as fh:
+                    if isinstance(err, TilestackError):
+                        fh.write(f"tilestack: error: {err}\n")
+                    else:
+                        fh.write(traceback.format_exc())
+            raise
+
+    return wrapped

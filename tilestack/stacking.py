@@ -118,8 +118,8 @@ def reconstruct_channel_band(
     """
     import pandas as pd
 
+    from tilestack.io.batch import RegisteredReader
     from tilestack.metrics.local import weight_matrix
-    from tilestack.pipeline_steps import RegisteredReader
 
     g = global_df.sort_values("frame", kind="stable").reset_index(drop=True)
     frames = g["frame"].astype(str).tolist()

@@ -11,10 +11,14 @@ import numpy as np
 import pandas as pd
 
 from tilestack.errors import ConfigError
-from tilestack.metrics.robust import MAD_TO_SIGMA, robust_z, sigma_clipped_stats
+from tilestack.robust import (
+    diff_noise,
+    robust_z,
+    sigma_clipped_stats,
+    subsample,
+)
 
 B_FLOOR = 1e-6
-MAX_SAMPLES = 1 << 18
 DEFAULT_ABG = (0.4, 0.3, 0.3)
 # I is capped at 1 + E_CAP * sigma before gradient energies (bright star cores do not decide).
 E_CAP = 30.0
@@ -24,12 +28,6 @@ MIN_E_STARS = 5
 E_STAR_WINSOR = 0.9
 # A star's stamp energy is clipped at this multiple of what its reference flux predicts.
 E_STAR_CLIP = 3.0
-
-
-def _subsample(x: np.ndarray, max_samples: int = MAX_SAMPLES) -> np.ndarray:
-    """Deterministic strided subsample: robust statistics of 1M pixels are as good as of 16M."""
-    step = max(1, int(np.ceil(x.size / max_samples)))
-    return x[::step]
 
 
 def usable_mask(raw: np.ndarray, valid: np.ndarray | None, border: int = 0) -> np.ndarray:
@@ -48,7 +46,7 @@ def usable_mask(raw: np.ndarray, valid: np.ndarray | None, border: int = 0) -> n
 
 def background_level(raw: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """Masked robust background (sigma-clipped median) and clipped sigma of the raw channel."""
-    vals = _subsample(raw[mask].astype(np.float64))
+    vals = subsample(raw[mask].astype(np.float64))
     if vals.size == 0:
         return float("nan"), float("nan")
     med, sig, _ = sigma_clipped_stats(vals, kappa_low=3.0, kappa_high=3.0, max_iter=10)
@@ -66,22 +64,6 @@ def sobel_energy(norm: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nda
     gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
     inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8), borderValue=0) > 0
     return gx * gx + gy * gy, inner
-
-
-def diff_noise(norm: np.ndarray, mask: np.ndarray, max_samples: int = MAX_SAMPLES) -> float:
-    """Robust pixel noise from horizontal neighbour differences (insensitive to gradients).
-
-    Uses every k-th row so that at most about ``max_samples`` differences are formed.
-    """
-    k = max(1, int(np.ceil(norm.size / max_samples)))
-    norm, mask = norm[::k], mask[::k]
-    d = norm[:, 1:].astype(np.float64) - norm[:, :-1]
-    ok = mask[:, 1:] & mask[:, :-1]
-    vals = _subsample(d[ok])
-    if vals.size < 8:
-        return float("nan")
-    med = np.median(vals)
-    return MAD_TO_SIGMA * float(np.median(np.abs(vals - med))) / np.sqrt(2.0)
 
 
 def robust_energy(
@@ -274,7 +256,7 @@ def global_metrics_and_maps(
         bg = mask
     sigma = diff_noise(norm, bg)
     e = global_energy(norm, full, mask, sigma, stars_xy, fwhm, cap, stars_flux)
-    vals = _subsample(raw[mask].astype(np.float64))
+    vals = subsample(raw[mask].astype(np.float64))
     med = float(np.median(vals))
     metrics = {
         "B": float(b),

@@ -17,8 +17,9 @@ import pandas as pd
 from numba import njit
 
 from tilestack.kernels import median_inplace
-from tilestack.metrics.global_metrics import diff_noise, global_metrics_and_maps, robust_energy
-from tilestack.metrics.robust import MAD_TO_SIGMA, Z_FLOOR
+from tilestack.metrics.global_metrics import global_metrics_and_maps, robust_energy
+from tilestack.robust import MAD_TO_SIGMA, Z_FLOOR, diff_noise
+from tilestack.stars import detect_frame_stars
 from tilestack.tiles import TileGrid
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -540,25 +541,13 @@ def reference_star_list(
     frame gives each star tile many stars and a FWHM series over frames that tracks seeing,
     not which stars happened to be detected in a frame. Returns the detector's table with
     ``x, y`` in full-resolution reference pixels (map to channel planes with
-    :func:`tilestack.pipeline_steps.to_channel_xy`).
+    :func:`tilestack.cfa.to_channel_xy`).
     """
-    from tilestack.pipeline_steps import binned_luminance, stars_to_full_resolution
-    from tilestack.registration.stars import detect_stars
 
-    img = np.asarray(image, np.float32)
-    ok = np.isfinite(img)
-    if valid is not None:
-        ok &= np.asarray(valid) > 0
-    if bayer:
-        lum, lok = binned_luminance(img, ok)
-        lok = lok.astype(bool) & np.isfinite(lum)
-    else:
-        lum, lok = img, ok
-    if not lok.any():
-        return detect_stars(np.zeros((0, 0), np.float32))
-    fill = np.where(lok, lum, np.float32(np.median(lum[lok]))).astype(np.float32)
-    st = detect_stars(fill, sigma=float(sigma), valid=lok.astype(np.uint8))
-    if len(st):
+    def drop_near_invalid_and_saturated(st: pd.DataFrame, ok: np.ndarray) -> pd.DataFrame:
+        if not len(st):
+            return st
+        lok = ok.astype(bool)
         fw = st["fwhm"].to_numpy(np.float64)
         f = float(np.nanmedian(fw)) if np.isfinite(fw).any() else 3.0
         r = max(2, int(np.ceil(1.5 * f)))
@@ -567,7 +556,14 @@ def reference_star_list(
         xi = np.clip(np.round(st["x"].to_numpy()).astype(int), 0, w - 1)
         yi = np.clip(np.round(st["y"].to_numpy()).astype(int), 0, h - 1)
         keep = (near_bad[yi, xi] == 0) & ~st["saturated"].to_numpy(bool)
-        st = st[keep].reset_index(drop=True)
-    if bayer:
-        st = stars_to_full_resolution(st)
-    return st
+        return st[keep].reset_index(drop=True)
+
+    return detect_frame_stars(
+        image,
+        valid,
+        bayer,
+        sigma=sigma,
+        refine=False,
+        fill_invalid=True,
+        select=drop_near_invalid_and_saturated,
+    )

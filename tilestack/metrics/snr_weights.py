@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from tilestack.metrics.robust import MAD_TO_SIGMA
+from tilestack.robust import MAD_TO_SIGMA
 
 
 def _finite_median(v: np.ndarray) -> float:

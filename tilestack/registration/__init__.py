@@ -26,8 +26,8 @@ _WHERE = {
     "result_row": "pipeline",
     "Quality": "quality",
     "choose_reference": "reference",
-    "background_mesh": "stars",
-    "detect_stars": "stars",
+    "background_mesh": "tilestack.stars",
+    "detect_stars": "tilestack.stars",
     "MODELS": "transforms",
     "Transform": "transforms",
     "estimate": "transforms",
@@ -37,7 +37,9 @@ _WHERE = {
 
 def __getattr__(name: str):
     if name in _WHERE:
-        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        where = _WHERE[name]
+        module = where if "." in where else f"{__name__}.{where}"
+        value = getattr(importlib.import_module(module), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

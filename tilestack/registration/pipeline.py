@@ -718,7 +718,7 @@ class Registrator:
         self, image, reference, quick: bool = False, valid=None, ref_valid=None
     ) -> RegistrationResult:
         """Full cascade (stars, then fallbacks) or, with ``quick``, phase correlation only."""
-        from .stars import detect_stars
+        from tilestack.stars import detect_stars
 
         image = np.asarray(image, dtype=np.float32)
         reference = np.asarray(reference, dtype=np.float32)

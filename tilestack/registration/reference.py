@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 
 from tilestack.errors import InputError
+from tilestack.io.batch import BatchFile
+from tilestack.robust import diff_noise
 
 
 def _robust_z(v: np.ndarray) -> np.ndarray:
@@ -91,9 +93,6 @@ def reference_from_batches(
     here on each calibrated frame). Returns ``(details, image, valid, star table)`` of the
     chosen frame; ``details`` is what ``registration/reference.json`` holds.
     """
-    from tilestack.metrics.global_metrics import diff_noise
-    from tilestack.pipeline_steps import BatchFile
-
     frames = sorted(stars["frame"].unique()) if len(stars) else []
     tables = {f: g.drop(columns=["frame", "stem"]) for f, g in stars.groupby("frame", sort=True)}
     stem_of = dict(zip(stars["frame"], stars["stem"], strict=False))

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tilestack.errors import TilestackError
-from tilestack.transforms_table import CONTRACT, MATRIX_COLUMNS
+from tilestack.io.transforms_table import CONTRACT, MATRIX_COLUMNS
 
 SIRIL = "siril-cli"
 COLUMNS = [*CONTRACT, "reason"]

@@ -2,7 +2,9 @@
 
 The same table feeds registration (positions, fluxes), FWHM estimation for the tile grid and
 local metrics, so every column is measured on the background-subtracted frame. Positions follow
-the pixel-centre convention of :mod:`tilestack.registration.transforms`.
+the pixel-centre convention of :mod:`tilestack.registration.transforms` (pixel centres at
+integer coordinates). :func:`detect_frame_stars` is the one recipe for a whole frame, mono or
+colour (OSC).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import cv2
 import numpy as np
 import pandas as pd
 from numba import njit
+
+from tilestack.cfa import binned_luminance, stars_to_full_resolution
+from tilestack.cfa_centroid import refine_on_green
 
 COLUMNS = [
     "x",
@@ -567,3 +572,45 @@ def _detect_pass(res, raw, noise, fwhm0, sigma, min_stars, min_sigma, valid=None
         if len(table) >= min_stars or k <= min_sigma:
             return table
         k = max(min_sigma, k * 0.7)
+
+
+def detect_frame_stars(
+    image: np.ndarray,
+    valid: np.ndarray | None,
+    bayer: str | None,
+    *,
+    sigma: float,
+    refine: bool = True,
+    fill_invalid: bool = False,
+    select=None,
+) -> pd.DataFrame:
+    """Stars of one frame in full-resolution pixels, mono or colour.
+
+    Mono frames are searched as they are. An OSC mosaic is searched on its 2x2-binned
+    luminance (no CFA pattern left); the positions are mapped back to full resolution and,
+    with ``refine``, refined on the green samples (:mod:`tilestack.cfa_centroid`).
+    ``fill_invalid`` first sets invalid pixels to the median of the valid ones (no frame left:
+    an empty table). ``select(table, valid)`` may drop stars while they are still in the
+    searched image's pixels (``valid``: that image's uint8 validity).
+    """
+    img = np.asarray(image, np.float32)
+    if bayer:
+        lum, ok = binned_luminance(img, valid)
+    else:
+        lum, ok = img, valid
+    if fill_invalid:
+        good = np.isfinite(lum)
+        if ok is not None:
+            good &= np.asarray(ok) > 0
+        if not good.any():
+            return _empty()
+        lum = np.where(good, lum, np.float32(np.median(lum[good]))).astype(np.float32)
+        ok = good.astype(np.uint8)
+    stars = detect_stars(lum, sigma=float(sigma), valid=ok)
+    if select is not None:
+        stars = select(stars, ok)
+    if bayer:
+        stars = stars_to_full_resolution(stars)
+        if refine:
+            stars = refine_on_green(image, valid, stars, bayer)
+    return stars

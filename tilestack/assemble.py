@@ -1,0 +1,105 @@
+"""Joining a channel's band results into its products (rule ``assemble``).
+
+Reconstruction runs per band of rows (:mod:`tilestack.reconstruction`); :func:`assemble` joins
+the bands of every channel into the channel's stack, classical stack, weight and coverage maps,
+synthetic frames (full mode) and tile flags, each FITS with the provenance header.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tilestack.io.atomic import write_table
+from tilestack.io.frames import write_fits
+from tilestack.provenance import provenance_header
+from tilestack.reconstruction import assemble_bands
+
+
+def assemble_channel(
+    band_paths,
+    outputs: dict,
+    *,
+    channel: str,
+    grid,
+    mode: str,
+    n_frames: int,
+    channel_height: int,
+    config: dict,
+) -> tuple[int, int]:
+    """Join one channel's band results into its stack, classical stack, maps and tile flags.
+
+    ``outputs`` maps ``stack``, ``weight``, ``coverage``, ``classical``, ``flags`` to paths and
+    optionally ``synthetic`` to the K synthetic-frame paths (full mode). Every FITS carries the
+    provenance header (``config`` is hashed, not stored). Returns (fallback tiles, frames used).
+    """
+    out = assemble_bands(list(band_paths), height=int(channel_height))
+    meta = out["meta"]
+    n_used = int(meta.get("n_frames", n_frames))
+
+    def header(kind):
+        return provenance_header(
+            n_frames=n_used,
+            mode=mode,
+            config=config,
+            channel=channel,
+            extra={"PRODUCT": kind, "NLIGHTS": int(n_frames), "TILESIZE": grid.size},
+        )
+
+    write_fits(outputs["stack"], out["stack"], header=header("stack"))
+    write_fits(outputs["weight"], out["weight"], header=header("weight sum"))
+    write_fits(outputs["coverage"], out["coverage"], header=header("coverage"), dtype=np.int32)
+    classical = out["classical"]
+    if classical is None:
+        classical = np.full_like(out["stack"], np.nan)
+    write_fits(outputs["classical"], classical, header=header("classical stack"))
+    syn = out["synthetic"]
+    for k, path in enumerate(outputs.get("synthetic") or []):
+        plane = (
+            syn[k] if syn is not None and k < syn.shape[0] else np.full_like(out["stack"], np.nan)
+        )
+        write_fits(path, plane, header=header(f"synthetic frame k={k}"))
+    flags = pd.DataFrame(
+        {
+            "tile": np.arange(grid.n_tiles),
+            "fallback_used": np.asarray(out["fallback"], bool).reshape(-1)[: grid.n_tiles],
+        }
+    )
+    if out.get("cluster_fallback") is not None:
+        cf = np.asarray(out["cluster_fallback"], bool)
+        flags["cluster_fallbacks"] = cf.sum(axis=0)[: grid.n_tiles]
+    write_table(outputs["flags"], flags)
+    return int(flags["fallback_used"].sum()), n_used
+
+
+def channel_outputs(output, channels: list[str], n_clusters: int = 0) -> dict[str, dict]:
+    """Split a job's per-channel output lists (CHANNELS order) into one dict per channel."""
+    keys = ("stack", "weight", "coverage", "classical", "flags")
+    per = {c: {k: getattr(output, k)[i] for k in keys} for i, c in enumerate(channels)}
+    if "synthetic" in output.keys():
+        syn = list(output.synthetic)
+        for i, c in enumerate(channels):
+            per[c]["synthetic"] = syn[i * n_clusters : (i + 1) * n_clusters]
+    return per
+
+
+def assemble(bands_by_channel: dict, output, params: dict, grid, config: dict, report) -> None:
+    """Assemble every channel of a job: ``bands_by_channel[c]`` are its band files in order.
+
+    ``params`` is the rule's ``assemble`` parameter block (channels, mode, n_frames, n_clusters,
+    channel_height); ``report(c, n_fallback, n_used)`` is called after each channel.
+    """
+    channels = list(params["channels"])
+    per = channel_outputs(output, channels, int(params["n_clusters"]))
+    for c in channels:
+        n_fallback, n_used = assemble_channel(
+            bands_by_channel[c],
+            per[c],
+            channel=c,
+            grid=grid,
+            mode=params["mode"],
+            n_frames=int(params["n_frames"]),
+            channel_height=int(params["channel_height"]),
+            config=config,  # hashed into the provenance header
+        )
+        report(c, n_fallback, n_used)
