@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 
-from tilestack.cfa import color_map
-from tilestack.pipeline_steps import binned_luminance, stars_to_full_resolution
-from tilestack.registration.cfa_centroid import refine_on_green
-from tilestack.registration.stars import detect_stars
+from tilestack.cfa import binned_luminance, color_map, stars_to_full_resolution
+from tilestack.cfa_centroid import refine_on_green
 from tilestack.simulate import render_stars
+from tilestack.stars import detect_stars
 
 
 @pytest.mark.parametrize("pattern", ["RGGB", "GBRG"])

@@ -18,7 +18,7 @@ local = pytest.importorskip("tilestack.metrics.local")
 stacking = pytest.importorskip("tilestack.stacking")
 tiles = pytest.importorskip("tilestack.tiles")
 interpolation = pytest.importorskip("tilestack.registration.interpolation")
-stars_mod = pytest.importorskip("tilestack.registration.stars")
+stars_mod = pytest.importorskip("tilestack.stars")
 measure = pytest.importorskip("tilestack.validation.measure")
 frames_io = pytest.importorskip("tilestack.io.frames")
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from tilestack.metrics.robust import mad, robust_z, sigma_clipped_median, sigma_clipped_stats
+from tilestack.robust import mad, robust_z, sigma_clipped_median, sigma_clipped_stats
 
 
 def test_mad_and_robust_z_known_values():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from tilestack.registration.stars import COLUMNS, background_mesh, detect_stars
+from tilestack.stars import COLUMNS, background_mesh, detect_stars
 
 try:
     from tilestack.simulate import render_stars as _render

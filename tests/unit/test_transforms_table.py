@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from tilestack.errors import InputError
-from tilestack.transforms_table import CONTRACT, merge_batch_tables
+from tilestack.io.transforms_table import CONTRACT, merge_batch_tables
 
 
 def batch(frames, status="ok"):
