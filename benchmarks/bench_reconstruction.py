@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from tilestack.reconstruction import array_reader, reconstruct_band
+from tilestack.reconstruction import BandInputs, BandOptions, array_reader, reconstruct_band
 from tilestack.runtime import set_threads
 from tilestack.tiles import TileGrid
 
@@ -46,22 +46,36 @@ def speed(size: int, n: int, threads: int, memory_mb: float) -> dict:
     w = rng.uniform(0.1, 5, (n, grid.n_tiles))
     reader = array_reader(frames)
     stats = (np.full(n, 1000.0), np.full(n, 3.4))
-    reconstruct_band(reader, n, 0, 8, grid, w, bg, classical=stats)  # compile / load cache
+    reconstruct_band(
+        reader, n, 0, 8, grid, w, bg, inputs=BandInputs(classical=stats)
+    )  # compile / load cache
     out = {"size": size, "frames": n, "threads": threads, "tiles": grid.n_tiles}
     cases = {
-        "recon": {},
-        "recon+classical": {"classical": stats},
-        "recon+classical+synthetic(K=5)": {"classical": stats, "clusters": np.arange(n) % 5},
-        "recon+classical+tile_weighted(K=5)": {
-            "classical": stats,
-            "clusters": np.arange(n) % 5,
-            "synthetic": "tile_weighted",
-        },
+        "recon": ("global", BandInputs()),
+        "recon+classical": ("global", BandInputs(classical=stats)),
+        "recon+classical+synthetic(K=5)": (
+            "global",
+            BandInputs(classical=stats, clusters=np.arange(n) % 5),
+        ),
+        "recon+classical+tile_weighted(K=5)": (
+            "tile_weighted",
+            BandInputs(classical=stats, clusters=np.arange(n) % 5),
+        ),
     }
-    for name, kw in cases.items():
+    for name, (synthetic, inputs) in cases.items():
         t = time.perf_counter()
         c = time.process_time()
-        reconstruct_band(reader, n, 0, size, grid, w, bg, memory_mb=memory_mb, **kw)
+        reconstruct_band(
+            reader,
+            n,
+            0,
+            size,
+            grid,
+            w,
+            bg,
+            BandOptions(memory_mb=memory_mb, synthetic=synthetic),
+            inputs,
+        )
         dt = time.perf_counter() - t
         cpu = time.process_time() - c
         out[name] = {
@@ -91,7 +105,15 @@ def memory_child(n: int, size: int, memory_mb: float, rows: int) -> dict:
     before = vm_hwm_mb()
     t = time.perf_counter()
     r = reconstruct_band(
-        reader, n, 0, rows, grid, w, bg, memory_mb=memory_mb, classical=(bg, np.full(n, 3.4))
+        reader,
+        n,
+        0,
+        rows,
+        grid,
+        w,
+        bg,
+        options=BandOptions(memory_mb=memory_mb),
+        inputs=BandInputs(classical=(bg, np.full(n, 3.4))),
     )
     dt = time.perf_counter() - t
     peak = vm_hwm_mb()

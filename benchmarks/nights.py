@@ -319,7 +319,7 @@ def oracle_weights(night_dir: Path, results: Path, g: pd.DataFrame, p: float, lo
 def oracle_stack(results: Path, weights: np.ndarray, grid) -> np.ndarray:
     import yaml
 
-    from tilestack.reconstruction import reconstruct_band
+    from tilestack.reconstruction import BandInputs, BandOptions, reconstruct_band
 
     # the same rejection as the workflow's (its config defaults)
     rc = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["reconstruction"]
@@ -334,14 +334,16 @@ def oracle_stack(results: Path, weights: np.ndarray, grid) -> np.ndarray:
             grid,
             weights / np.nanmedian(weights),
             g["B"].to_numpy(np.float64),
-            rejection=True,
-            kappa_low=rc["kappa_low"],
-            kappa_high=rc["kappa_high"],
-            max_iter=rc["max_iterations"],
-            min_keep=rc["min_keep_fraction"],
-            signal_tolerance=rc["signal_tolerance"],
-            memory_mb=1500.0,
-            normalization=normalization_of(results, "L", frames),
+            options=BandOptions(
+                rejection=True,
+                kappa_low=rc["kappa_low"],
+                kappa_high=rc["kappa_high"],
+                max_iter=rc["max_iterations"],
+                min_keep=rc["min_keep_fraction"],
+                signal_tolerance=rc["signal_tolerance"],
+                memory_mb=1500.0,
+            ),
+            inputs=BandInputs(normalization=normalization_of(results, "L", frames)),
         )
     finally:
         reader.close()

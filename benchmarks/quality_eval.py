@@ -216,15 +216,25 @@ def weights_tbqr(gdf, ldf, grid, *, abg=(0.4, 0.3, 0.3), adaptive=False, star_mi
 # ----------------------------------------------------------------------------- stacks
 
 
-def run_stack(cube, vcube, grid, weights, background, *, classical=None, **kw) -> dict:
+def run_stack(
+    cube, vcube, grid, weights, background, *, classical=None, synthetic="global", **inputs
+) -> dict:
     """Whole-image §9 reconstruction (optionally full-mode synthetic frames, classical)."""
+    from tilestack.reconstruction import BandInputs, BandOptions
     from tilestack.stacking import stack_frames
 
     w = np.asarray(weights, np.float64)
     if w.ndim == 1:
         w = np.repeat(w[:, None], grid.n_tiles, axis=1)
     return stack_frames(
-        cube, grid, w, background, valid=vcube, band_rows=256, classical=classical, **kw
+        cube,
+        grid,
+        w,
+        background,
+        valid=vcube,
+        band_rows=256,
+        options=BandOptions(synthetic=synthetic),
+        inputs=BandInputs(classical=classical, **inputs),
     )
 
 

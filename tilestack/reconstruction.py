@@ -87,69 +87,91 @@ def _tile_norm_arrays(tile_offset, tile_scale, n_frames, n_tiles):
     return off, sc
 
 
-def reconstruct_band(
-    reader: Reader,
-    n_frames: int,
-    y0: int,
-    y1: int,
-    grid: TileGrid,
-    weights: np.ndarray,
-    background: np.ndarray,
-    *,
-    rejection: bool = True,
-    kappa_low: float = 4.0,
-    kappa_high: float = 4.0,
-    max_iter: int = 3,
-    min_keep: float = 0.5,
-    signal_tolerance: float = 0.0,
-    epsilon: float = 1e-6,
-    memory_mb: float = 2000.0,
-    scale: float | None = None,
-    tile_normalization: str = "none",
-    tile_offset: np.ndarray | None = None,
-    tile_scale: np.ndarray | None = None,
-    classical: tuple[np.ndarray, np.ndarray] | None = None,
-    classical_kappa: float = 3.0,
-    clusters: np.ndarray | None = None,
-    synthetic: str = "global",
-    G: np.ndarray | None = None,
-    cluster_weights: np.ndarray | None = None,
-    normalization: tuple[np.ndarray, Sequence] | None = None,
-) -> BandResult:
-    """Reconstruct rows ``[y0, y1)`` of one channel from ``n_frames`` registered frames.
+@dataclass(frozen=True)
+class BandOptions:
+    """Scalar settings of a band reconstruction (the ``reconstruction`` config section).
 
-    ``reader(f, a, b)`` returns rows ``a..b-1`` of frame ``f``: raw float32 values (NaN outside
-    the frame) and the uint8 validity mask. ``weights[f, t] = W_{f,t}`` (§8), ``background[f]
-    = B_f`` (§5): samples are normalized ``I = X / B_f`` and the result is multiplied by
-    ``scale`` (default ``median_f B_f``) so the stack is in ADU and linear in the inputs.
+    ``rejection`` switches §9 sigma clipping at ``kappa_low``/``kappa_high`` (at most
+    ``max_iter`` passes, keeping at least ``min_keep`` of the samples); ``signal_tolerance``:
+    the rejection scale is at least this fraction of a pixel's signal above the sky, so stars
+    are not reshaped by clipping the frames' seeing differences. ``scale`` multiplies the
+    result (default ``median_f B_f``, 1 with revision-2 normalization); ``classical_kappa``:
+    the classical stack's clipping; ``synthetic``: ``global`` or ``tile_weighted`` (full mode).
+    """
+
+    rejection: bool = True
+    kappa_low: float = 4.0
+    kappa_high: float = 4.0
+    max_iter: int = 3
+    min_keep: float = 0.5
+    signal_tolerance: float = 0.0
+    epsilon: float = 1e-6
+    memory_mb: float = 2000.0
+    scale: float | None = None
+    tile_normalization: str = "none"
+    classical_kappa: float = 3.0
+    synthetic: str = "global"
+
+
+@dataclass(frozen=True)
+class BandInputs:
+    """Optional per-frame inputs of a band reconstruction, beside the weights and backgrounds.
 
     ``classical=(median_f, mad_f)`` of the raw frames: also the classical stack in ADU
-    (:func:`addscale_factors` normalization, equal weights, Siril-style sigma clipping at
-    ``classical_kappa``). ``clusters[f]`` (full mode): synthetic frames per cluster,
-    ``synthetic='global'`` (weights ``G``) or ``'tile_weighted'`` (§9 within the cluster), and
-    ``stack`` = their mean, or the ``cluster_weights``-weighted mean when given.
-
-    ``signal_tolerance``: the rejection scale is at least this fraction of a pixel's signal
-    above the sky, so stars are not reshaped by clipping the frames' seeing differences.
-
-    ``normalization=(s, surfaces)`` (revision 2, §5): samples are ``I = s_f·X − S_f`` with
-    ``surfaces[f]`` a :class:`tilestack.normalization.Surface`; ``background`` is then only
-    reported, the stack stays on the reference frame's scale (``scale`` 1), and the classical
-    stack is the equal-weight clipped mean of the same ``I``.
+    (:func:`addscale_factors` normalization, equal weights, Siril-style sigma clipping).
+    ``clusters[f]`` (full mode): synthetic frames per cluster, weighted by ``G`` (``global``)
+    or §9 within the cluster (``tile_weighted``); the stack is their mean, or the
+    ``cluster_weights``-weighted mean when given. ``tile_offset``/``tile_scale`` (frame x
+    tile): the v3 ``background_scale`` tile normalization. ``normalization=(s, surfaces)``
+    (revision 2, §5): samples are ``I = s_f·X − S_f`` with ``surfaces[f]`` a
+    :class:`tilestack.normalization.Surface`.
     """
-    n = int(n_frames)
-    if n < 1:
-        raise InputError("reconstruction: no registered frames")
-    if not (0 <= y0 < y1 <= grid.height):
-        raise ConfigError(f"reconstruction: band rows [{y0}, {y1}) outside 0..{grid.height}")
-    width = grid.width
+
+    classical: tuple[np.ndarray, np.ndarray] | None = None
+    clusters: np.ndarray | None = None
+    G: np.ndarray | None = None
+    cluster_weights: np.ndarray | None = None
+    tile_offset: np.ndarray | None = None
+    tile_scale: np.ndarray | None = None
+    normalization: tuple[np.ndarray, Sequence] | None = None
+
+
+@dataclass
+class _Prepared:
+    """Everything the kernel needs besides the samples, derived once per band."""
+
+    w_ft: np.ndarray
+    inv_b: np.ndarray
+    s_f: np.ndarray | None
+    surfaces: list | None
+    scale: float
+    rej_sky: float
+    tile_ok: np.ndarray
+    tnorm: bool
+    toff: np.ndarray
+    tsc: np.ndarray
+    restore: tuple[float, float]
+    labels: np.ndarray
+    n_clusters: int
+    syn_mode: int
+    g_f: np.ndarray
+    cl_ok: np.ndarray
+    c_med: np.ndarray
+    c_fac: np.ndarray
+    c_ref: float
+
+
+def _frame_scaling(n, weights, background, grid, opts: BandOptions, inputs: BandInputs):
+    """Weights, ``1/B_f`` (or revision-2 ``s_f`` and surfaces), output scale and sky level."""
     w_ft = np.ascontiguousarray(weights, dtype=np.float64).reshape(n, grid.n_tiles)
     w_ft = np.where(np.isfinite(w_ft) & (w_ft > 0), w_ft, 0.0)
     bg = np.asarray(background, dtype=np.float64).reshape(n)
-    if normalization is not None:
-        s_f = np.asarray(normalization[0], np.float64).reshape(n)
+    scale = opts.scale
+    s_f = surfaces = None
+    if inputs.normalization is not None:
+        s_f = np.asarray(inputs.normalization[0], np.float64).reshape(n)
         s_f = np.where(np.isfinite(s_f) & (s_f > 0), s_f, 1.0).astype(np.float32)
-        surfaces = list(normalization[1])
+        surfaces = list(inputs.normalization[1])
         inv_b = np.ones(n, np.float64)
         if scale is None:
             scale = 1.0
@@ -160,61 +182,171 @@ def reconstruct_band(
         fin = bg[np.isfinite(bg)]
         scale = float(np.median(fin)) if fin.size else 1.0
     # the sky level of the normalized samples: rejection tolerates spread above it (stars)
-    if normalization is not None:
+    if inputs.normalization is not None:
         lv = s_f * bg - np.array([float(np.mean(sf.grid)) for sf in surfaces])
     else:
         lv = bg * inv_b
     lv = lv[np.isfinite(lv)]
     rej_sky = float(np.median(lv)) if lv.size else 0.0
-    tile_ok = w_ft.sum(axis=0) >= epsilon
-    w_tf = np.ascontiguousarray(w_ft.T)
+    return w_ft, inv_b, s_f, surfaces, scale, rej_sky
 
-    if tile_normalization == "none":
-        tnorm = False
+
+def _tile_normalization(n, grid, opts: BandOptions, inputs: BandInputs):
+    """``(on, offsets, scales, restore)`` of the v3 per-tile normalization."""
+    if opts.tile_normalization == "none":
         toff = tsc = np.zeros((1, 1), np.float64)
-        restore = (1.0, 0.0)
-    elif tile_normalization == "background_scale":
-        tnorm = True
-        toff, tsc = _tile_norm_arrays(tile_offset, tile_scale, n, grid.n_tiles)
-        restore = (float(np.median(tsc)), float(np.median(toff)))
+        return False, toff, tsc, (1.0, 0.0)
+    if opts.tile_normalization == "background_scale":
+        toff, tsc = _tile_norm_arrays(inputs.tile_offset, inputs.tile_scale, n, grid.n_tiles)
+        return True, toff, tsc, (float(np.median(tsc)), float(np.median(toff)))
+    raise ConfigError(
+        f"reconstruction.tile_normalization: unknown value {opts.tile_normalization!r}"
+        " (none | background_scale)"
+    )
+
+
+def _cluster_setup(n, grid, w_ft, opts: BandOptions, inputs: BandInputs):
+    """``(labels, n_clusters, syn_mode, G_f, cluster_tile_ok)``; no clusters: mode 0."""
+    if inputs.clusters is None:
+        labels = np.zeros(n, np.int64)
+        return labels, 0, 0, np.ones(n, np.float64), np.ones((1, grid.n_tiles), np.bool_)
+    labels = np.ascontiguousarray(inputs.clusters, dtype=np.int64).reshape(n)
+    n_clusters = int(labels.max()) + 1
+    if labels.min() < 0:
+        raise ConfigError("reconstruction: cluster labels must be >= 0")
+    if opts.synthetic == "global":
+        syn_mode = 1
+    elif opts.synthetic == "tile_weighted":
+        syn_mode = 2
     else:
         raise ConfigError(
-            f"reconstruction.tile_normalization: unknown value {tile_normalization!r}"
-            " (none | background_scale)"
+            f"synthetic.weighting: unknown value {opts.synthetic!r} (global | tile_weighted)"
         )
+    G = inputs.G
+    g_f = np.ascontiguousarray(G if G is not None else np.ones(n), np.float64).reshape(n)
+    cl_ok = np.zeros((n_clusters, grid.n_tiles), np.bool_)
+    for k in range(n_clusters):
+        cl_ok[k] = w_ft[labels == k].sum(axis=0) >= opts.epsilon
+    return labels, n_clusters, syn_mode, g_f, cl_ok
 
-    if clusters is not None:
-        labels = np.ascontiguousarray(clusters, dtype=np.int64).reshape(n)
-        n_clusters = int(labels.max()) + 1
-        if labels.min() < 0:
-            raise ConfigError("reconstruction: cluster labels must be >= 0")
-        if synthetic == "global":
-            syn_mode = 1
-        elif synthetic == "tile_weighted":
-            syn_mode = 2
-        else:
-            raise ConfigError(
-                f"synthetic.weighting: unknown value {synthetic!r} (global | tile_weighted)"
-            )
-        g_f = np.ascontiguousarray(G if G is not None else np.ones(n), np.float64).reshape(n)
-        cl_ok = np.zeros((n_clusters, grid.n_tiles), np.bool_)
-        for k in range(n_clusters):
-            cl_ok[k] = w_ft[labels == k].sum(axis=0) >= epsilon
-    else:
-        labels = np.zeros(n, np.int64)
-        n_clusters, syn_mode = 0, 0
-        g_f = np.ones(n, np.float64)
-        cl_ok = np.ones((1, grid.n_tiles), np.bool_)
 
-    if classical is not None and normalization is not None:
+def _prepare(n, grid, weights, background, opts: BandOptions, inputs: BandInputs) -> _Prepared:
+    w_ft, inv_b, s_f, surfaces, scale, rej_sky = _frame_scaling(
+        n, weights, background, grid, opts, inputs
+    )
+    tile_ok = w_ft.sum(axis=0) >= opts.epsilon
+    tnorm, toff, tsc, restore = _tile_normalization(n, grid, opts, inputs)
+    labels, n_clusters, syn_mode, g_f, cl_ok = _cluster_setup(n, grid, w_ft, opts, inputs)
+    classical = inputs.classical
+    if classical is not None and inputs.normalization is not None:
         c_med, c_fac, c_ref = np.zeros(n), np.ones(n), 0.0
     elif classical is not None:
         c_med, c_fac, c_ref = addscale_factors(*classical)
     else:
         c_med = c_fac = np.zeros(n)
         c_ref = 0.0
+    return _Prepared(
+        w_ft, inv_b, s_f, surfaces, scale, rej_sky, tile_ok, tnorm, toff, tsc, restore,
+        labels, n_clusters, syn_mode, g_f, cl_ok, c_med, c_fac, c_ref,
+    )  # fmt: skip
 
-    colt, colw, coln = _axis_cover(grid.xs, grid.col_windows(), 0, width)
+
+def _run_kernel(data, valid, m, p: _Prepared, w_tf, rows, cols, grid, opts, classical, outs):
+    """One chunk through :func:`tilestack.kernels.band_kernel` (numba takes scalars only)."""
+    rowt, roww, rown = rows
+    colt, colw, coln = cols
+    o_rec, o_w, o_cov, o_kept, o_syn, o_cls = outs
+    kernels.band_kernel(
+        data,
+        valid,
+        m,
+        p.inv_b,
+        w_tf,
+        p.tile_ok,
+        rowt,
+        roww,
+        rown,
+        colt,
+        colw,
+        coln,
+        grid.nx,
+        bool(opts.rejection),
+        float(opts.kappa_low),
+        float(opts.kappa_high),
+        int(opts.max_iter),
+        float(opts.min_keep),
+        float(p.rej_sky),
+        float(opts.signal_tolerance),
+        p.tnorm,
+        p.toff,
+        p.tsc,
+        p.labels,
+        p.n_clusters,
+        p.syn_mode,
+        p.g_f,
+        p.cl_ok,
+        classical,
+        p.c_med,
+        p.c_fac,
+        float(p.c_ref),
+        float(opts.classical_kappa),
+        o_rec,
+        o_w,
+        o_cov,
+        o_kept,
+        o_syn,
+        o_cls,
+    )
+
+
+def _read_chunk(reader: Reader, n, a, b, p: _Prepared, data, valid) -> None:
+    """Rows ``a..b-1`` of every frame into ``data``/``valid`` (revision 2: ``s_f·X − S_f``)."""
+    m = b - a
+    for f in range(n):
+        d, v = reader(f, a, b)
+        if p.s_f is not None:
+            np.multiply(d, p.s_f[f], out=data[f, :m])
+            data[f, :m] -= p.surfaces[f].rows(a, b)
+        else:
+            data[f, :m] = d
+        valid[f, :m] = v
+
+
+def reconstruct_band(
+    reader: Reader,
+    n_frames: int,
+    y0: int,
+    y1: int,
+    grid: TileGrid,
+    weights: np.ndarray,
+    background: np.ndarray,
+    options: BandOptions | None = None,
+    inputs: BandInputs | None = None,
+) -> BandResult:
+    """Reconstruct rows ``[y0, y1)`` of one channel from ``n_frames`` registered frames.
+
+    ``reader(f, a, b)`` returns rows ``a..b-1`` of frame ``f``: raw float32 values (NaN outside
+    the frame) and the uint8 validity mask. ``weights[f, t] = W_{f,t}`` (§8), ``background[f]
+    = B_f`` (§5): samples are normalized ``I = X / B_f`` and the result is multiplied by
+    ``options.scale`` (default ``median_f B_f``) so the stack is in ADU and linear in the inputs.
+    With ``inputs.normalization`` (revision 2) ``background`` is only reported, the stack stays
+    on the reference frame's scale (``scale`` 1), and the classical stack is the equal-weight
+    clipped mean of the same ``I``. See :class:`BandOptions` and :class:`BandInputs`.
+    """
+    opts = options or BandOptions()
+    inputs = inputs or BandInputs()
+    n = int(n_frames)
+    if n < 1:
+        raise InputError("reconstruction: no registered frames")
+    if not (0 <= y0 < y1 <= grid.height):
+        raise ConfigError(f"reconstruction: band rows [{y0}, {y1}) outside 0..{grid.height}")
+    width = grid.width
+    p = _prepare(n, grid, weights, background, opts, inputs)
+    w_tf = np.ascontiguousarray(p.w_ft.T)
+    has_cls = inputs.classical is not None
+    n_clusters = p.n_clusters
+
+    cols = _axis_cover(grid.xs, grid.col_windows(), 0, width)
     rowt_all, roww_all, rown_all = _axis_cover(grid.ys, grid.row_windows(), y0, y1)
 
     rows = y1 - y0
@@ -223,23 +355,16 @@ def reconstruct_band(
     cov = np.empty((rows, width), np.uint16)
     kept = np.empty((rows, width), np.uint16)
     syn = np.empty((n_clusters, rows, width), np.float32) if n_clusters else None
-    cls = np.empty((rows, width), np.float32) if classical is not None else None
+    cls = np.empty((rows, width), np.float32) if has_cls else None
 
-    chunk = min(rows, rows_per_chunk(n, width, memory_mb))
+    chunk = min(rows, rows_per_chunk(n, width, opts.memory_mb))
     data = np.empty((n, chunk, width), np.float32)
     valid = np.empty((n, chunk, width), np.uint8)
-    outs = kernels.empty_like_outputs(chunk, width, n_clusters, classical is not None)
+    outs = kernels.empty_like_outputs(chunk, width, n_clusters, has_cls)
     for a in range(y0, y1, chunk):
         b = min(a + chunk, y1)
         m = b - a
-        for f in range(n):
-            d, v = reader(f, a, b)
-            if normalization is not None:
-                np.multiply(d, s_f[f], out=data[f, :m])
-                data[f, :m] -= surfaces[f].rows(a, b)
-            else:
-                data[f, :m] = d
-            valid[f, :m] = v
+        _read_chunk(reader, n, a, b, p, data, valid)
         o_rec, o_w, o_cov, o_kept, o_syn, o_cls = outs
         r0 = a - y0
         rowt, roww, rown = (arr[r0 : r0 + m] for arr in (rowt_all, roww_all, rown_all))
@@ -248,64 +373,21 @@ def reconstruct_band(
             rowt = np.concatenate([rowt, np.repeat(rowt[-1:], pad, 0)])
             roww = np.concatenate([roww, np.repeat(roww[-1:], pad, 0)])
             rown = np.concatenate([rown, np.repeat(rown[-1:], pad, 0)])
-        kernels.band_kernel(
-            data,
-            valid,
-            m,
-            inv_b,
-            w_tf,
-            tile_ok,
-            rowt,
-            roww,
-            rown,
-            colt,
-            colw,
-            coln,
-            grid.nx,
-            bool(rejection),
-            float(kappa_low),
-            float(kappa_high),
-            int(max_iter),
-            float(min_keep),
-            float(rej_sky),
-            float(signal_tolerance),
-            tnorm,
-            toff,
-            tsc,
-            labels,
-            n_clusters,
-            syn_mode,
-            g_f,
-            cl_ok,
-            classical is not None,
-            c_med,
-            c_fac,
-            float(c_ref),
-            float(classical_kappa),
-            o_rec,
-            o_w,
-            o_cov,
-            o_kept,
-            o_syn,
-            o_cls,
-        )
+        _run_kernel(data, valid, m, p, w_tf, (rowt, roww, rown), cols, grid, opts, has_cls, outs)
         res = o_rec[:m]
-        if tnorm:
-            res = res * restore[0] + restore[1]
-        rec[r0 : r0 + m] = res * scale
+        if p.tnorm:
+            res = res * p.restore[0] + p.restore[1]
+        rec[r0 : r0 + m] = res * p.scale
         wmap[r0 : r0 + m] = o_w[:m]
         cov[r0 : r0 + m] = np.minimum(o_cov[:m], 65535)
         kept[r0 : r0 + m] = np.minimum(o_kept[:m], 65535)
         if syn is not None:
-            syn[:, r0 : r0 + m] = o_syn[:n_clusters, :m] * scale
+            syn[:, r0 : r0 + m] = o_syn[:n_clusters, :m] * p.scale
         if cls is not None:
             cls[r0 : r0 + m] = o_cls[:m]
     del data, valid, outs
 
-    if syn is not None:
-        stack = combine_synthetic(syn, cluster_weights)
-    else:
-        stack = rec
+    stack = combine_synthetic(syn, inputs.cluster_weights) if syn is not None else rec
     return BandResult(
         y0=int(y0),
         y1=int(y1),
@@ -314,11 +396,16 @@ def reconstruct_band(
         weight=wmap,
         coverage=cov,
         kept=kept,
-        fallback=~tile_ok,
+        fallback=~p.tile_ok,
         classical=cls,
         synthetic=syn,
-        cluster_fallback=~cl_ok if n_clusters else None,
-        meta={"scale": float(scale), "n_frames": n, "n_clusters": n_clusters, "chunk_rows": chunk},
+        cluster_fallback=~p.cl_ok if n_clusters else None,
+        meta={
+            "scale": float(p.scale),
+            "n_frames": n,
+            "n_clusters": n_clusters,
+            "chunk_rows": chunk,
+        },
     )
 
 

@@ -10,6 +10,8 @@ import numpy as np
 
 from tilestack.errors import ConfigError, InputError
 from tilestack.reconstruction import (
+    BandInputs,
+    BandOptions,
     BandResult,
     array_reader,
     assemble_bands,
@@ -22,6 +24,8 @@ from tilestack.synthetic import cluster_quality_weights
 from tilestack.tiles import TileGrid
 
 __all__ = [
+    "BandInputs",
+    "BandOptions",
     "BandResult",
     "assemble_bands",
     "band_ranges",
@@ -60,13 +64,14 @@ def stack_frames(
     background: np.ndarray,
     valid: np.ndarray | None = None,
     band_rows: int | None = None,
-    **kwargs,
+    options: BandOptions | None = None,
+    inputs: BandInputs | None = None,
 ) -> dict:
     """Whole-image reconstruction of in-memory frames ``(N, H, W)`` via bands (tests, tools)."""
     n, h, _ = frames.shape
     reader = array_reader(frames, valid)
     bands = [
-        reconstruct_band(reader, n, a, b, grid, weights, background, **kwargs)
+        reconstruct_band(reader, n, a, b, grid, weights, background, options, inputs)
         for a, b in band_ranges(h, band_rows or h)
     ]
     return assemble_bands(bands, height=h)
@@ -126,14 +131,13 @@ def reconstruct_channel_band(
     stems = g["stem"].astype(str).tolist()
     weights = weight_matrix(local_df, frames, grid.n_tiles)
     rc = reconstruction
-    kwargs = {}
+    inputs = {"classical": (g["median"].to_numpy(np.float64), g["mad"].to_numpy(np.float64))}
     if clusters is not None:
         from tilestack.synthetic import cluster_labels
 
         labels = cluster_labels(pd.DataFrame(clusters), frames)
-        kwargs = {
+        inputs |= {
             "clusters": labels,
-            "synthetic": (synthetic or {}).get("weighting", "global"),
             "G": g["G"].to_numpy(np.float64),
             "cluster_weights": final_cluster_weights(
                 (final or {}).get("cluster_weighting", "quality"),
@@ -143,10 +147,26 @@ def reconstruct_channel_band(
         }
     if rc["tile_normalization"] == "background_scale":
         # v3 rule (conformance studies): per frame x tile median and MAD of I.
-        kwargs["tile_offset"] = weight_matrix(local_df, frames, grid.n_tiles, "B_local")
-        kwargs["tile_scale"] = weight_matrix(local_df, frames, grid.n_tiles, "S_local")
+        inputs["tile_offset"] = weight_matrix(local_df, frames, grid.n_tiles, "B_local")
+        inputs["tile_scale"] = weight_matrix(local_df, frames, grid.n_tiles, "S_local")
     if normalization_df is not None:
-        kwargs["normalization"] = surfaces_for(normalization_df, frames)
+        inputs["normalization"] = surfaces_for(normalization_df, frames)
+    options = BandOptions(
+        rejection=bool(rc["rejection"]),
+        kappa_low=float(rc["kappa_low"]),
+        kappa_high=float(rc["kappa_high"]),
+        max_iter=int(rc["max_iterations"]),
+        min_keep=float(rc["min_keep_fraction"]),
+        signal_tolerance=float(rc.get("signal_tolerance", 0.0))
+        if normalization_df is not None
+        else 0.0,
+        epsilon=float(rc["epsilon"]),
+        memory_mb=float(memory_mb),
+        tile_normalization=rc["tile_normalization"],
+        synthetic=(synthetic or {}).get("weighting", "global")
+        if clusters is not None
+        else "global",
+    )
     reader = RegisteredReader(list(registered_paths), stems)
     try:
         return reconstruct_band(
@@ -157,19 +177,8 @@ def reconstruct_channel_band(
             grid,
             weights,
             g["B"].to_numpy(np.float64),
-            rejection=bool(rc["rejection"]),
-            kappa_low=float(rc["kappa_low"]),
-            kappa_high=float(rc["kappa_high"]),
-            max_iter=int(rc["max_iterations"]),
-            min_keep=float(rc["min_keep_fraction"]),
-            signal_tolerance=float(rc.get("signal_tolerance", 0.0))
-            if normalization_df is not None
-            else 0.0,
-            epsilon=float(rc["epsilon"]),
-            memory_mb=float(memory_mb),
-            tile_normalization=rc["tile_normalization"],
-            classical=(g["median"].to_numpy(np.float64), g["mad"].to_numpy(np.float64)),
-            **kwargs,
+            options,
+            BandInputs(**inputs),
         )
     finally:
         reader.close()

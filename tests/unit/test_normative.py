@@ -9,7 +9,7 @@ from tilestack.clustering import cluster_frames, state_vectors
 from tilestack.errors import ConfigError
 from tilestack.metrics.global_metrics import frame_global_metrics, global_weights
 from tilestack.metrics.local import frame_tile_metrics, local_weights, weight_matrix
-from tilestack.reconstruction import array_reader, reconstruct_band
+from tilestack.reconstruction import BandInputs, BandOptions, array_reader, reconstruct_band
 from tilestack.tiles import TileGrid
 
 N, S = 12, 96
@@ -66,8 +66,7 @@ def run_channel(frames, xy, clusters=True):
         grid,
         w,
         gw["B"].to_numpy(),
-        classical=(gw["median"].to_numpy(), gw["mad"].to_numpy()),
-        **kw,
+        inputs=BandInputs(classical=(gw["median"].to_numpy(), gw["mad"].to_numpy()), **kw),
     )
     return dict(global_=gw, local=lw, weights=w, result=r, grid=grid)
 
@@ -140,7 +139,9 @@ def test_5_zero_weight_tile_falls_back_without_nan(channels, baseline):
     w[:, 0] = 0.0  # D_0 = 0 < eps
     w[:, 1] = 1e-9  # D_1 < eps too
     bg = b["global_"]["B"].to_numpy()
-    r = reconstruct_band(array_reader(frames), N, 0, S, b["grid"], w, bg, rejection=False)
+    r = reconstruct_band(
+        array_reader(frames), N, 0, S, b["grid"], w, bg, options=BandOptions(rejection=False)
+    )
     assert r.fallback[0] and r.fallback[1] and not r.fallback[2:].any()
     assert np.isfinite(r.recon).all() and np.isfinite(r.weight).all()
     y0, y1, x0, x1 = b["grid"].tiles[0]
@@ -175,9 +176,9 @@ def test_7_no_frame_selection(channels, baseline):
     for f in {0, worst, N - 1}:
         bumped = frames.copy()
         bumped[f, 60:70, 60:70] += 3.0
-        kw = dict(rejection=False)  # outlier rejection is per pixel, not per frame
-        r = reconstruct_band(array_reader(bumped), N, 0, S, b["grid"], b["weights"], bg, **kw)
-        base = reconstruct_band(array_reader(frames), N, 0, S, b["grid"], b["weights"], bg, **kw)
+        options = BandOptions(rejection=False)  # outlier rejection is per pixel, not per frame
+        r = reconstruct_band(array_reader(bumped), N, 0, S, b["grid"], b["weights"], bg, options)
+        base = reconstruct_band(array_reader(frames), N, 0, S, b["grid"], b["weights"], bg, options)
         assert (r.recon[60:70, 60:70] > base.recon[60:70, 60:70]).all()
 
 

@@ -72,7 +72,7 @@ def stacks(tmp_path_factory):
         w,
         gdf["B"].to_numpy(),
         valid=valid,
-        classical=(gdf["median"].to_numpy(), gdf["mad"].to_numpy()),
+        inputs=stacking.BandInputs(classical=(gdf["median"].to_numpy(), gdf["mad"].to_numpy())),
     )
     covered = ((valid > 0) & np.isfinite(cube)).any(axis=0)  # the truth grid is no frame's grid
     return night, res["stack"], res["classical"], covered

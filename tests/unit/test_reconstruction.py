@@ -3,6 +3,8 @@ import pytest
 
 from tilestack.errors import ConfigError, InputError
 from tilestack.reconstruction import (
+    BandInputs,
+    BandOptions,
     addscale_factors,
     array_reader,
     assemble_bands,
@@ -82,9 +84,9 @@ def test_matches_reference_implementation(data, overlap):
 def test_bands_and_memory_budget_do_not_change_pixels(data):
     frames, valid, grid, weights, bg = data
     reader = array_reader(frames, valid)
-    full = reconstruct_band(reader, N, 0, H, grid, weights, bg, memory_mb=100)
+    full = reconstruct_band(reader, N, 0, H, grid, weights, bg, options=BandOptions(memory_mb=100))
     parts = [
-        reconstruct_band(reader, N, a, b, grid, weights, bg, memory_mb=0.01)
+        reconstruct_band(reader, N, a, b, grid, weights, bg, options=BandOptions(memory_mb=0.01))
         for a, b in band_ranges(H, 13)
     ]
     assert parts[0].meta["chunk_rows"] < 13
@@ -110,7 +112,14 @@ def test_classical_addscale_stack(data):
     med = np.array([np.nanmedian(f) for f in frames])
     mad = np.array([np.nanmedian(np.abs(f - m)) for f, m in zip(frames, med, strict=True)])
     r = reconstruct_band(
-        array_reader(frames, valid), N, 0, H, grid, weights, bg, classical=(med, mad)
+        array_reader(frames, valid),
+        N,
+        0,
+        H,
+        grid,
+        weights,
+        bg,
+        inputs=BandInputs(classical=(med, mad)),
     )
     c_med, fac, ref = addscale_factors(med, mad)
     x = (frames.astype(np.float64) - c_med[:, None, None]) * fac[:, None, None] + ref
@@ -133,23 +142,56 @@ def test_synthetic_global_and_tile_weighted(data):
     labels = np.arange(N) % 3
     g = np.random.default_rng(1).uniform(0.1, 5, N)
     reader = array_reader(frames, valid)
-    r = reconstruct_band(reader, N, 0, H, grid, weights, bg, rejection=False, clusters=labels, G=g)
+    r = reconstruct_band(
+        reader,
+        N,
+        0,
+        H,
+        grid,
+        weights,
+        bg,
+        options=BandOptions(rejection=False),
+        inputs=BandInputs(clusters=labels, G=g),
+    )
     norm = np.where(valid > 0, frames / bg[:, None, None], np.nan)
     ref = synthetic_global(norm, g, labels) * np.median(bg)
     np.testing.assert_allclose(r.synthetic, ref, rtol=2e-6)
     np.testing.assert_allclose(r.stack, np.mean(r.synthetic, axis=0), rtol=1e-6)
     # Quality-weighted final: heavier cluster pulls the result towards its synthetic frame.
     rq = reconstruct_band(
-        reader, N, 0, H, grid, weights, bg, clusters=labels, G=g, cluster_weights=[1, 0, 0]
+        reader,
+        N,
+        0,
+        H,
+        grid,
+        weights,
+        bg,
+        inputs=BandInputs(clusters=labels, G=g, cluster_weights=[1, 0, 0]),
     )
     np.testing.assert_allclose(rq.stack, rq.synthetic[0], rtol=1e-6)
     # tile_weighted with a single cluster is exactly the §9 reconstruction.
     one = reconstruct_band(
-        reader, N, 0, H, grid, weights, bg, clusters=np.zeros(N, int), synthetic="tile_weighted"
+        reader,
+        N,
+        0,
+        H,
+        grid,
+        weights,
+        bg,
+        options=BandOptions(synthetic="tile_weighted"),
+        inputs=BandInputs(clusters=np.zeros(N, int)),
     )
     np.testing.assert_allclose(one.synthetic[0], one.recon, rtol=1e-6)
     tw = reconstruct_band(
-        reader, N, 0, H, grid, weights, bg, clusters=labels, synthetic="tile_weighted"
+        reader,
+        N,
+        0,
+        H,
+        grid,
+        weights,
+        bg,
+        options=BandOptions(synthetic="tile_weighted"),
+        inputs=BandInputs(clusters=labels),
     )
     for k in range(3):
         sel = labels == k
@@ -161,8 +203,7 @@ def test_synthetic_global_and_tile_weighted(data):
             grid,
             weights[sel],
             bg[sel],
-            rejection=False,
-            scale=np.median(bg),
+            options=BandOptions(rejection=False, scale=np.median(bg)),
         )
         # Away from rejected samples the cluster frame equals §9 on the cluster's frames.
         same = tw.kept == tw.coverage
@@ -181,19 +222,34 @@ def test_background_scale_option(data):
         grid,
         weights,
         bg,
-        tile_normalization="background_scale",
-        tile_offset=off,
-        tile_scale=sc,
+        options=BandOptions(tile_normalization="background_scale"),
+        inputs=BandInputs(tile_offset=off, tile_scale=sc),
     )
     plain = reconstruct_band(array_reader(frames, valid), N, 0, H, grid, weights, bg)
     # Constant offsets/scales are undone exactly by the global restore.
     np.testing.assert_allclose(r.recon, plain.recon, rtol=1e-5)
     with pytest.raises(ConfigError):
         reconstruct_band(
-            array_reader(frames), N, 0, H, grid, weights, bg, tile_normalization="background_scale"
+            array_reader(frames),
+            N,
+            0,
+            H,
+            grid,
+            weights,
+            bg,
+            options=BandOptions(tile_normalization="background_scale"),
         )
     with pytest.raises(ConfigError):
-        reconstruct_band(array_reader(frames), N, 0, H, grid, weights, bg, tile_normalization="x")
+        reconstruct_band(
+            array_reader(frames),
+            N,
+            0,
+            H,
+            grid,
+            weights,
+            bg,
+            options=BandOptions(tile_normalization="x"),
+        )
 
 
 def test_pixel_without_valid_samples():
@@ -212,14 +268,23 @@ def test_pixel_without_valid_samples():
 def test_save_load_assemble(tmp_path, data):
     frames, valid, grid, weights, bg = data
     out = stack_frames(
-        frames, grid, weights, bg, valid=valid, band_rows=20, clusters=np.arange(N) % 2
+        frames,
+        grid,
+        weights,
+        bg,
+        valid=valid,
+        band_rows=20,
+        inputs=BandInputs(clusters=np.arange(N) % 2),
     )
     paths = []
     reader = array_reader(frames, valid)
     for i, (a, b) in enumerate(band_ranges(H, 20)):
         p = tmp_path / f"band_{i:03d}.npz"
         save_band(
-            p, reconstruct_band(reader, N, a, b, grid, weights, bg, clusters=np.arange(N) % 2)
+            p,
+            reconstruct_band(
+                reader, N, a, b, grid, weights, bg, inputs=BandInputs(clusters=np.arange(N) % 2)
+            ),
         )
         paths.append(p)
     back = assemble_bands(paths[::-1], height=H)

@@ -20,7 +20,7 @@ from tilestack.normalization import (
     photometric_scale,
     surface_rows,
 )
-from tilestack.reconstruction import array_reader, reconstruct_band
+from tilestack.reconstruction import BandInputs, array_reader, reconstruct_band
 from tilestack.tiles import TileGrid
 
 SIZE = 256
@@ -92,8 +92,10 @@ def stack(frames, g, local, sharpen=0.5):
         GRID,
         w,
         g["B"].to_numpy(),
-        classical=(g["median"].to_numpy(), g["mad"].to_numpy()),
-        normalization=(g["s"].to_numpy(), surfaces),
+        inputs=BandInputs(
+            classical=(g["median"].to_numpy(), g["mad"].to_numpy()),
+            normalization=(g["s"].to_numpy(), surfaces),
+        ),
     )
     return gw, lw, res
 
