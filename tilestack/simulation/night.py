@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -314,48 +314,9 @@ def _write_truth_fits(path, planes, names, fwhm):
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
 
 
-def simulate_night(
-    out_dir,
-    *,
-    n_frames: int = 60,
-    width: int = 1024,
-    height: int = 1024,
-    bayer: str | None = None,
-    seed: int = 0,
-    fwhm_range: tuple[float, float] = (1.8, 5.0),
-    seeing: str = "calm",
-    exposure: float = 10.0,
-    rotation_deg_total: float = 3.0,
-    meridian_flip: bool = False,
-    dither_px: float = 4.0,
-    drift_px: float = 1.0,
-    clouds: bool | int = True,
-    cloud_patches: int = 0,
-    haze: float = 0.02,
-    sky_ramp: float | None = None,
-    calibration: bool = False,
-    n_calib: int = 8,
-    bit_depth: int = 16,
-    star_density: float = 2000.0,
-    galaxy_density: float = 12.0,
-    nebula_amplitude: float = 40.0,
-    sky_level: float = 400.0,
-    gain: float = 1.0,
-    read_noise_e: float = 3.0,
-    bias_level: float = 500.0,
-    beta: float = 3.0,
-    corner_fwhm_growth: float = 0.2,
-    corner_ellipticity: float = 0.12,
-    cosmic_rate: float = 6.0,
-    satellite_fraction: float = 0.04,
-    min_bright_stars: int = 25,
-    saturated_per_mpx: float = 3.0,
-    start: str = "2024-03-14T21:00:00",
-    noise: bool = True,
-    stars: pd.DataFrame | None = None,
-    frame_overrides: dict[int, dict] | None = None,
-) -> SimulatedNight:
-    """Write a night of raw frames with known truth to ``out_dir`` (see module docstring).
+@dataclass(frozen=True)
+class NightSpec:
+    """Everything a simulated night is made from (the arguments of :func:`simulate_night`).
 
     Star fluxes are ADU per frame at transparency 1 (before vignetting); ``cosmic_rate`` is
     hits per megapixel per 10 s; ``bit_depth`` < 16 scales every level and the saturation.
@@ -376,94 +337,205 @@ def simulate_night(
     ``{5: {"transparency": 0.02}, 9: {"fwhm_px": 9.0, "rotation_deg": 90.0}}``; pose keys
     (rotation_deg, shift_x, shift_y) rebuild that frame's true transform.
     """
+
+    n_frames: int = 60
+    width: int = 1024
+    height: int = 1024
+    bayer: str | None = None
+    seed: int = 0
+    fwhm_range: tuple[float, float] = (1.8, 5.0)
+    seeing: str = "calm"
+    exposure: float = 10.0
+    rotation_deg_total: float = 3.0
+    meridian_flip: bool = False
+    dither_px: float = 4.0
+    drift_px: float = 1.0
+    clouds: bool | int = True
+    cloud_patches: int = 0
+    haze: float = 0.02
+    sky_ramp: float | None = None
+    calibration: bool = False
+    n_calib: int = 8
+    bit_depth: int = 16
+    star_density: float = 2000.0
+    galaxy_density: float = 12.0
+    nebula_amplitude: float = 40.0
+    sky_level: float = 400.0
+    gain: float = 1.0
+    read_noise_e: float = 3.0
+    bias_level: float = 500.0
+    beta: float = 3.0
+    corner_fwhm_growth: float = 0.2
+    corner_ellipticity: float = 0.12
+    cosmic_rate: float = 6.0
+    satellite_fraction: float = 0.04
+    min_bright_stars: int = 25
+    saturated_per_mpx: float = 3.0
+    start: str = "2024-03-14T21:00:00"
+    noise: bool = True
+    stars: pd.DataFrame | None = None
+    frame_overrides: dict[int, dict] | None = None
+
+
+def simulate_night(out_dir, spec: NightSpec | None = None, **fields) -> SimulatedNight:
+    """Write a night of raw frames with known truth to ``out_dir`` (see module docstring).
+
+    The night is ``spec`` (default :class:`NightSpec`) with ``fields`` replaced, e.g.
+    ``simulate_night(out, n_frames=40, bayer="RGGB")``; see :class:`NightSpec` for each field.
+    """
+    try:
+        s = replace(spec or NightSpec(), **fields)
+    except TypeError as err:
+        raise TypeError(f"simulate_night: {err}") from None
     _check(
-        n_frames,
-        width,
-        height,
-        bayer,
-        fwhm_range,
-        bit_depth,
-        seeing,
-        clouds,
-        haze,
-        sky_ramp,
-        cloud_patches,
+        s.n_frames,
+        s.width,
+        s.height,
+        s.bayer,
+        s.fwhm_range,
+        s.bit_depth,
+        s.seeing,
+        s.clouds,
+        s.haze,
+        s.sky_ramp,
+        s.cloud_patches,
     )
     out = Path(out_dir)
-    level = 2.0 ** (bit_depth - 16)
-    frames = timeline.make_timeline(
-        np.random.default_rng(np.random.SeedSequence([seed, 0])),
-        n_frames,
-        width,
-        height,
-        fwhm_range=fwhm_range,
-        seeing=seeing,
-        exposure=exposure,
-        rotation_deg_total=rotation_deg_total,
-        meridian_flip=meridian_flip,
-        dither_px=dither_px,
-        drift_px=drift_px,
-        clouds=clouds,
-        haze=haze,
-        sky_level=sky_level,
-        sky_ramp=sky_ramp,
-        satellite_fraction=satellite_fraction,
-        start=start,
+    frames, mats = _night_timeline(s)
+    scene = _night_scene(s, mats)
+    lights = _write_lights(out, s, frames, mats, scene)
+    bias, darks, flats = [], [], []
+    if s.calibration:
+        bias, darks, flats = _calibration_frames(
+            out,
+            scene.sensor,
+            s.bayer,
+            s.seed,
+            s.exposure,
+            s.n_calib,
+            frames["time"].iloc[0],
+            scene.ctx["level"],
+        )
+    stars = scene.stars.copy()
+    stars.insert(0, "id", np.arange(len(stars)))
+    stars["in_grid"] = (
+        (stars.x > -0.5) & (stars.x < s.width - 0.5) & (stars.y > -0.5) & (stars.y < s.height - 0.5)
     )
-    if cloud_patches:
-        rng_clouds = np.random.default_rng(np.random.SeedSequence([seed, 5]))
-        timeline.cloud_passages(rng_clouds, frames, width, height, cloud_patches)
-    if frame_overrides:
-        timeline.apply_overrides(frames, frame_overrides, width, height)
-    mats = timeline.matrices(frames)
-    margin = 8.0 * fwhm_range[1] + 10.0
-    box = _sky_box(mats, width, height, margin)
-    rng_sky = np.random.default_rng(np.random.SeedSequence([seed, 1]))
-    if stars is None:
+    params = _write_truth(out / "truth", s, frames, stars, scene)
+    return SimulatedNight(
+        out_dir=out,
+        lights=lights,
+        frames=frames,
+        stars=stars,
+        galaxies=scene.galaxies,
+        truth_image=out / "truth" / "truth.fits",
+        bayer=s.bayer,
+        width=s.width,
+        height=s.height,
+        seed=s.seed,
+        params=params,
+        bias=bias,
+        darks=darks,
+        flats=flats,
+    )
+
+
+@dataclass
+class _Scene:
+    """The sky seen by every frame and the sensor that records it."""
+
+    box: tuple
+    stars: pd.DataFrame
+    galaxies: pd.DataFrame
+    sensor: sens.Sensor
+    ctx: dict
+
+
+def _night_timeline(s: NightSpec):
+    """The frames table (conditions, poses, clouds, overrides) and each frame's true matrix."""
+    frames = timeline.make_timeline(
+        np.random.default_rng(np.random.SeedSequence([s.seed, 0])),
+        s.n_frames,
+        s.width,
+        s.height,
+        fwhm_range=s.fwhm_range,
+        seeing=s.seeing,
+        exposure=s.exposure,
+        rotation_deg_total=s.rotation_deg_total,
+        meridian_flip=s.meridian_flip,
+        dither_px=s.dither_px,
+        drift_px=s.drift_px,
+        clouds=s.clouds,
+        haze=s.haze,
+        sky_level=s.sky_level,
+        sky_ramp=s.sky_ramp,
+        satellite_fraction=s.satellite_fraction,
+        start=s.start,
+    )
+    if s.cloud_patches:
+        rng_clouds = np.random.default_rng(np.random.SeedSequence([s.seed, 5]))
+        timeline.cloud_passages(rng_clouds, frames, s.width, s.height, s.cloud_patches)
+    if s.frame_overrides:
+        timeline.apply_overrides(frames, s.frame_overrides, s.width, s.height)
+    return frames, timeline.matrices(frames)
+
+
+def _night_scene(s: NightSpec, mats) -> _Scene:
+    """Stars, galaxies and nebulosity over the box every frame sees, and the sensor."""
+    level = 2.0 ** (s.bit_depth - 16)
+    margin = 8.0 * s.fwhm_range[1] + 10.0
+    box = _sky_box(mats, s.width, s.height, margin)
+    rng_sky = np.random.default_rng(np.random.SeedSequence([s.seed, 1]))
+    if s.stars is None:
         stars = sky.star_field(
             rng_sky,
             box[2],
             box[3],
-            star_density,
+            s.star_density,
             origin=box[:2],
-            min_bright=min_bright_stars,
-            saturated_per_mpx=saturated_per_mpx,
+            min_bright=s.min_bright_stars,
+            saturated_per_mpx=s.saturated_per_mpx,
         )
     else:
-        stars = _own_stars(stars)
-    galaxies = sky.galaxy_field(rng_sky, box[2], box[3], galaxy_density, origin=box[:2])
-    n_ch = 1 if bayer is None else 3
-    ext = _extended(rng_sky, box, galaxies, nebula_amplitude, n_ch)
+        stars = _own_stars(s.stars)
+    galaxies = sky.galaxy_field(rng_sky, box[2], box[3], s.galaxy_density, origin=box[:2])
+    n_ch = 1 if s.bayer is None else 3
+    ext = _extended(rng_sky, box, galaxies, s.nebula_amplitude, n_ch)
     sensor_ = sens.make_sensor(
-        np.random.default_rng(np.random.SeedSequence([seed, 2])),
-        width,
-        height,
-        gain=gain,
-        read_noise_e=read_noise_e,
-        bias_level=bias_level,
-        saturation=2.0**bit_depth - 1,
-        with_response=calibration,
+        np.random.default_rng(np.random.SeedSequence([s.seed, 2])),
+        s.width,
+        s.height,
+        gain=s.gain,
+        read_noise_e=s.read_noise_e,
+        bias_level=s.bias_level,
+        saturation=2.0**s.bit_depth - 1,
+        with_response=s.calibration,
         level_scale=level,
     )
-    if not noise:
+    if not s.noise:
         sensor_ = sens.ideal(sensor_)
     ctx = {
-        "width": width,
-        "height": height,
-        "seed": seed,
+        "width": s.width,
+        "height": s.height,
+        "seed": s.seed,
         "stars": stars,
         "box": box,
         "star_flux": _star_fluxes(stars, n_ch),
         "ext": ext[..., 0] if n_ch == 1 else ext,
-        "beta": beta,
-        "growth": corner_fwhm_growth,
-        "corner_ell": corner_ellipticity,
-        "chan_map": chan_map(bayer),
+        "beta": s.beta,
+        "growth": s.corner_fwhm_growth,
+        "corner_ell": s.corner_ellipticity,
+        "chan_map": chan_map(s.bayer),
         "level": level,
-        "cosmic_rate": cosmic_rate,
-        "sky_rgb": np.ones(1) if bayer is None else _SKY_RGB,
-        "noise": noise,
+        "cosmic_rate": s.cosmic_rate,
+        "sky_rgb": np.ones(1) if s.bayer is None else _SKY_RGB,
+        "noise": s.noise,
     }
+    return _Scene(box, stars, galaxies, sensor_, ctx)
+
+
+def _write_lights(out: Path, s: NightSpec, frames, mats, scene: _Scene) -> list[Path]:
+    """Render and expose every light; adds the per-frame truth columns to ``frames``."""
     # Lights of an earlier, longer simulation in the same folder would join this night.
     keep = set(frames["frame"])
     for old in (out / "lights").glob("light_*.fits") if (out / "lights").is_dir() else ():
@@ -471,110 +543,88 @@ def simulate_night(
             old.unlink()
     lights, n_crs = [], []
     for i, row in enumerate(frames.itertuples(index=False)):
-        photons, rng, n_cr = _render_frame(i, row, mats[i], ctx)
-        raw = sens.expose(rng, sensor_, photons, row.exposure)
+        photons, rng, n_cr = _render_frame(i, row, mats[i], scene.ctx)
+        raw = sens.expose(rng, scene.sensor, photons, row.exposure)
         path = out / "lights" / row.frame
-        sens.write_raw(
-            path,
-            raw,
-            _header(
-                "Light Frame",
-                row.exposure,
-                row.time,
-                sensor_,
-                bayer,
-                seed,
-                {"OBJECT": "SIMFIELD", "FRAMENO": i},
-            ),
+        cards = {"OBJECT": "SIMFIELD", "FRAMENO": i}
+        header = _header(
+            "Light Frame", row.exposure, row.time, scene.sensor, s.bayer, s.seed, cards
         )
+        sens.write_raw(path, raw, header)
         lights.append(path)
         n_crs.append(n_cr)
     frames["n_cosmics"] = n_crs
-    if not noise:
+    if not s.noise:
         frames["satellite"] = False
-    frames["fwhm_corner_px"] = frames["fwhm_px"] * (1.0 + corner_fwhm_growth)
-    frames["ellipticity_corner"] = corner_ellipticity
-    frames["beta"] = beta
-    bias, darks, flats = [], [], []
-    if calibration:
-        bias, darks, flats = _calibration_frames(
-            out, sensor_, bayer, seed, exposure, n_calib, frames["time"].iloc[0], level
-        )
-    stars = stars.copy()
-    stars.insert(0, "id", np.arange(len(stars)))
-    stars["in_grid"] = (
-        (stars.x > -0.5) & (stars.x < width - 0.5) & (stars.y > -0.5) & (stars.y < height - 0.5)
-    )
-    tdir = out / "truth"
+    frames["fwhm_corner_px"] = frames["fwhm_px"] * (1.0 + s.corner_fwhm_growth)
+    frames["ellipticity_corner"] = s.corner_ellipticity
+    frames["beta"] = s.beta
+    return lights
+
+
+def _write_truth(tdir: Path, s: NightSpec, frames, stars, scene: _Scene) -> dict:
+    """The truth folder: tables, the truth image and params.json (returned)."""
+    sensor_ = scene.sensor
     write_table(tdir / "frames.csv", frames)
     write_table(tdir / "stars.csv", stars)
-    write_table(tdir / "galaxies.csv", galaxies)
+    write_table(tdir / "galaxies.csv", scene.galaxies)
     hot = pd.DataFrame({"x": sensor_.hot_pixels[:, 0], "y": sensor_.hot_pixels[:, 1]})
     hot["dark_rate"] = sensor_.dark_rate[hot.y, hot.x]
     write_table(tdir / "hot_pixels.csv", hot)
-    names = ["L"] if bayer is None else ["R", "G", "B"]
-    truth_fwhm = float(fwhm_range[0])
-    _write_truth_fits(tdir / "truth.fits", _truth_image(ctx, stars, truth_fwhm), names, truth_fwhm)
-    params = {
-        "n_frames": n_frames,
-        "width": width,
-        "height": height,
-        "bayer": bayer,
-        "seed": seed,
-        "fwhm_range": list(fwhm_range),
-        "seeing": seeing,
-        "exposure": exposure,
-        "rotation_deg_total": rotation_deg_total,
-        "meridian_flip": meridian_flip,
-        "dither_px": dither_px,
-        "drift_px": drift_px,
+    names = ["L"] if s.bayer is None else ["R", "G", "B"]
+    truth_fwhm = float(s.fwhm_range[0])
+    image = _truth_image(scene.ctx, stars, truth_fwhm)
+    _write_truth_fits(tdir / "truth.fits", image, names, truth_fwhm)
+    params = _params(s, sensor_, scene.box, names, truth_fwhm)
+    write_text(tdir / "params.json", json.dumps(params, indent=2, sort_keys=True) + "\n")
+    return params
+
+
+def _params(s: NightSpec, sensor_, box, names, truth_fwhm) -> dict:
+    clouds = s.clouds
+    return {
+        "n_frames": s.n_frames,
+        "width": s.width,
+        "height": s.height,
+        "bayer": s.bayer,
+        "seed": s.seed,
+        "fwhm_range": list(s.fwhm_range),
+        "seeing": s.seeing,
+        "exposure": s.exposure,
+        "rotation_deg_total": s.rotation_deg_total,
+        "meridian_flip": s.meridian_flip,
+        "dither_px": s.dither_px,
+        "drift_px": s.drift_px,
         "clouds": clouds if isinstance(clouds, (bool, np.bool_)) else int(clouds),
-        "cloud_patches": int(cloud_patches),
-        "haze": haze,
-        "sky_ramp": sky_ramp,
-        "calibration": calibration,
-        "n_calib": n_calib if calibration else 0,
-        "bit_depth": bit_depth,
+        "cloud_patches": int(s.cloud_patches),
+        "haze": s.haze,
+        "sky_ramp": s.sky_ramp,
+        "calibration": s.calibration,
+        "n_calib": s.n_calib if s.calibration else 0,
+        "bit_depth": s.bit_depth,
         "gain_e_per_adu": sensor_.gain,
-        "read_noise_e": read_noise_e,
+        "read_noise_e": s.read_noise_e,
         "bias_level_adu": sensor_.bias_level,
         "saturation_adu": sensor_.saturation,
-        "beta": beta,
+        "beta": s.beta,
         "truth_fwhm_px": truth_fwhm,
         "hot_column": sensor_.hot_column,
         "sky_box": list(box),
-        "star_density": star_density,
-        "galaxy_density": galaxy_density,
-        "nebula_amplitude": nebula_amplitude,
-        "noise": noise,
-        "saturated_per_mpx": saturated_per_mpx,
-        "cosmic_rate": cosmic_rate,
-        "satellite_fraction": satellite_fraction,
-        "corner_fwhm_growth": corner_fwhm_growth,
-        "corner_ellipticity": corner_ellipticity,
-        "sky_level": sky_level,
+        "star_density": s.star_density,
+        "galaxy_density": s.galaxy_density,
+        "nebula_amplitude": s.nebula_amplitude,
+        "noise": s.noise,
+        "saturated_per_mpx": s.saturated_per_mpx,
+        "cosmic_rate": s.cosmic_rate,
+        "satellite_fraction": s.satellite_fraction,
+        "corner_fwhm_growth": s.corner_fwhm_growth,
+        "corner_ellipticity": s.corner_ellipticity,
+        "sky_level": s.sky_level,
         "sky_rgb": _SKY_RGB.tolist(),
         "flat_rgb": _FLAT_RGB.tolist(),
         "channels": names,
         "transform": "frames.csv m00..m22 map frame pixel -> truth-grid pixel on [x, y, 1]",
     }
-    write_text(tdir / "params.json", json.dumps(params, indent=2, sort_keys=True) + "\n")
-    return SimulatedNight(
-        out_dir=out,
-        lights=lights,
-        frames=frames,
-        stars=stars,
-        galaxies=galaxies,
-        truth_image=tdir / "truth.fits",
-        bayer=bayer,
-        width=width,
-        height=height,
-        seed=seed,
-        params=params,
-        bias=bias,
-        darks=darks,
-        flats=flats,
-    )
 
 
 def _calibration_frames(out, sensor_, bayer, seed, exposure, n, time, level):
