@@ -17,6 +17,8 @@ at the same stars.
 
 from __future__ import annotations
 
+import json
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +26,9 @@ import pandas as pd
 
 from tilestack.cfa import luminance_image, split_channels, to_channel_xy
 from tilestack.errors import InputError
-from tilestack.io.batch import BatchFile
+from tilestack.io.atomic import write_table
+from tilestack.io.batch import BatchFile, batch_writer
+from tilestack.io.frames import read_image
 from tilestack.io.transforms_table import row_matrix
 from tilestack.metrics.global_metrics import background_level
 from tilestack.metrics.local import frame_metrics, reference_star_list, tile_scales
@@ -240,7 +244,7 @@ def warp_planes(
     return split_channels(warped, settings.bayer, cov)
 
 
-def align_batch(
+def align_frames(
     batch: BatchFile,
     stars: pd.DataFrame,
     ref: Reference,
@@ -305,3 +309,54 @@ def align_batch(
         ),
         tile_metrics=pd.concat(tile_rows, ignore_index=True) if tile_rows else pd.DataFrame(),
     )
+
+
+def align(job) -> None:
+    """Rule ``align`` (``scripts/align.py``); ``job`` is Snakemake's script object (or anything
+    with its attributes: input, output, params, wildcards, threads, log, config)."""
+    p = job.params
+    batch = job.wildcards.batch
+    channels = list(p.channels)
+    ref = Reference(
+        frame=json.loads(open(job.input.reference).read())["frame"],
+        stars=pd.read_parquet(job.input.reference_stars),
+        image=read_image(job.input.reference_image),
+        valid=read_image(job.input.reference_image, hdu="VALID", dtype=None),
+    )
+    settings = WarpSettings(
+        channels=channels,
+        bayer=p.bayer or None,
+        out_shape=(int(p.height), int(p.width)),
+        kernel=p.interpolation,
+        clamp=bool(p.anti_ringing),
+        border=int(p.border_px),
+        star_sigma=float(p.star_sigma),
+        method=str(p.method),
+        background=str(p.normalization["background"]),
+        scale_px=int(p.normalization["scale_px"]),
+    )
+    siril = pd.read_csv(job.input.siril[0]) if job.input.siril else None
+    with BatchFile(job.input.calibrated) as src, ExitStack() as stack:
+        writers = {
+            c: stack.enter_context(batch_writer(path, {"CHANNEL": c, "BATCH": batch}))
+            for c, path in zip(channels, job.output.registered, strict=True)
+        }
+        prog = Progress(job.log[0], len(src.stems), "frames", f"align {batch}")
+        res = align_frames(
+            src,
+            pd.read_parquet(job.input.stars),
+            ref,
+            TileGrid.from_json(job.input.grid),
+            settings,
+            dict(p.registration),
+            writers,
+            prog,
+            siril_rows=siril,
+        )
+    write_table(job.output.tiles, res.tile_metrics)
+    write_table(job.output.metrics, res.global_metrics)
+    write_table(job.output.table, res.registration)
+    bad = res.registration[res.registration["status"] == "unregistered"]
+    prog.finish(f"{len(res.registration) - len(bad)} registered, {len(bad)} unregistered")
+    for r in bad.itertuples():
+        prog.log(f"unregistered: {r.frame}: {r.reason}")

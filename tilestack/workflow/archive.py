@@ -23,6 +23,10 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+import yaml
+
+from tilestack import __version__
+
 # Fixed member time (2000-01-01T00:00:00Z) unless SOURCE_DATE_EPOCH says otherwise.
 DEFAULT_EPOCH = 946684800
 # Workflow source that describes the run (relative to the workflow's base directory).
@@ -161,7 +165,6 @@ def manifest_csv(rows: list[dict]) -> str:
 
 
 def config_yaml(config: dict) -> str:
-    import yaml
 
     return yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=True)
 
@@ -248,8 +251,6 @@ def build_archive(
     exclude: tuple[Path, ...] = (),
 ) -> dict:
     """Collect everything and write the archive; returns the summary stored in it."""
-    from tilestack import __version__
-
     top = dest.name.removesuffix(".tar.gz")
     members: dict[str, bytes | Path] = {}
 
@@ -296,3 +297,21 @@ def build_archive(
         ).encode()
         write_archive(dest, members, source_epoch())
     return summary
+
+
+def archive(job) -> None:
+    """Rule ``archive`` (``scripts/archive.py``); ``job`` is Snakemake's script object (or anything
+    with its attributes: input, output, params, wildcards, threads, log, config)."""
+    with open(job.log[0], "w") as log:
+        summary = build_archive(
+            dest=Path(job.output[0]),
+            results=Path(job.output[0]).parent.parent,  # the file is {results}/archive/*.tar.gz
+            basedir=Path(job.params.basedir),
+            workdir=Path.cwd(),
+            config=dict(job.config),
+            calibration={k: list(v) for k, v in dict(job.params.calibration).items()},
+            with_report=bool(job.params.with_report),
+            log=log,
+            exclude=(Path(job.log[0]),),
+        )
+        log.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import pandas as pd
 
+from tilestack import checks
+from tilestack.calibration import calibrate, defects_from_lights, load_masters
+from tilestack.io.atomic import write_table
+from tilestack.io.batch import batch_writer
+from tilestack.io.frames import read_frame
+from tilestack.io.manifest import build_manifest
+from tilestack.runtime import Progress
 from tilestack.stars import detect_frame_stars
 
 
 def check_batch(paths, first_light: str, exposure_tolerance: float) -> pd.DataFrame:
     """The hard checks of §1 on one batch (against the first light); returns its manifest."""
-    from tilestack import checks
-    from tilestack.io.manifest import build_manifest
-
     batch = build_manifest(paths)
     both = batch if first_light in set(batch["path"]) else build_manifest([first_light, *paths])
     checks.check_sizes(both)
@@ -27,11 +31,11 @@ def check_batch(paths, first_light: str, exposure_tolerance: float) -> pd.DataFr
     checks.check_exposures(both, float(exposure_tolerance))
     checks.check_bit_depth(both)
     checks.check_bitpix(both)
-    # The pixels of every frame are checked in prepare_batch, where each frame is read anyway.
+    # The pixels of every frame are checked in prepare_frames, where each frame is read anyway.
     return batch
 
 
-def prepare_batch(
+def prepare_frames(
     manifest: pd.DataFrame,
     masters: dict | None,
     add_frame,
@@ -48,9 +52,6 @@ def prepare_batch(
     NaN/Inf, or stretched. Its cheap statistics (:func:`tilestack.checks.frame_pixel_stats`)
     are appended to ``pixel_stats`` when given, for the night-wide scale check of ``scan``.
     """
-    from tilestack import checks
-    from tilestack.calibration import calibrate
-    from tilestack.io.frames import read_frame
 
     tables = []
     for row in manifest.itertuples(index=False):
@@ -71,3 +72,45 @@ def prepare_batch(
         if progress is not None:
             progress.step(note=f"{row.frame}: {len(stars)} stars")
     return pd.concat(tables, ignore_index=True)
+
+
+def prepare(job) -> None:
+    """Rule ``prepare`` (``scripts/prepare.py``); ``job`` is Snakemake's script object (or anything
+    with its attributes: input, output, params, wildcards, threads, log, config)."""
+    p = job.params
+    paths = list(job.input.lights)
+    prog = Progress(job.log[0], len(paths), "frames", f"prepare {job.wildcards.batch}")
+    manifest = check_batch(paths, p.first_light, p.exposure_tolerance)
+    prog.log("hard checks passed")
+    files = {
+        k: job.input[k] for k in ("bias", "dark", "flat", "bad_pixels") if k in job.input.keys()
+    }
+    masters = load_masters(**files) if files else None
+    bayer = p.bayer or None
+    if p.defects_from_lights and not (masters and masters.get("bad_pixels") is not None):
+        masters = dict(masters or {})
+        masters["bad_pixels"] = defects_from_lights(
+            list(manifest["path"]), masters, bayer=bayer, sigma=float(p.bad_pixel_sigma)
+        )
+        prog.log(f"{int(masters['bad_pixels'].sum())} sensor defects flagged from the lights")
+    pixel_stats = []
+    with batch_writer(job.output.calibrated, {"BATCH": job.wildcards.batch}) as add:
+        stars = prepare_frames(
+            manifest,
+            masters,
+            add,
+            bayer=bayer,
+            detect_sigma=float(p.detect_sigma),
+            progress=prog,
+            pixel_stats=pixel_stats,
+        )
+    for key in (
+        "invalid_fraction",
+        "median",
+        "max",
+        "noise",
+    ):  # for the night-wide checks of `scan`
+        manifest[key] = [s[key] for s in pixel_stats]
+    write_table(job.output.stars, stars)
+    write_table(job.output.manifest, manifest)
+    prog.finish()

@@ -14,6 +14,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tilestack.io.atomic import write_json, write_text
+from tilestack.io.frames import read_image, write_fits
+from tilestack.postprocess import (
+    SATMASK,
+    demosaic_channels,
+    demosaic_mask,
+    fill_saturated,
+    preview_png,
+    superpixel_rgb,
+    write_rgb_fits,
+)
+from tilestack.provenance import provenance_header
+from tilestack.run_info import page
+from tilestack.runtime import Progress
+from tilestack.tiles import TileGrid
+from tilestack.validation import plots
+from tilestack.validation.measure import compare_stacks
+from tilestack.validation.verdict import (
+    build_validation,
+    fwhm_ratio_error,
+    thresholds_from_config,
+    usable_tile_fraction,
+    weight_variance,
+)
+
 SCALARS = (
     "fwhm_final",
     "fwhm_classical",
@@ -95,18 +120,6 @@ def postprocess(stacks: dict, inp, out, *, bayer: str | None, mode: str, config:
     ``inp``/``out``: the rule's input and output (anything with those attributes). ``config``
     is the run's effective config, hashed into the provenance headers.
     """
-    from tilestack.io.frames import write_fits
-    from tilestack.postprocess import (
-        SATMASK,
-        demosaic_channels,
-        demosaic_mask,
-        fill_saturated,
-        preview_png,
-        superpixel_rgb,
-        write_rgb_fits,
-    )
-    from tilestack.provenance import provenance_header
-
     checks = json.loads(open(inp.checks).read())
     n = int(checks.get("n_frames", 0))
 
@@ -159,19 +172,6 @@ def validate(
     (``tbqr2`` | ``v3``) on the primary channel (G for OSC, else the only one; NaN/Inf inside
     the footprint counts in every channel), validation.json and the primary channel's plots.
     The footprint is where the coverage map counts at least one frame."""
-    from tilestack.io.atomic import write_json
-    from tilestack.io.frames import read_image
-    from tilestack.tiles import TileGrid
-    from tilestack.validation import plots
-    from tilestack.validation.measure import compare_stacks
-    from tilestack.validation.verdict import (
-        build_validation,
-        fwhm_ratio_error,
-        thresholds_from_config,
-        usable_tile_fraction,
-        weight_variance,
-    )
-
     primary = "G" if "G" in channels else channels[0]
     grid = TileGrid.from_json(inp.grid)
     transforms = pd.read_csv(inp.transforms)
@@ -262,8 +262,43 @@ def validate(
 
 def run_info(doc: dict, config: dict, path, log) -> None:
     """The run-info page of the HTML report: verdict, effective config, software versions."""
-    from tilestack.io.atomic import write_text
-    from tilestack.run_info import page
-
     write_text(path, page(doc, config))
     log(f"run_info: verdict {doc.get('verdict')}")
+
+
+def finish(job) -> None:
+    """Rule ``finish`` (``scripts/finish.py``); ``job`` is Snakemake's script object (or anything
+    with its attributes: input, output, params, wildcards, threads, log, config)."""
+    p = job.params
+    channels = list(p.channels)
+    # The hash of the run's whole effective config is provenance, not an input: taken from
+    # the config of the run that writes the files, so unrelated config edits rerun nothing.
+    config = dict(job.config)
+    prog = Progress(job.log[0], 3, "steps", "finish")
+    stacks = {c: read_image(path) for c, path in zip(channels, job.input.stacks, strict=True)}
+    # final/ and validation/ appear together or not at all (staged, then published at once)
+    out = StagedOutputs(job.output)
+    try:
+        postprocess(
+            stacks, job.input, out, bayer=p.bayer or None, mode=p.mode, config=config, log=prog.log
+        )
+        prog.step(note="postprocess")
+        doc = validate(
+            stacks,
+            job.input,
+            out,
+            channels=channels,
+            mode=p.mode,
+            validation=dict(p.validation),
+            workers=int(job.threads),
+            log=prog.log,
+            method=str(p.method),
+        )
+        prog.step(note="validate")
+        run_info(json.loads(open(out.validation).read()), config, out.run_info, prog.log)
+        prog.step(note="run_info")
+        out.publish()
+    except BaseException:
+        out.discard()
+        raise
+    prog.finish(f"verdict {doc.get('verdict')}")
