@@ -27,7 +27,6 @@ PATTERNS = ("RGGB", "GBRG", "BGGR", "GRBG")
 def night_errors(workdir: Path, pattern: str, refine: bool) -> dict:
     import yaml
 
-    from tilestack.align_batch import REGISTRATION_OPTION_KEYS
     from tilestack.calibration import calibrate
     from tilestack.cfa import luminance_image
     from tilestack.io.frames import read_frame
@@ -35,6 +34,7 @@ def night_errors(workdir: Path, pattern: str, refine: bool) -> dict:
     from tilestack.simulate import load_night, simulate_night
     from tilestack.simulation.timeline import matrices
     from tilestack.stars import detect_frame_stars
+    from tilestack.workflow.align import REGISTRATION_OPTION_KEYS
 
     out = workdir / f"osc_{pattern}"
     if (out / "truth" / "params.json").exists():

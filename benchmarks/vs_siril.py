@@ -338,6 +338,7 @@ def measure_all(night, stacks: dict[str, tuple[np.ndarray, int]], classical_key:
     """FWHM and faint-star SNR of every stack at the same truth stars (see module docstring)."""
     from scipy.spatial import cKDTree
 
+    from tilestack.robust import mad_sigma
     from tilestack.validation.measure import (
         aperture_photometry,
         faint_star_snr,
@@ -403,7 +404,7 @@ def measure_all(night, stacks: dict[str, tuple[np.ndarray, int]], classical_key:
         sky = aperture_photometry(img, to_grid(night, ref, blank), radius=radius)["flux"]
         sky = sky.to_numpy()
         sky = sky[np.isfinite(sky)]
-        ap_noise = 1.4826 * float(np.median(np.abs(sky - np.median(sky))))
+        ap_noise = mad_sigma(sky)
         bad = int((~np.isfinite(img)).sum())
         out[name] = {
             "snr_all": snr,

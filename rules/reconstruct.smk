@@ -5,49 +5,36 @@
 # job itself.
 
 
-if len(BANDS) == 1:
+ONE_BAND = len(BANDS) == 1
+BAND = BANDS[0] if ONE_BAND else "{band}"
 
-    rule reconstruct:
-        """The whole image is one band: reconstruct every channel and write its products."""
-        input:
-            **reconstruct_inputs(),
-        output:
-            bands=band_files(BANDS[0]),
-            **assemble_outputs(),
-        params:
-            **reconstruct_params(band_rows(BANDS[0])),
-            assemble=assemble_params(),
-        log:
-            log_path(f"reconstruct/{BANDS[0]}"),
-        threads: WF["threads"]
-        resources:
-            mem_mb=mem_mb(),
-            runtime=runtime_min(),
-        conda:
-            ENV
-        script:
-            "../scripts/reconstruct.py"
 
-else:
+rule reconstruct:
+    """One band of rows of every channel; when the image is a single band, also every
+    channel's stack and maps (what `assemble` does otherwise)."""
+    input:
+        **reconstruct_inputs(),
+    output:
+        bands=band_files(BAND),
+        **(assemble_outputs() if ONE_BAND else {}),
+    params:
+        **reconstruct_params(
+            band_rows(BAND) if ONE_BAND else lambda wildcards: band_rows(wildcards.band)
+        ),
+        **({"assemble": assemble_params()} if ONE_BAND else {}),
+    log:
+        log_path(f"reconstruct/{BAND}"),
+    threads: WF["threads"]
+    resources:
+        mem_mb=mem_mb(),
+        runtime=runtime_min(),
+    conda:
+        ENV
+    script:
+        "../scripts/reconstruct.py"
 
-    rule reconstruct:
-        """One band of rows of every channel."""
-        input:
-            **reconstruct_inputs(),
-        output:
-            bands=band_files("{band}"),
-        params:
-            **reconstruct_params(lambda wildcards: band_rows(wildcards.band)),
-        log:
-            log_path("reconstruct/{band}"),
-        threads: WF["threads"]
-        resources:
-            mem_mb=mem_mb(),
-            runtime=runtime_min(),
-        conda:
-            ENV
-        script:
-            "../scripts/reconstruct.py"
+
+if not ONE_BAND:
 
     rule assemble:
         """Join the bands of every channel into its stack, classical stack and maps."""

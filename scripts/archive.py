@@ -1,29 +1,10 @@
-"""archive: bundle a finished run into one byte-reproducible .tar.gz (tilestack.archive)."""
+"""archive: bundle a finished run into one byte-reproducible .tar.gz.
 
-import json
-from pathlib import Path
+The work is `tilestack.workflow.archive.archive`.
+"""
 
-
-def main() -> None:
-    from tilestack.archive import build_archive
-
-    sm = snakemake  # noqa: F821  (injected by Snakemake's script: directive)
-    with open(sm.log[0], "w") as log:
-        summary = build_archive(
-            dest=Path(sm.output[0]),
-            results=Path(sm.output[0]).parent.parent,  # the file is {results}/archive/*.tar.gz
-            basedir=Path(sm.params.basedir),
-            workdir=Path.cwd(),
-            config=dict(sm.config),
-            calibration={k: list(v) for k, v in dict(sm.params.calibration).items()},
-            with_report=bool(sm.params.with_report),
-            log=log,
-            exclude=(Path(sm.log[0]),),
-        )
-        log.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-
+from tilestack.runtime import run_script
+from tilestack.workflow.archive import archive
 
 if __name__ == "__main__":
-    from tilestack.runtime import run_script
-
-    run_script(main)
+    run_script(lambda: archive(snakemake))  # noqa: F821  (injected by Snakemake's script: directive)

@@ -1,44 +1,19 @@
-"""masters: sigma-clipped calibration masters (§2) and the bad-pixel mask from the dark."""
+"""masters: sigma-clipped calibration masters (§2) and the bad-pixel mask from the dark.
 
-import numpy as np
+The work is `tilestack.workflow.masters.masters`; this script only sets the job's thread limits first.
+"""
 
-from tilestack.runtime import Progress, logged, run_script, set_threads
+from tilestack.runtime import logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
 
 def main():
     set_threads(sm.threads)
-    from tilestack.calibration import bad_pixel_mask, build_master
-    from tilestack.io.frames import write_fits
+    # imported after set_threads: numba and OpenCV size their thread pools when first imported
+    from tilestack.workflow.masters import masters
 
-    cal = sm.params.calibration
-    bayer = sm.params.bayer or None
-    sigma = float(cal["sigma"])
-    out = sm.output
-    kinds = [k for k in ("bias", "dark", "flat") if k in out.keys()]
-    prog = Progress(sm.log[0], len(kinds), "masters", "masters")
-    bias = dark = None
-    if "bias" in out.keys():
-        bias = build_master(list(sm.input.bias), "bias", sigma=sigma, bayer=bayer)
-        bias.write(out.bias)
-        prog.step(note=f"bias from {bias.n_frames} frames")
-    if "dark" in out.keys():
-        dark = build_master(list(sm.input.darks), "dark", bias=bias, sigma=sigma, bayer=bayer)
-        dark.write(out.dark)
-        prog.step(note=f"dark from {dark.n_frames} frames")
-    flat = None
-    if "flat" in out.keys():
-        flat = build_master(
-            list(sm.input.flats), "flat", bias=bias, dark=dark, sigma=sigma, bayer=bayer
-        )
-        flat.write(out.flat)
-        prog.step(note=f"flat from {flat.n_frames} frames")
-    if "bad_pixels" in out.keys():
-        bad = bad_pixel_mask(dark, sigma=float(cal["bad_pixel_sigma"]), flat=flat, bayer=bayer)
-        write_fits(out.bad_pixels, bad.astype(np.uint8), dtype=None)
-        prog.log(f"bad pixels: {int(bad.sum())}")
-    prog.finish()
+    masters(sm)
 
 
 run_script(logged(main, sm.log[0]))

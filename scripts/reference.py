@@ -1,40 +1,19 @@
 """reference: choose the reference frame (or take the named one) and size the tile grid.
 
-Writes registration/reference.json (the frame and why), its star table and its calibrated
-image, so the per-batch jobs need nothing else from other batches; and tiles/grid.json, the
-seeing-adaptive tile grid (METHODOLOGY §7) in channel pixels, sized from the star FWHMs of the
-same leading batches (tilestack.registration.reference, tilestack.tiles).
+The work is `tilestack.workflow.reference.reference`; this script only sets the job's thread limits first.
 """
 
-import pandas as pd
-
-from tilestack.runtime import Progress, logged, run_script, set_threads
+from tilestack.runtime import logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
 
 def main():
     set_threads(sm.threads)
-    from tilestack.io.atomic import write_json, write_table
-    from tilestack.io.frames import write_fits
-    from tilestack.registration.reference import reference_from_batches
-    from tilestack.tiles import grid_from_star_tables
+    # imported after set_threads: numba and OpenCV size their thread pools when first imported
+    from tilestack.workflow.reference import reference
 
-    p = sm.params
-    prog = Progress(sm.log[0], 2, "steps", "reference + tile grid")
-    stars = pd.concat([pd.read_parquet(f) for f in sm.input.stars], ignore_index=True)
-    details, img, ok, ref_stars = reference_from_batches(stars, sm.input.calibrated, p.reference)
-    write_table(sm.output.stars, ref_stars)
-    write_fits(sm.output.image, img, header={"FRAME": details["frame"]}, extra_hdus=[("VALID", ok)])
-    write_json(sm.output.reference, details)
-    prog.step(note=f"reference {details['frame']} ({details.get('how')})")
-    grid_stars = pd.concat([pd.read_parquet(f) for f in sm.input.grid_stars], ignore_index=True)
-    grid, fwhm, n = grid_from_star_tables(
-        grid_stars, p.channel_width, p.channel_height, bayer=p.bayer or None, tile=p.tile
-    )
-    grid.to_json(sm.output.grid)
-    prog.step(note=f"tile grid F = {fwhm:.3f} channel px from {n} frames; {grid.n_tiles} tiles")
-    prog.finish()
+    reference(sm)
 
 
 run_script(logged(main, sm.log[0]))

@@ -1,48 +1,19 @@
 """stack_siril: the final stack by siril-cli (stacking.engine: siril).
 
-Siril registers and stacks the raw lights (`stack r_f_ rej 3 3 -norm=addscale`) onto the
-reference frame; OSC mosaics are stacked as CFA and split into R, G, B planes like the
-tilestack stacks, so stack/{c}.fits has the same meaning with either engine.
+The work is `tilestack.workflow.stack_siril.stack_siril`; this script only sets the job's thread limits first.
 """
 
-import shutil
-import tempfile
-from pathlib import Path
-
-import pandas as pd
-
-from tilestack.runtime import Progress, logged, run_script, set_threads
+from tilestack.runtime import logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
 
 def main():
     set_threads(sm.threads)
-    from tilestack.cfa import split_channels
-    from tilestack.io.frames import read_image, write_fits
-    from tilestack.registration.siril import stack_with_siril
+    # imported after set_threads: numba and OpenCV size their thread pools when first imported
+    from tilestack.workflow.stack_siril import stack_siril
 
-    lights = [str(p) for p in sm.input.lights]
-    names = [Path(p).name for p in lights]
-    tr = pd.read_csv(sm.input.transforms)
-    ref = str(tr.loc[tr["is_reference"].astype(bool), "frame"].iloc[0])
-    prog = Progress(sm.log[0], len(lights), "frames", "stack_siril")
-    first = Path(sm.output.stacks[0])
-    work = Path(tempfile.mkdtemp(prefix=".siril_stack_", dir=first.parent.parent))
-    try:
-        stacked = work / "stacked_ours.fits"
-        stack_with_siril(
-            lights, work / "run", stacked, register=True, reference=names.index(ref),
-            threads=int(sm.threads),
-        )  # fmt: skip
-        mosaic = read_image(stacked)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    planes = split_channels(mosaic, sm.params.bayer or None)
-    for c, path in zip(sm.params.channels, sm.output.stacks, strict=True):
-        write_fits(path, planes[c][0], header={"PRODUCT": "siril stack", "CHANNEL": c})
-    prog.step(len(lights))
-    prog.finish(f"stacked by siril-cli onto {ref}")
+    stack_siril(sm)
 
 
 run_script(logged(main, sm.log[0]))

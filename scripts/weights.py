@@ -1,85 +1,19 @@
 """weights: the run's aggregate after the batch jobs.
 
-Merges the batch registration tables into registration/transforms.csv (§3), computes the
-global (§6) and local (§8) weights per channel and, in full mode, the clusters (§10). One job
-for all of it: each part takes well under a second, a job's start-up about one.
-(tilestack.io.transforms_table, tilestack.metrics.weights, tilestack.clustering)
+The work is `tilestack.workflow.weights.weights`; this script only sets the job's thread limits first.
 """
 
-import json
-
-import pandas as pd
-
-from tilestack.runtime import Progress, logged, run_script, set_threads
+from tilestack.runtime import logged, run_script, set_threads
 
 sm = snakemake  # noqa: F821  (injected by the script: directive)
 
 
 def main():
     set_threads(sm.threads)
-    from tilestack.io.atomic import write_table
-    from tilestack.io.transforms_table import merge_batch_tables
-    from tilestack.metrics.weights import (
-        NORMALIZATION_COLUMNS,
-        channel_weights,
-        global_columns,
-        tbqr2_channel_weights,
-    )
-    from tilestack.tiles import TileGrid
+    # imported after set_threads: numba and OpenCV size their thread pools when first imported
+    from tilestack.workflow.weights import weights
 
-    p = sm.params
-    channels = list(p.channels)
-    prog = Progress(sm.log[0], len(channels), "channels", "weights")
-    reference = json.loads(open(sm.input.reference).read())["frame"]
-    transforms = merge_batch_tables([pd.read_csv(t) for t in sm.input.tables], reference)
-    write_table(sm.output.transforms, transforms)
-    prog.log(
-        f"transforms: {len(transforms)} frames: {transforms['status'].value_counts().to_dict()}"
-    )
-    raw_g = pd.concat([pd.read_parquet(f) for f in sm.input.metrics], ignore_index=True)
-    raw_t = pd.concat([pd.read_parquet(f) for f in sm.input.tiles], ignore_index=True)
-    tables = {}
-    grid = TileGrid.from_json(sm.input.grid)
-    for i, (c, gout, lout) in enumerate(
-        zip(channels, sm.output.global_, sm.output.local, strict=True)
-    ):
-        if p.method == "tbqr2":
-            g, t = tbqr2_channel_weights(
-                raw_g,
-                raw_t,
-                c,
-                grid_shape=(grid.ny, grid.nx),
-                reference=reference,
-                sharpen=float(p.weights["sharpen"]),
-                max_ratio=float(p.weights["max_ratio"]),
-                star_min_count=p.tile["star_min_count"],
-            )
-            write_table(sm.output.normalization[i], g[NORMALIZATION_COLUMNS])
-        else:
-            g, t = channel_weights(
-                raw_g,
-                raw_t,
-                c,
-                global_metrics=p.global_metrics,
-                star_min_count=p.tile["star_min_count"],
-                kappa=p.weights["kappa"],
-                star_weights=p.tile["star_weights"],
-                structure_weights=p.tile["structure_weights"],
-            )
-        write_table(gout, g[global_columns(p.method)])
-        write_table(lout, t)
-        tables[c] = (g, t)
-        prog.step(note=f"{c}: {len(g)} frames, {t['tile'].nunique()} tiles")
-    if "clusters" in sm.output.keys():
-        from tilestack.clustering import cluster_channels
-
-        cl = cluster_channels(
-            tables, p.n_clusters, seed=p.clustering["seed"], n_init=p.clustering["n_init"]
-        )
-        write_table(sm.output.clusters, cl)
-        for c, part in cl.groupby("channel", sort=False):
-            prog.log(f"clustering {c}: {part['cluster'].nunique()} clusters of {len(part)} frames")
-    prog.finish()
+    weights(sm)
 
 
 run_script(logged(main, sm.log[0]))

@@ -1,6 +1,6 @@
-"""Joining a channel's band results into its products (rule ``assemble``).
+"""Joining a channel's band results into its products (rule ``assemble``, and the band job when the image is a single band).
 
-Reconstruction runs per band of rows (:mod:`tilestack.reconstruction`); :func:`assemble` joins
+Reconstruction runs per band of rows (:mod:`tilestack.reconstruction`); :func:`assemble_channels` joins
 the bands of every channel into the channel's stack, classical stack, weight and coverage maps,
 synthetic frames (full mode) and tile flags, each FITS with the provenance header.
 """
@@ -83,7 +83,9 @@ def channel_outputs(output, channels: list[str], n_clusters: int = 0) -> dict[st
     return per
 
 
-def assemble(bands_by_channel: dict, output, params: dict, grid, config: dict, report) -> None:
+def assemble_channels(
+    bands_by_channel: dict, output, params: dict, grid, config: dict, report
+) -> None:
     """Assemble every channel of a job: ``bands_by_channel[c]`` are its band files in order.
 
     ``params`` is the rule's ``assemble`` parameter block (channels, mode, n_frames, n_clusters,

@@ -16,10 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import binary_dilation, binary_erosion, maximum_filter, median_filter
 
 from tilestack import cfa
 from tilestack.errors import CalibrationError, InputError
-from tilestack.io.frames import read_frame_info, read_header, read_image, read_rows, write_fits
+from tilestack.io.frames import (
+    read_frame,
+    read_frame_info,
+    read_header,
+    read_image,
+    read_rows,
+    write_fits,
+)
+from tilestack.robust import mad_sigma, sigma_clipped_mean
 
 KINDS = ("bias", "dark", "flat")
 MIN_FLAT = 0.05  # flat values below this (5 % of the phase median) cannot be corrected
@@ -78,65 +87,6 @@ def load_master(path) -> Master:
 
 
 # --------------------------------------------------------------------------- combination
-
-
-def sigma_clipped_mean(
-    stack: np.ndarray, sigma: float = 3.0, max_iter: int = 5
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel mean over axis 0 after iterative ``sigma`` clipping around the median.
-
-    The first pass measures σ robustly (1.4826·MAD; the standard deviation where the MAD is 0,
-    as in quantised bias frames), so a single strong outlier cannot hide by inflating σ in a
-    small stack. Later passes use the standard deviation of the surviving samples and test all
-    samples again, the usual kappa-sigma scheme, which does not erode a clean Gaussian sample
-    the way repeated MAD clipping does. NaN samples are ignored. Returns (mean float32,
-    number of samples used uint16).
-    """
-    x = np.asarray(stack, dtype=np.float32)
-    finite = np.isfinite(x)
-    keep = finite
-    for it in range(max_iter):
-        xm = np.where(keep, x, np.float32(np.nan))
-        n = keep.sum(axis=0)
-        med = _nan_median0(xm, n)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            if it == 0:
-                mad = 1.4826 * _nan_median0(np.abs(xm - med), n)
-                scale = np.where(mad > 0, mad, _nan_std0(xm, n, ddof=0))
-            else:
-                scale = _nan_std0(xm, n, ddof=1)
-            new = finite & (np.abs(x - med) <= sigma * scale)
-        if np.array_equal(new, keep):
-            break
-        keep = new
-    count = keep.sum(axis=0)
-    total = np.where(keep, x, 0).sum(axis=0, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return mean.astype(np.float32), count.astype(np.uint16)
-
-
-def _nan_median0(xm: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Median over axis 0 ignoring NaN, given the per-pixel count ``n`` of finite samples.
-
-    One sort (NaN sort last) and two gathers: several times faster than ``np.nanmedian``.
-    """
-    s = np.sort(xm, axis=0)
-    lo = np.maximum((n - 1) // 2, 0)[None]
-    hi = np.maximum(n // 2, 0)[None]
-    hi = np.minimum(hi, xm.shape[0] - 1)
-    a = np.take_along_axis(s, lo, axis=0)[0]
-    b = np.take_along_axis(s, hi, axis=0)[0]
-    med = (a + b) * np.float32(0.5)
-    return np.where(n > 0, med, np.float32(np.nan))
-
-
-def _nan_std0(xm: np.ndarray, n: np.ndarray, ddof: int) -> np.ndarray:
-    total = np.nansum(xm, axis=0, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / n
-        var = np.nansum((xm - mean.astype(np.float32)) ** 2, axis=0, dtype=np.float64)
-        return np.sqrt(var / np.maximum(n - ddof, 1)).astype(np.float32)
 
 
 def _band_rows(n: int, width: int, memory_mb: float) -> int:
@@ -368,8 +318,6 @@ def normalize_flat(flat: np.ndarray, bayer: str | None) -> np.ndarray:
 
 def _local_residual(img: np.ndarray, bayer: str | None, size: int) -> np.ndarray:
     """``img`` minus its local median, per CFA phase so colours are not mixed."""
-    from scipy.ndimage import median_filter
-
     img = np.asarray(img, dtype=np.float32)
     res = np.empty_like(img)
     phases = [(0, 0), (0, 1), (1, 0), (1, 1)] if bayer else [(0, 0)]
@@ -381,11 +329,10 @@ def _local_residual(img: np.ndarray, bayer: str | None, size: int) -> np.ndarray
     return res
 
 
-def _robust_sigma(x: np.ndarray) -> float:
+def _finite_mad_sigma(x: np.ndarray) -> float:
+    """``mad_sigma`` of the finite values in their own dtype (0 when there are none)."""
     v = x[np.isfinite(x)]
-    if v.size == 0:
-        return 0.0
-    return 1.4826 * float(np.median(np.abs(v - np.median(v))))
+    return mad_sigma(v) if v.size else 0.0
 
 
 def bad_pixel_mask(
@@ -419,7 +366,7 @@ def bad_pixel_mask(
     if dark is not None:
         dark = np.asarray(dark, dtype=np.float32)
         res = _local_residual(dark, bayer, size)
-        s = max(_robust_sigma(res), 1e-3 * (abs(float(np.nanmedian(dark))) + 1.0))
+        s = max(_finite_mad_sigma(res), 1e-3 * (abs(float(np.nanmedian(dark))) + 1.0))
         bad |= ~np.isfinite(dark) | (np.abs(res) > sigma * s)
     if flat is not None:
         flat = np.asarray(flat, dtype=np.float32)
@@ -429,7 +376,7 @@ def bad_pixel_mask(
                 f"{bad.shape[1]}x{bad.shape[0]}"
             )
         rel = _local_residual(flat, bayer, size) / np.float32(max(float(np.nanmedian(flat)), 1e-12))
-        sf = max(_robust_sigma(rel), 1e-6)
+        sf = max(_finite_mad_sigma(rel), 1e-6)
         bad |= ~np.isfinite(flat) | (np.abs(rel) > max(sigma * sf, flat_min_deviation))
     return bad.astype(np.uint8)
 
@@ -545,10 +492,9 @@ def sensor_defects(
 
 
 def _isolated_spikes(img: np.ndarray, sigma: float, fraction: float) -> np.ndarray:
-    from scipy.ndimage import maximum_filter, median_filter
 
     excess = img - median_filter(img, size=3, mode="nearest")
-    s = max(_robust_sigma(excess), 1e-6)
+    s = max(_finite_mad_sigma(excess), 1e-6)
     ring = np.ones((3, 3), bool)
     ring[1, 1] = False  # the largest neighbour excess, the pixel itself left out
     nbr = maximum_filter(excess, footprint=ring, mode="nearest")
@@ -556,13 +502,12 @@ def _isolated_spikes(img: np.ndarray, sigma: float, fraction: float) -> np.ndarr
 
 
 def _column_runs(plane: np.ndarray, sigma: float, fraction: float, length: int) -> np.ndarray:
-    from scipy.ndimage import binary_dilation, binary_erosion
 
     left = np.concatenate([plane[:, 1:2], plane[:, :-1]], axis=1)
     right = np.concatenate([plane[:, 1:], plane[:, -2:-1]], axis=1)
     side = np.minimum(left, right)
     excess = plane - side
-    s = max(_robust_sigma(excess), 1e-6)
+    s = max(_finite_mad_sigma(excess), 1e-6)
     # Both side neighbours must sit at the background: |left - right| small against the excess.
     flat_sides = np.abs(left - right) < fraction * excess + sigma * s
     column = (excess > sigma * s) & flat_sides
@@ -594,8 +539,6 @@ def defects_from_lights(
     must not win a minimum), and a frame with more than ``MAX_INVALID_FRACTION`` of them is
     not used at all (the workflow refuses such a frame; see ``checks.check_finite``).
     """
-    from tilestack.io.frames import read_frame
-
     n = len(paths)
     if n == 0:
         raise InputError("defects_from_lights: no lights")

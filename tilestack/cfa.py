@@ -236,7 +236,7 @@ def luminance_image(mosaic: np.ndarray, valid: np.ndarray | None, bayer: str | N
     """
     if not bayer:
         return np.asarray(mosaic, np.float32), valid
-    import cv2  # imported here: cfa is read at parse time, where cv2's import would cost 0.3 s
+    import cv2  # cfa is imported at parse time, where OpenCV's import would cost 0.3 s
 
     lum, ok = binned_luminance(mosaic, valid)
     good = ok.astype(bool) & np.isfinite(lum)

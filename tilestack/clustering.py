@@ -61,7 +61,7 @@ def cluster_frames(
     frames (a one-frame synthetic frame carries single-frame noise into ``mean_k S_k``).
     Returns ``frame, cluster, method`` and the state columns.
     """
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # about 1 s to import; only full mode clusters
 
     df = state_df.reset_index(drop=True)
     n = len(df)

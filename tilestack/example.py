@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from tilestack.simulate import simulate_night
+
 EXAMPLE_DIR = Path("example/night")
 EXAMPLE = {
     "n_frames": 60,
@@ -27,8 +29,6 @@ EXAMPLE = {
 
 def make_example(out_dir=EXAMPLE_DIR, *, force: bool = False, **overrides):
     """Simulate the example night into ``out_dir`` (skipped when its lights already exist)."""
-    from tilestack.simulate import simulate_night
-
     out = Path(out_dir)
     lights = out / "lights"
     params = {**EXAMPLE, **overrides}

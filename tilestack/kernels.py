@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-MAD_TO_SIGMA = 1.4826
+from tilestack.robust import MAD_TO_SIGMA  # a compile-time constant of the kernels
+
 COL_BLOCK = 128
 
 

@@ -13,7 +13,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jsonschema.exceptions import ValidationError, best_match
+
+from tilestack.cfa import channels_for
+from tilestack.checks import check_night, check_weight_sum
+from tilestack.checks import decide_mode as checks_decide_mode
 from tilestack.errors import ConfigError, InputError
+from tilestack.io.manifest import build_manifest, frame_stem, list_frames
+from tilestack.registration.siril import siril_available
+from tilestack.tiles import band_ranges
 
 WEIGHT_SUM_TOLERANCE = 1e-6
 
@@ -71,23 +79,13 @@ def make_batches(stems: list[str], per_job: int) -> dict[str, list[str]]:
     return {f"b{i:0{width}d}": stems[i * per_job : (i + 1) * per_job] for i in range(n_batches)}
 
 
-def make_bands(height: int, band_rows: int) -> list[tuple[int, int]]:
-    """Row ranges [y0, y1) of ceil(height / band_rows) bands covering the channel plane."""
-    n = max(1, math.ceil(height / band_rows))
-    return [(i * band_rows, min(height, (i + 1) * band_rows)) for i in range(n)]
-
-
 def decide_mode(n: int, config: dict) -> str:
     """Mode of METHODOLOGY §1 from the number of lights; below the minimum stop at once."""
-    from tilestack.checks import decide_mode as checks_decide_mode
-
     return checks_decide_mode(n, config)
 
 
 def check_config(config: dict) -> None:
     """Cross-key rules the schema cannot express (one-line ConfigError): alpha+beta+gamma = 1."""
-    from tilestack.checks import check_weight_sum
-
     check_weight_sum(config, tol=WEIGHT_SUM_TOLERANCE)
     for key in ("darks", "flats", "bias"):
         if config.get(key) is None:
@@ -96,8 +94,6 @@ def check_config(config: dict) -> None:
 
 def calibration_frames(config: dict) -> dict[str, list[str]]:
     """Paths of the bias/darks/flats frames (empty lists when a key is empty)."""
-    from tilestack.io.manifest import list_frames
-
     out = {}
     for key in ("bias", "darks", "flats"):
         spec = str(config.get(key) or "")
@@ -123,14 +119,12 @@ def check_engines(config: dict) -> None:
     ]
     if not wants:
         return
-    from tilestack.registration.siril import siril_available
 
     if not siril_available():
         raise ConfigError(f"{' and '.join(wants)} = siril needs siril-cli on PATH (not found)")
 
 
 def _frame_stems(paths: list[Path]) -> list[str]:
-    from tilestack.io.manifest import frame_stem
 
     stems = [frame_stem(p) for p in paths]
     seen: dict[str, Path] = {}
@@ -143,9 +137,6 @@ def _frame_stems(paths: list[Path]) -> list[str]:
 
 def make_plan(config: dict) -> Plan:
     """Plan the run from the config (already validated and defaulted)."""
-    from tilestack.cfa import channels_for
-    from tilestack.io.manifest import list_frames
-
     lights = str(config.get("lights", "") or "")
     if not lights:
         raise ConfigError("lights is empty: set it to a folder or glob of light frames")
@@ -167,8 +158,6 @@ def make_plan(config: dict) -> Plan:
 
     # Every light's header (cheap): sizes, Bayer patterns, exposures and pixel types are
     # decided over the whole night, so the odd files are named, whichever batch they are in.
-    from tilestack.checks import check_night
-    from tilestack.io.manifest import build_manifest
 
     headers = build_manifest(frames, checksum=False)
     check_night(headers, config, lights)
@@ -196,7 +185,7 @@ def make_plan(config: dict) -> Plan:
         channel_width=cw,
         channel_height=ch,
         band_rows=band_rows,
-        bands=make_bands(ch, band_rows),
+        bands=band_ranges(ch, band_rows),
         mode=mode,
         n_clusters=cluster_count(len(frames)) if mode == "full" else 0,
         sample_batches=sample,
@@ -249,10 +238,6 @@ def _range_text(schema: dict) -> str:
 
 def validation_error_line(exc: BaseException) -> str | None:
     """Find the jsonschema error inside Snakemake's WorkflowError and format it."""
-    try:
-        from jsonschema.exceptions import ValidationError
-    except ImportError:  # pragma: no cover - jsonschema ships with snakemake
-        return None
     seen = set()
     stack = [exc]
     while stack:
@@ -273,8 +258,6 @@ def validation_error_line(exc: BaseException) -> str | None:
 
 def _deepest(err):
     """For anyOf/oneOf errors pick the most specific sub-error."""
-    from jsonschema.exceptions import best_match
-
     if err.context:
         return best_match(err.context)
     return err

@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from tilestack.errors import InputError
 from tilestack.io.atomic import atomic_path
+from tilestack.robust import mad_sigma, sky_stats
 
 RGB = ("R", "G", "B")
 SATMASK = "SATMASK"
@@ -166,18 +167,6 @@ def superpixel_rgb(stacks: Mapping[str, np.ndarray]) -> np.ndarray:
 # --- saturated cores -----------------------------------------------------------------------
 
 
-def _sky(plane: np.ndarray) -> tuple[float, float, float]:
-    """(median, 1.4826·MAD, max) of the finite values (statistics on a subsample if large)."""
-    v = plane[np.isfinite(plane)].astype(np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    peak = float(v.max())
-    if v.size > 2_000_000:
-        v = v[:: v.size // 1_000_000]
-    med = float(np.median(v))
-    return med, 1.4826 * float(np.median(np.abs(v - med))), peak
-
-
 def fill_saturated_plane(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fill the saturated-core holes of one stacked plane; returns (filled float32, uint8 mask).
 
@@ -197,7 +186,7 @@ def fill_saturated_plane(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     holes = ~np.isfinite(img)
     if not holes.any() or holes.all():
         return img, mask
-    bg, noise, peak = _sky(img)
+    bg, noise, peak = sky_stats(img)
     labels, _ = ndimage.label(holes, structure=np.ones((3, 3), bool))
     h, w = img.shape
     r = SAT_RING_WIDTH
@@ -286,7 +275,7 @@ def _stretch_channel(x: np.ndarray, target: float, shadows_sigma: float) -> np.n
     if v.size > 2_000_000:  # statistics on a deterministic subsample are enough
         v = v[:: v.size // 1_000_000]
     med = float(np.median(v))
-    mad = 1.4826 * float(np.median(np.abs(v - med)))
+    mad = mad_sigma(v, med)
     hi = float(np.max(v))
     lo = med - shadows_sigma * mad if mad > 0 else float(np.min(v))
     lo = max(lo, float(np.min(v)))
@@ -301,25 +290,13 @@ def _stretch_channel(x: np.ndarray, target: float, shadows_sigma: float) -> np.n
     return _mtf(m, y)
 
 
-def _robust_stats(x: np.ndarray) -> tuple[float, float, float]:
-    """(median, 1.4826·MAD, max) of the finite values, on a deterministic subsample if large."""
-    v = x[np.isfinite(x)].astype(np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    hi = float(np.max(v))
-    if v.size > 2_000_000:
-        v = v[:: v.size // 1_000_000]
-    med = float(np.median(v))
-    return med, 1.4826 * float(np.median(np.abs(v - med))), hi
-
-
 def _stretch_linked(rgb: np.ndarray, target: float, shadows_sigma: float) -> np.ndarray:
     """One stretch for all three channels after subtracting each channel's background.
 
     Subtracting the per-channel median neutralises the sky colour; the common scale and the
     common midtone keep the colour ratios of everything above the sky (star colours).
     """
-    stats = [_robust_stats(c) for c in rgb]
+    stats = [sky_stats(c) for c in rgb]
     if not all(np.isfinite(s[0]) for s in stats):
         return np.stack([_stretch_channel(c, target, shadows_sigma) for c in rgb])
     y = np.stack([np.asarray(c, dtype=np.float64) - s[0] for c, s in zip(rgb, stats, strict=True)])

@@ -21,6 +21,7 @@ import math
 import os
 from collections.abc import Mapping
 
+import numpy as np
 from astropy.io import fits
 
 from tilestack import __version__
@@ -104,8 +105,6 @@ def provenance_header(
 def _fits_value(value):
     """Return a FITS-safe version of ``value`` or None when it cannot be stored."""
     try:
-        import numpy as np
-
         if isinstance(value, np.generic):
             value = value.item()
     except ImportError:  # pragma: no cover
@@ -126,8 +125,6 @@ def _fits_value(value):
 
 def _json_fallback(o):
     try:
-        import numpy as np
-
         if isinstance(o, np.generic):
             return o.item()
         if isinstance(o, np.ndarray):

@@ -15,6 +15,8 @@ import shutil
 import subprocess
 from importlib import metadata
 
+import yaml
+
 PACKAGES = (
     "tilestack",
     "snakemake",
@@ -98,7 +100,6 @@ def _fmt(v) -> str:
 
 
 def page(validation: dict, config: dict) -> str:
-    import yaml
 
     verdict = str(validation.get("verdict", "unknown"))
     figures = validation.get("figures", {})

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
+
 ERROR_PREFIX = "tilestack: error: "
 
 
@@ -48,8 +50,6 @@ def summary(results, ok: bool) -> str:
         if ok:
             lines.append("tilestack: no validation.json (verdict unknown)")
     try:
-        import pandas as pd
-
         table = pd.read_csv(res / "registration" / "transforms.csv")
         left = table[table["status"] == "unregistered"]
         if len(left):

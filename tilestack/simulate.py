@@ -11,6 +11,7 @@ import argparse
 import sys
 import time
 
+from tilestack.errors import TilestackError
 from tilestack.simulation.night import (
     PATTERNS,
     SimulatedNight,
@@ -70,8 +71,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``tilestack-simulate`` / ``python -m tilestack.simulate``)."""
-    from tilestack.errors import TilestackError
-
     args = _parser().parse_args(argv)
     t0 = time.perf_counter()
     try:

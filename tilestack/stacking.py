@@ -7,8 +7,12 @@ here so workflow scripts import one module for the final stack.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from tilestack.errors import ConfigError, InputError
+from tilestack.io.batch import RegisteredReader
+from tilestack.metrics.local import weight_matrix
+from tilestack.normalization import Surface
 from tilestack.reconstruction import (
     BandInputs,
     BandOptions,
@@ -20,15 +24,14 @@ from tilestack.reconstruction import (
     reconstruct_band,
     save_band,
 )
-from tilestack.synthetic import cluster_quality_weights
-from tilestack.tiles import TileGrid
+from tilestack.synthetic import cluster_labels, cluster_quality_weights
+from tilestack.tiles import TileGrid, band_ranges
 
 __all__ = [
     "BandInputs",
     "BandOptions",
     "BandResult",
     "assemble_bands",
-    "band_ranges",
     "final_cluster_weights",
     "final_stack",
     "load_band",
@@ -49,12 +52,6 @@ def final_cluster_weights(mode: str, q: np.ndarray, labels: np.ndarray) -> np.nd
 def final_stack(synthetic: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """``R = mean_k S_k`` or ``sum_k w_k S_k / sum_k w_k`` (clusters without data skipped)."""
     return combine_synthetic(np.asarray(synthetic, np.float32), weights)
-
-
-def band_ranges(height: int, band_rows: int) -> list[tuple[int, int]]:
-    """Row ranges of the bands of a channel of ``height`` rows."""
-    step = max(1, int(band_rows))
-    return [(a, min(a + step, height)) for a in range(0, height, step)]
 
 
 def stack_frames(
@@ -79,8 +76,6 @@ def stack_frames(
 
 def surfaces_for(normalization_df, frames: list[str]):
     """``(s, surfaces)`` in ``frames`` order from a channel's §5 normalization table."""
-    from tilestack.normalization import Surface
-
     by = {r["frame"]: r for r in normalization_df.to_dict("records")}
     missing = [f for f in frames if f not in by]
     if missing:
@@ -121,11 +116,6 @@ def reconstruct_channel_band(
     computes the classical stack of the same rows. Reads only these rows, in chunks sized by
     ``memory_mb``, so memory does not grow with the number of frames.
     """
-    import pandas as pd
-
-    from tilestack.io.batch import RegisteredReader
-    from tilestack.metrics.local import weight_matrix
-
     g = global_df.sort_values("frame", kind="stable").reset_index(drop=True)
     frames = g["frame"].astype(str).tolist()
     stems = g["stem"].astype(str).tolist()
@@ -133,8 +123,6 @@ def reconstruct_channel_band(
     rc = reconstruction
     inputs = {"classical": (g["median"].to_numpy(np.float64), g["mad"].to_numpy(np.float64))}
     if clusters is not None:
-        from tilestack.synthetic import cluster_labels
-
         labels = cluster_labels(pd.DataFrame(clusters), frames)
         inputs |= {
             "clusters": labels,

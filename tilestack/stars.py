@@ -15,9 +15,11 @@ import cv2
 import numpy as np
 import pandas as pd
 from numba import njit
+from scipy.spatial import cKDTree
 
 from tilestack.cfa import binned_luminance, stars_to_full_resolution
 from tilestack.cfa_centroid import refine_on_green
+from tilestack.robust import MAD_TO_SIGMA, mad_sigma
 
 COLUMNS = [
     "x",
@@ -130,7 +132,7 @@ def _despike_mesh(m: np.ndarray) -> np.ndarray:
     stack = np.stack([p[dy : dy + ny, dx : dx + nx] for dy in range(3) for dx in range(3)])
     med = np.median(stack, axis=0)
     dev = m - med
-    thr = 3.0 * 1.4826 * np.median(np.abs(dev)) + 1e-6 * (np.abs(med).max() + 1.0)
+    thr = 3.0 * MAD_TO_SIGMA * np.median(np.abs(dev)) + 1e-6 * (np.abs(med).max() + 1.0)
     return np.where(np.abs(dev) > thr, med, m)
 
 
@@ -207,9 +209,7 @@ def background_mesh(image: np.ndarray, valid=None, box: int = 64, binning: int =
     d = d[np.isfinite(d)]
     if len(d) < 16:
         return full, float("nan")
-    med = np.median(d)
-    sigma = 1.4826 * float(np.median(np.abs(d - med)))
-    return full, sigma
+    return full, mad_sigma(d)
 
 
 # --- candidates ------------------------------------------------------------------------------
@@ -506,7 +506,6 @@ def _dedupe(table: pd.DataFrame, radius: float = 1.0) -> pd.DataFrame:
     """Drop fainter detections that converged onto the same star."""
     if len(table) < 2:
         return table
-    from scipy.spatial import cKDTree
 
     xy = table[["x", "y"]].to_numpy()
     pairs = cKDTree(xy).query_pairs(radius, output_type="ndarray")

@@ -245,3 +245,10 @@ def grid_from_star_tables(
         overlap=float(tile["overlap"]),
     )
     return grid, fwhm, len(tables)
+
+
+def band_ranges(height: int, band_rows: int) -> list[tuple[int, int]]:
+    """Row ranges ``[y0, y1)`` of the bands of ``band_rows`` rows covering a channel plane of
+    ``height`` rows (the last band may be shorter): the units of the reconstruction jobs."""
+    step = max(1, int(band_rows))
+    return [(a, min(a + step, height)) for a in range(0, height, step)]

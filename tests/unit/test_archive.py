@@ -3,7 +3,7 @@ import os
 import tarfile
 import time
 
-from tilestack.archive import manifest_csv, sha256_file, write_archive
+from tilestack.workflow.archive import manifest_csv, sha256_file, write_archive
 
 
 def test_archive_bytes_do_not_depend_on_file_times_or_insertion_order(tmp_path):

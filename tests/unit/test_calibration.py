@@ -325,15 +325,14 @@ def test_sensor_defects_from_lights_find_hot_pixels_and_column_not_stars(bayer):
 
 def test_defects_from_lights_reads_a_dozen_lights_and_finds_the_hot_pixels(tmp_path, monkeypatch):
     from tilestack import calibration
-    from tilestack.io import frames as frames_mod
     from tilestack.simulate import simulate_night
 
     night = simulate_night(tmp_path / "n", n_frames=20, width=160, height=128, seed=4)
     lights = sorted(str(p) for p in (tmp_path / "n" / "lights").iterdir())
     hot = pd.read_csv(tmp_path / "n" / "truth" / "hot_pixels.csv")
     read = []
-    real = frames_mod.read_frame
-    monkeypatch.setattr(frames_mod, "read_frame", lambda p: read.append(p) or real(p))
+    real = calibration.read_frame
+    monkeypatch.setattr(calibration, "read_frame", lambda p: read.append(p) or real(p))
     mask = calibration.defects_from_lights(lights, None, sigma=5.0).astype(bool)
     assert len(read) == calibration.DEFECT_FRAMES and len(set(read)) == len(read)
     assert read[0] == lights[0] and read[-1] == lights[-1]  # spread over the whole batch

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tilestack.finish import StagedOutputs
+from tilestack.workflow.finish import StagedOutputs
 
 
 class Output(SimpleNamespace):

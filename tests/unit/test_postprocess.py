@@ -351,7 +351,7 @@ def test_final_images_have_no_saturated_holes(tmp_path, bayer):
     import json
     from types import SimpleNamespace
 
-    from tilestack.finish import postprocess
+    from tilestack.workflow.finish import postprocess
 
     planes, stars = _saturated_night()
     stacks = planes if bayer else {"L": planes["G"]}

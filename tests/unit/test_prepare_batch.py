@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tilestack.errors import InputError
-from tilestack.prepare_batch import check_batch, prepare_batch
+from tilestack.workflow.prepare import check_batch, prepare_frames
 
 
 @pytest.mark.parametrize("bayer", [None, "GRBG"])
@@ -14,7 +14,7 @@ def test_prepare_batch_calibrates_every_light_and_finds_its_stars(tmp_path, baye
     manifest = check_batch(paths, paths[0], 0.05)
     assert list(manifest["path"]) == paths
     added = []
-    stars = prepare_batch(
+    stars = prepare_frames(
         manifest,
         None,
         lambda stem, light, valid, hdr: added.append((stem, light.dtype, valid.dtype, hdr)),

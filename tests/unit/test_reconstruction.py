@@ -13,9 +13,9 @@ from tilestack.reconstruction import (
     rows_per_chunk,
     save_band,
 )
-from tilestack.stacking import band_ranges, stack_frames
+from tilestack.stacking import stack_frames
 from tilestack.synthetic import synthetic_global
-from tilestack.tiles import TileGrid
+from tilestack.tiles import TileGrid, band_ranges
 
 N, H, W = 14, 45, 58
 

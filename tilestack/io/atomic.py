@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -62,7 +64,6 @@ def write_table(path: str | os.PathLike, df) -> None:
 
 
 def _json_default(o):
-    import numpy as np
 
     if isinstance(o, np.integer):
         return int(o)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tilestack.errors import InputError
+from tilestack.io.atomic import write_table
 from tilestack.io.frames import SUPPORTED_EXTENSIONS, read_frame_info
 
 COLUMNS = ["path", "frame", "stem", "width", "height", "exposure", "bayer", "time", "checksum"]
@@ -149,7 +150,6 @@ def unreadable_message(errors: list[str], n_total: int) -> str:
 
 
 def write_manifest(path, df: pd.DataFrame) -> None:
-    from tilestack.io.atomic import write_table
 
     write_table(path, df)
 

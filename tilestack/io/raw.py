@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
 
 from tilestack.errors import InputError
 
@@ -37,7 +38,7 @@ def is_raw(path) -> bool:
 
 def _import_rawpy():
     try:
-        import rawpy
+        import rawpy  # LibRaw is loaded only when a camera RAW file is read
     except ImportError as err:  # pragma: no cover - rawpy is a declared dependency
         raise InputError("reading camera RAW files needs the rawpy package") from err
     return rawpy
@@ -130,8 +131,6 @@ def read_raw_info(path) -> RawMeta:
 
 def raw_header(meta: RawMeta):
     """FITS-style header for a RAW frame so downstream code sees one kind of metadata."""
-    from astropy.io import fits
-
     hdr = fits.Header()
     if meta.exposure is not None:
         hdr["EXPTIME"] = (meta.exposure, "[s] exposure time from the RAW file")

@@ -18,7 +18,7 @@ from numba import njit
 
 from tilestack.kernels import median_inplace
 from tilestack.metrics.global_metrics import global_metrics_and_maps, robust_energy
-from tilestack.robust import MAD_TO_SIGMA, Z_FLOOR, diff_noise
+from tilestack.robust import MAD_TO_SIGMA, Z_FLOOR, diff_noise, mad_sigma
 from tilestack.stars import detect_frame_stars
 from tilestack.tiles import TileGrid
 
@@ -280,7 +280,7 @@ def find_peaks(
     s = max(0.5, float(fwhm) / FWHM_PER_SIGMA)
     sm = cv2.GaussianBlur(filled, (0, 0), s)
     resid = (sm - med)[mask]
-    noise = MAD_TO_SIGMA * float(np.median(np.abs(resid - np.median(resid))))
+    noise = mad_sigma(resid)
     mx = cv2.dilate(sm, np.ones((3, 3), np.uint8))
     peaks = (sm >= mx) & mask & (sm > med + k * max(noise, 1e-12))
     yy, xx = np.nonzero(peaks)

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from tilestack.robust import MAD_TO_SIGMA
+from tilestack.robust import MAD_TO_SIGMA, mad_sigma
 
 
 def _finite_median(v: np.ndarray) -> float:
@@ -120,7 +120,7 @@ def _neighbour_noise(x: np.ndarray) -> float:
     d = d[np.isfinite(d)]
     if d.size < 4:
         return float("nan")
-    return (MAD_TO_SIGMA * float(np.median(np.abs(d - np.median(d))))) ** 2 / 2.0
+    return mad_sigma(d) ** 2 / 2.0
 
 
 def shrink_deviation(x: np.ndarray) -> np.ndarray:

@@ -1,13 +1,15 @@
 """Registration: stars, triangle matching, robust fitting, fallbacks and warping.
 
-Main entry points: :func:`detect_stars`, :class:`Transform`, :class:`Registrator`,
+Main entry points: :func:`detect_stars` (from :mod:`tilestack.stars`), :class:`Transform`,
+:class:`Registrator`,
 :func:`register_frame` / :func:`result_row` (workflow batches) and :func:`choose_reference`.
 """
 
 import importlib
 
-# Names are imported from their submodule on first use (PEP 562): a job that only detects
-# stars should not pay for importing the matcher, RANSAC and the warp kernels.
+# Names are imported from their submodule on first use (PEP 562): the parse-time planner, which
+# only asks `registration.siril` whether siril-cli exists, does not pay for the matcher, RANSAC
+# and the warp kernels. Star detection lives below registration (tilestack.stars).
 _WHERE = {
     "AccuracyTooLow": "errors",
     "NoPatternFound": "errors",

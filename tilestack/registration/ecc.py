@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from tilestack.errors import ConfigError
-from tilestack.registration.errors import RegistrationError
+from tilestack.registration.errors import RegistrationError, SizeMismatch
 from tilestack.registration.interpolation import warp_image
 from tilestack.registration.phase_correlation import (
     phase_correlate_details,
@@ -180,8 +180,6 @@ def register_by_correlation(
         img_hp[np.asarray(valid) == 0] = np.nan
     ref_hp = remove_background(reference).astype(np.float32)
     if img_hp.shape != ref_hp.shape:
-        from tilestack.registration.errors import SizeMismatch
-
         raise SizeMismatch(f"frame shape {img_hp.shape} differs from reference {ref_hp.shape}")
     before = ncc(img_hp, ref_hp)
     best, best_ncc, method, reasons = None, before, "none", []

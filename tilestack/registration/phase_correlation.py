@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from scipy import fft as sfft
 
 from tilestack.errors import ConfigError
+from tilestack.registration.interpolation import warp_image
+from tilestack.robust import MAD_TO_SIGMA
 
 PEAK_METHODS = ("parabolic", "gaussian", "centroid")
 
@@ -48,7 +51,7 @@ def remove_background(image: np.ndarray, valid: np.ndarray | None = None) -> np.
     sok = ok[::step, ::step]
     v = sub[sok]
     med = np.median(v)
-    mad = np.median(np.abs(v - med)) * 1.4826 + 1e-12
+    mad = np.median(np.abs(v - med)) * MAD_TO_SIGMA + 1e-12
     keep = np.abs(v - med) < 3 * mad  # fit the sky, not the stars
     if keep.sum() >= 3:
         a = np.column_stack([np.ones(keep.sum()), xs[sok][keep], ys[sok][keep]])
@@ -165,8 +168,6 @@ def phase_correlate(
 
 def _spectrum_log_polar(img: np.ndarray, n_theta: int, n_rad: int) -> np.ndarray:
     """High-passed magnitude spectrum resampled on a (angle, log-radius) grid."""
-    import cv2
-
     f = np.abs(sfft.fftshift(sfft.fft2(img * _hann2d(img.shape), workers=-1)))
     h, w = f.shape
     fy = np.cos(np.pi * (np.arange(h) - h // 2) / h)[:, None]
@@ -204,8 +205,6 @@ def phase_correlate_rigid(
     translation peak is stronger wins. Scale is assumed to be 1. Meant as a starting point for
     ECC when a frame is rotated and has too few stars for matching.
     """
-    from tilestack.registration.interpolation import warp_image
-
     if image.shape != reference.shape:
         raise ConfigError("phase_correlate_rigid needs frame and reference of the same shape")
     a = remove_background(image, valid)

@@ -21,6 +21,10 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from tilestack.stars import detect_stars
+
+from .cfa_warp import warp_mosaic
+from .ecc import ecc_refine, ncc
 from .errors import (
     AccuracyTooLow,
     NoPatternFound,
@@ -29,7 +33,9 @@ from .errors import (
     SizeMismatch,
     TooFewStars,
 )
-from .quality import Quality, acceptance, measure
+from .interpolation import warp_image
+from .phase_correlation import phase_correlate, phase_correlate_rigid, remove_background
+from .quality import Quality, acceptance, measure, overlap_fraction
 from .ransac import irls, ransac, recover_matches, select_model, sip_check
 from .transforms import MIN_POINTS, MODELS, Transform
 from .triangles import match_triangles
@@ -393,7 +399,6 @@ def _star_vote_counter(stars_xy, ref_xy, radius):
     """
     if stars_xy is None or ref_xy is None or len(stars_xy) < 3 or len(ref_xy) < 3:
         return _NoVotes()
-    from scipy.spatial import cKDTree
 
     tree = cKDTree(np.asarray(ref_xy, dtype=np.float64))
     src = np.asarray(stars_xy, dtype=np.float64)
@@ -434,10 +439,6 @@ def image_fallback(
     too few for the acceptance rule still tell a right transform from a wrong one (e.g. a
     meridian flip that an NCC over residual gradients would miss).
     """
-    from .ecc import ecc_refine, ncc
-    from .interpolation import warp_image
-    from .phase_correlation import phase_correlate, phase_correlate_rigid, remove_background
-
     if image.shape != reference.shape:
         raise SizeMismatch(f"frame {image.shape} and reference {reference.shape} differ in size")
     img_hp = remove_background(image, valid).astype(np.float32)
@@ -637,7 +638,6 @@ def register_frame(
 
 
 def _overlap_or_nan(t, shape, ref_shape):
-    from .quality import overlap_fraction
 
     try:
         return overlap_fraction(t, shape, ref_shape)
@@ -718,16 +718,12 @@ class Registrator:
         self, image, reference, quick: bool = False, valid=None, ref_valid=None
     ) -> RegistrationResult:
         """Full cascade (stars, then fallbacks) or, with ``quick``, phase correlation only."""
-        from tilestack.stars import detect_stars
-
         image = np.asarray(image, dtype=np.float32)
         reference = np.asarray(reference, dtype=np.float32)
         if image.shape != reference.shape:
             err = SizeMismatch(f"frame {image.shape} and reference {reference.shape} differ")
             return RegistrationResult(None, "unregistered", "none", str(err), error=err)
         if quick:
-            from .phase_correlation import phase_correlate
-
             dx, dy, conf = phase_correlate(image, reference, valid=valid)
             t = Transform.translation(dx, dy)
             return RegistrationResult(
@@ -758,9 +754,6 @@ class Registrator:
         result.raise_for_status()
         out_shape = tuple(out_shape or np.shape(image))
         if bayer:
-            from .cfa_warp import warp_mosaic
-
             return warp_mosaic(image, result.matrix, bayer, out_shape, kernel=kernel, valid=valid)
-        from .interpolation import warp_image
 
         return warp_image(image, result.matrix, out_shape, kernel=kernel, valid=valid)

@@ -7,12 +7,12 @@ import pandas as pd
 
 from tilestack.errors import InputError
 from tilestack.io.batch import BatchFile
-from tilestack.robust import diff_noise
+from tilestack.robust import MAD_TO_SIGMA, diff_noise
 
 
 def _robust_z(v: np.ndarray) -> np.ndarray:
     med = np.nanmedian(v)
-    mad = 1.4826 * np.nanmedian(np.abs(v - med))
+    mad = MAD_TO_SIGMA * np.nanmedian(np.abs(v - med))
     if not np.isfinite(mad) or mad <= 0:
         return np.zeros_like(v)
     return (v - med) / mad

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from astropy.io import fits
 
 from tilestack.errors import TilestackError
 from tilestack.io.transforms_table import CONTRACT, MATRIX_COLUMNS
@@ -212,8 +213,6 @@ def stack_with_siril(
     32-bit results scaled to [0, 1] for 16-bit inputs; ``adu_scale`` multiplies them back
     (None keeps Siril's file as is).
     """
-    from astropy.io import fits
-
     _require()
     paths = [Path(p) for p in light_paths_or_registered]
     if not paths:

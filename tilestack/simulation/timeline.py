@@ -20,6 +20,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from tilestack.errors import ConfigError
+
 
 def rigid_matrix(theta_rad: float, dx: float, dy: float, cx: float, cy: float) -> np.ndarray:
     """Rotation by ``theta`` about (cx, cy) followed by a shift (dx, dy), as a 3×3 matrix."""
@@ -300,8 +302,6 @@ OVERRIDABLE = (
 
 def apply_overrides(frames: pd.DataFrame, overrides: dict, width: int, height: int) -> None:
     """Force chosen frames' conditions in place (hard cases); pose keys rebuild the matrix."""
-    from tilestack.errors import ConfigError
-
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
     for idx, values in overrides.items():
         i = int(idx)

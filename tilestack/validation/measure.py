@@ -11,11 +11,19 @@ the same apertures.
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 
 import cv2
 import numpy as np
 import pandas as pd
+from scipy import fft
 from scipy.optimize import least_squares
+from scipy.signal import correlate
+from scipy.spatial import cKDTree
+
+from tilestack.robust import MAD_TO_SIGMA, clipped_stats, robust_sigma
+from tilestack.validation.seams import seam_score, seam_score_without_truth
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 MOFFAT_BETA = (1.2, 30.0)  # bounds of the fitted Moffat β (a Gaussian is β → ∞)
@@ -43,47 +51,6 @@ STAR_COLUMNS = [
 
 
 # --- background ----------------------------------------------------------------------------
-
-
-SAMPLE_MAX = 1 << 20
-
-
-def robust_sigma(values: np.ndarray) -> float:
-    """1.4826·MAD of the finite values (NaN when there are none)."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return float("nan")
-    med = np.median(v)
-    return float(1.4826 * np.median(np.abs(v - med)))
-
-
-def clipped_stats(
-    values: np.ndarray, *, kappa: float = 3.0, max_iter: int = 5
-) -> tuple[float, float]:
-    """Sigma-clipped (median, standard deviation) of the finite values.
-
-    Beyond ``SAMPLE_MAX`` values a fixed regular subsample is used (deterministic; with 2^20
-    samples the standard deviation is known to 0.1 %): whole 2048² stacks cost 4× less.
-    """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size > SAMPLE_MAX:
-        v = v[:: math.ceil(v.size / SAMPLE_MAX)]
-    if v.size == 0:
-        return float("nan"), float("nan")
-    keep = v
-    for _ in range(max_iter):
-        med = float(np.median(keep))
-        sig = float(1.4826 * np.median(np.abs(keep - med)))
-        if sig <= 0:
-            break
-        new = v[np.abs(v - med) <= kappa * sig]
-        if new.size == keep.size or new.size < 10:
-            keep = new if new.size >= 10 else keep
-            break
-        keep = new
-    return float(np.median(keep)), float(np.std(keep))
 
 
 def background_map(image: np.ndarray, box: int = 64) -> np.ndarray:
@@ -373,8 +340,6 @@ def measure_stars(
         r = int(stamp_radius)
 
     if detected and isolation > 0 and cand.shape[0] > 1:
-        from scipy.spatial import cKDTree
-
         tree = cKDTree(cand)
         d, _ = tree.query(cand, k=2)
         cand = cand[d[:, 1] > isolation * r]
@@ -412,14 +377,11 @@ def _fits(img, cand, r, noise, model, workers: int, need: int | None):
     With ``need`` (detection: stop after that many candidates) the work goes in rounds, so
     the parallel version stops about where the serial one would.
     """
-    import multiprocessing as mp
-
     n = len(cand)
     if workers <= 1 or n < 2 * _FIT_CHUNK or "fork" not in mp.get_all_start_methods():
         for x, y in cand:
             yield _fit_star(img, x, y, r, noise, model)
         return
-    from concurrent.futures import ProcessPoolExecutor
 
     global _FIT_ARGS
     _FIT_ARGS = (img, cand, r, noise, model)  # inherited by the forked workers
@@ -461,7 +423,7 @@ def aperture_photometry(
     """Background-subtracted aperture fluxes with a robust annulus background.
 
     The aperture uses fractional pixel weights (``subsample``² points per pixel) so fluxes do
-    not jump with sub-pixel position. σ_bg is 1.4826·MAD in the annulus. Columns: x, y, flux,
+    not jump with sub-pixel position. σ_bg is MAD_TO_SIGMA·MAD in the annulus. Columns: x, y, flux,
     background, sigma_bg, npix, n_annulus, snr, ok.
     SNR = flux / sqrt(npix·σ² + npix²·σ²/n_annulus): background-limited, right for faint stars.
     """
@@ -494,7 +456,7 @@ def aperture_photometry(
             continue
         bvals = stamp[ring]
         bmed = float(np.median(bvals))
-        bsig = float(1.4826 * np.median(np.abs(bvals - bmed)))
+        bsig = float(MAD_TO_SIGMA * np.median(np.abs(bvals - bmed)))
         # Mode-like background estimate resists faint neighbours in the annulus.
         clip = bvals[np.abs(bvals - bmed) <= 3 * bsig] if bsig > 0 else bvals
         bkg = float(np.mean(clip)) if clip.size else bmed
@@ -539,8 +501,6 @@ def isolated(
     star_xy: np.ndarray, flux: np.ndarray, distance: float, ratio: float = 0.01
 ) -> np.ndarray:
     """Mask of stars with no neighbour brighter than ``ratio``×own flux within ``distance``."""
-    from scipy.spatial import cKDTree
-
     xy = np.asarray(star_xy, dtype=np.float64).reshape(-1, 2)
     f = np.asarray(flux, dtype=np.float64).ravel()
     keep = np.ones(len(xy), dtype=bool)
@@ -691,8 +651,6 @@ def noise_autocovariance(
     ``min_pairs`` pairs are NaN. Interpolation or smoothing correlates neighbouring pixels;
     this is what makes C(d ≠ 0) non-zero.
     """
-    from scipy import fft
-
     img = np.asarray(image, dtype=np.float64)
     m = np.asarray(blank, dtype=bool) & np.isfinite(img)
     L = int(max_lag)
@@ -748,8 +706,6 @@ def aperture_noise(
     Returns (noise, blank pixels used); NaN below ``n_min`` pixels or where a needed lag
     lacks pixel pairs.
     """
-    from scipy.signal import correlate
-
     r_in, r_out = annulus if annulus is not None else (radius + 3.0, radius + 8.0)
     R = int(math.ceil(r_out)) + 1
     C, n_pix = noise_autocovariance(image, blank, 2 * R)
@@ -915,10 +871,6 @@ def compare_stacks(
     of non-finite pixels. Returns scalar figures plus the per-star FWHM arrays for the
     histogram and the final stack's star table.
     """
-    from scipy.spatial import cKDTree
-
-    from tilestack.validation.seams import seam_score, seam_score_without_truth
-
     fin_img = np.asarray(final, dtype=np.float32)
     cla_img = np.asarray(classical, dtype=np.float32)
     if footprint is None:

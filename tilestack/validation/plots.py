@@ -12,13 +12,17 @@ import os
 from collections.abc import Sequence
 
 import cv2
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from PIL import Image
+from scipy.spatial import cKDTree
 
 from tilestack.io.atomic import atomic_path
+from tilestack.postprocess import stretch
 
 FIGSIZE = (6.4, 4.2)
 DPI = 100
@@ -27,8 +31,6 @@ MAX_IMAGE_PX = 800
 
 def _save(fig: Figure, path: str | os.PathLike) -> None:
     """Render, reduce to a 256-colour palette (noisy images stay small), write atomically."""
-    from PIL import Image
-
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
@@ -105,8 +107,6 @@ def _tile_value_image(
     tiles: Sequence[Sequence[int]], values: Sequence[float], shape: tuple[int, int]
 ) -> tuple[np.ndarray, float]:
     """Coarse image where every pixel shows the value of the tile whose centre is nearest."""
-    from scipy.spatial import cKDTree
-
     h, w = shape
     f = min(1.0, 256 / max(h, w))
     ch, cw = max(1, round(h * f)), max(1, round(w * f))
@@ -130,8 +130,6 @@ def plot_tile_map(
     missing: str = "no value",
 ) -> None:
     """Per-tile values (e.g. FWHM) as a field map over the image (tile = (y0, y1, x0, x1))."""
-    import matplotlib
-
     img, f = _tile_value_image(tiles, values, shape)
     fig = Figure(figsize=FIGSIZE)
     ax = fig.add_subplot()
@@ -289,8 +287,6 @@ def plot_tile_grid(
     star_tiles: Sequence[bool] | None = None,
 ) -> None:
     """The tile grid over the auto-stretched stack (star tiles orange, structure tiles cyan)."""
-    from tilestack.postprocess import stretch
-
     disp, _ = _display(image)
     s = stretch(disp)
     h, w = np.asarray(image).shape

@@ -25,6 +25,8 @@ import warnings
 import cv2
 import numpy as np
 
+from tilestack.robust import MAD_TO_SIGMA
+
 LN2 = math.log(2.0)
 
 
@@ -181,7 +183,7 @@ def smooth_reference(image: np.ndarray, stride: float) -> np.ndarray:
         return np.zeros_like(img)
     v = img[fin]
     med = float(np.median(v))
-    sig = float(1.4826 * np.median(np.abs(v - med)))
+    sig = float(MAD_TO_SIGMA * np.median(np.abs(v - med)))  # float32, like v
     clipped = np.clip(np.where(fin, img, med), med - 5 * sig, med + 5 * sig).astype(np.float32)
     # A Gaussian this wide is blurred on a grid `stride / 8` coarser (area-averaged, then
     # linearly interpolated back): the result is the same smooth surface (its structure is

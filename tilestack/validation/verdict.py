@@ -47,6 +47,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from tilestack.robust import mad_sigma
+
 METHODS = ("tbqr2", "v3")
 
 DEFAULTS = {  # method: v3
@@ -274,7 +276,7 @@ def fwhm_ratio_error(fwhm_classical_stars, fwhm_final_stars) -> float | None:
     lr = lr[np.isfinite(lr)]
     if lr.size < 5:
         return None
-    spread = 1.4826 * float(np.median(np.abs(lr - np.median(lr))))
+    spread = mad_sigma(lr)
     return 1.2533 * spread / math.sqrt(lr.size)
 
 
