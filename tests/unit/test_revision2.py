@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tilestack.align_batch import WarpSettings, frame_fwhm, measure_plane
 from tilestack.metrics.local import frame_metrics, weight_matrix
 from tilestack.metrics.snr_weights import shrink_deviation, snr_global_weights, snr_local_weights
 from tilestack.normalization import (
@@ -22,6 +21,7 @@ from tilestack.normalization import (
 )
 from tilestack.reconstruction import BandInputs, array_reader, reconstruct_band
 from tilestack.tiles import TileGrid
+from tilestack.workflow.align import WarpSettings, frame_fwhm, measure_plane
 
 SIZE = 256
 N_STARS = 220
