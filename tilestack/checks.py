@@ -30,6 +30,7 @@ stored pixel type, FS = 1 for float data normalised to [0, 1]):
 
 from __future__ import annotations
 
+import glob as _glob
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,9 @@ import pandas as pd
 
 from tilestack.cfa import channels_for
 from tilestack.errors import ConfigError, InputError
+from tilestack.io.frames import read_frame
+from tilestack.io.manifest import build_manifest, list_frames
+from tilestack.robust import mad_sigma
 
 MAX_LISTED = 20
 SOFT_MIN_FRAMES = 800
@@ -228,7 +232,7 @@ def pixel_noise(data: np.ndarray) -> float:
     diff = diff[np.isfinite(diff)]
     if diff.size == 0:
         return float("nan")
-    return 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / np.sqrt(2.0)
+    return mad_sigma(diff) / np.sqrt(2.0)
 
 
 def stretch_evidence(data: np.ndarray, full_scale: float | None) -> str | None:
@@ -263,8 +267,6 @@ def _sample_indices(n: int, k: int) -> list[int]:
 
 def check_linearity(manifest: pd.DataFrame, n_sample: int = 5, reader=None) -> list[str]:
     """Pixel test on up to ``n_sample`` frames spread over the session; returns sampled names."""
-    from tilestack.io.frames import read_frame
-
     reader = reader or read_frame
     idx = _sample_indices(len(manifest), n_sample)
     bad: list[str] = []
@@ -339,7 +341,7 @@ def level_gaps(data: np.ndarray) -> str | None:
     if vals.size < 1000 or not np.all(vals == np.round(vals)):
         return None
     med = float(np.median(vals))
-    sigma = 1.4826 * float(np.median(np.abs(vals - med)))
+    sigma = mad_sigma(vals, med)
     near = vals[np.abs(vals - med) <= sigma]
     levels = np.unique(near)
     if levels.size < 8:
@@ -421,7 +423,7 @@ def noise_elasticity(level: np.ndarray, noise: np.ndarray) -> tuple[float, float
             return float("nan"), float("nan"), span
         slope = float(np.sum((xk - xk.mean()) * (yk - yk.mean())) / sxx)
         resid = y - (yk.mean() + slope * (x - xk.mean()))
-        scale = 1.4826 * float(np.median(np.abs(resid[keep] - np.median(resid[keep]))))
+        scale = mad_sigma(resid[keep])
         keep = np.abs(resid) <= 3.0 * max(scale, 1e-12)
     r = resid[keep]
     se = float(np.sqrt(np.sum(r**2) / max(r.size - 2, 1) / sxx))
@@ -467,8 +469,6 @@ def check_bitpix(manifest: pd.DataFrame) -> None:
 
 def display_names(paths: Sequence, lights) -> list[str]:
     """Each path relative to the lights folder (the folder of a glob's fixed part)."""
-    import glob as _glob
-
     root = Path(str(lights)) if lights else None
     if root is not None and not root.is_dir():
         parts = []
@@ -660,8 +660,6 @@ def scan_lights(
     Writes nothing; the caller writes ``scan/frames.csv`` and ``scan/checks.json`` only after
     this returns.
     """
-    from tilestack.io.manifest import build_manifest, list_frames
-
     paths: list[Path] = list_frames(lights)
     manifest = build_manifest(paths)
     cfg = dict(config or {})

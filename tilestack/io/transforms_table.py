@@ -18,6 +18,13 @@ def row_matrix(row: Mapping) -> np.ndarray:
     return np.array([row[k] for k in MATRIX_COLUMNS], dtype=np.float64).reshape(3, 3)
 
 
+def matrix_row(matrix) -> dict[str, float]:
+    """The ``m00 … m22`` columns of a row for a 3×3 frame → reference matrix (inverse of
+    :func:`row_matrix`)."""
+    m = np.asarray(matrix, dtype=np.float64).reshape(3, 3)
+    return {c: float(v) for c, v in zip(MATRIX_COLUMNS, m.ravel(), strict=True)}
+
+
 def merge_batch_tables(tables: list[pd.DataFrame], reference_frame: str) -> pd.DataFrame:
     """One row per light, sorted by file name, contract columns first, exactly one reference.
 

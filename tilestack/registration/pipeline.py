@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from tilestack.io.transforms_table import matrix_row
 from tilestack.stars import detect_stars
 
 from .cfa_warp import warp_mosaic
@@ -662,9 +663,7 @@ def result_row(frame_name: str, result: RegistrationResult | None, is_reference:
         "method": "reference" if is_reference else result.method,
         "is_reference": bool(is_reference),
     }
-    for i in range(3):
-        for j in range(3):
-            row[f"m{i}{j}"] = float(m[i, j])
+    row.update(matrix_row(m))
     row["rms_px"] = 0.0 if is_reference else float(q.rms)
     row["n_inliers"] = int(q.n_inliers)
     t = None if is_reference else result.transform

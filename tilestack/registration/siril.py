@@ -22,7 +22,7 @@ import pandas as pd
 from astropy.io import fits
 
 from tilestack.errors import TilestackError
-from tilestack.io.transforms_table import CONTRACT, MATRIX_COLUMNS
+from tilestack.io.transforms_table import CONTRACT, matrix_row
 
 SIRIL = "siril-cli"
 COLUMNS = [*CONTRACT, "reason"]
@@ -186,7 +186,7 @@ def register_with_siril(
             reason = info.get("reason", "Siril reported no transformation")
             n_in = np.nan
         row.update(status=status, method="siril", n_inliers=n_in, reason=reason)
-        row.update({c: float(v) for c, v in zip(MATRIX_COLUMNS, m.ravel(), strict=True)})
+        row.update(matrix_row(m))
         rows.append(row)
     df = pd.DataFrame(rows)[COLUMNS]
     df["n_inliers"] = df["n_inliers"].astype("Int64")
