@@ -20,6 +20,7 @@ from tilestack.simulate import (
     simulate_night,
     star_field,
 )
+from tilestack.simulation.night import NightSpec
 from tilestack.simulation.presets import NIGHTS, preset_params, simulate_preset
 from tilestack.simulation.timeline import make_timeline, transparency_map
 
@@ -364,7 +365,8 @@ def test_determinism_bit_identical(tmp_path):
 
 
 def test_timeline_ranges():
-    tl = make_timeline(np.random.default_rng(2), 200, 1024, 1024, meridian_flip=True)
+    spec = NightSpec(n_frames=200, width=1024, height=1024, meridian_flip=True)
+    tl = make_timeline(np.random.default_rng(2), spec)
     assert tl.fwhm_px.between(1.8, 5.0).all()
     assert tl.fwhm_px.max() > 3.8  # a bad-seeing burst
     assert tl.transparency.min() < 0.75 and tl.transparency.median() > 0.95

@@ -27,6 +27,7 @@ from tilestack.validation.measure import (
 )
 from tilestack.validation.seams import seam_components, seam_score, seam_score_without_truth
 from tilestack.validation.verdict import (
+    StackFigures,
     build_validation,
     thresholds_from_config,
     usable_tile_fraction,
@@ -224,9 +225,19 @@ GOOD = dict(
 )
 
 
+RUN_KEYS = ("mode", "n_frames", "n_unregistered", "method", "thresholds", "channels", "extra")
+
+
+def _build(**kw):
+    """build_validation from one flat set of names: the run's, the rest are StackFigures."""
+    run = {k: v for k, v in kw.items() if k in RUN_KEYS}
+    figures = StackFigures(**{k: v for k, v in kw.items() if k not in RUN_KEYS})
+    return build_validation(figures, **run)
+
+
 def _doc(**kw):
     """A v3 document (the v3 rules, unchanged since before revision 2)."""
-    doc = build_validation(**{**GOOD, "method": "v3", **kw})
+    doc = _build(**{**GOOD, "method": "v3", **kw})
     json.dumps(doc, allow_nan=False)  # strict JSON: no NaN/Inf anywhere
     return doc
 
@@ -590,7 +601,7 @@ TBQR2 = dict(
 
 
 def _tb(**kw):
-    doc = build_validation(**{**TBQR2, **kw})
+    doc = _build(**{**TBQR2, **kw})
     json.dumps(doc, allow_nan=False)
     return doc
 
@@ -690,24 +701,26 @@ def test_fwhm_ratio_within_its_measurement_noise_is_not_a_miss():
 
     def doc(ratio, error):
         return build_validation(
+            StackFigures(
+                fwhm_final=3.0 * ratio,
+                fwhm_classical=3.0,
+                bg_rms_final=1.0,
+                bg_rms_classical=1.0,
+                weight_variance=0.2,
+                seam_final=1.0,
+                seam_classical=1.0,
+                usable_tile_fraction=1.0,
+                fallback_tiles=0,
+                snr_final=10.0,
+                snr_classical=10.0,
+                photometric_slope=1.0,
+                nonfinite_pixels=0,
+                fwhm_ratio_error=error,
+            ),
             method="tbqr2",
             mode="reduced",
             n_frames=50,
             n_unregistered=0,
-            fwhm_final=3.0 * ratio,
-            fwhm_classical=3.0,
-            bg_rms_final=1.0,
-            bg_rms_classical=1.0,
-            weight_variance=0.2,
-            seam_final=1.0,
-            seam_classical=1.0,
-            usable_tile_fraction=1.0,
-            fallback_tiles=0,
-            snr_final=10.0,
-            snr_classical=10.0,
-            photometric_slope=1.0,
-            nonfinite_pixels=0,
-            fwhm_ratio_error=error,
         )
 
     assert doc(1.008, 0.005)["verdict"] == "success"

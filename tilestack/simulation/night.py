@@ -453,25 +453,7 @@ class _Scene:
 
 def _night_timeline(s: NightSpec):
     """The frames table (conditions, poses, clouds, overrides) and each frame's true matrix."""
-    frames = timeline.make_timeline(
-        np.random.default_rng(np.random.SeedSequence([s.seed, 0])),
-        s.n_frames,
-        s.width,
-        s.height,
-        fwhm_range=s.fwhm_range,
-        seeing=s.seeing,
-        exposure=s.exposure,
-        rotation_deg_total=s.rotation_deg_total,
-        meridian_flip=s.meridian_flip,
-        dither_px=s.dither_px,
-        drift_px=s.drift_px,
-        clouds=s.clouds,
-        haze=s.haze,
-        sky_level=s.sky_level,
-        sky_ramp=s.sky_ramp,
-        satellite_fraction=s.satellite_fraction,
-        start=s.start,
-    )
+    frames = timeline.make_timeline(np.random.default_rng(np.random.SeedSequence([s.seed, 0])), s)
     if s.cloud_patches:
         rng_clouds = np.random.default_rng(np.random.SeedSequence([s.seed, 5]))
         timeline.cloud_passages(rng_clouds, frames, s.width, s.height, s.cloud_patches)

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from tilestack.errors import ConfigError
+
+if TYPE_CHECKING:  # night.py imports this module
+    from tilestack.simulation.night import NightSpec
 
 
 def rigid_matrix(theta_rad: float, dx: float, dy: float, cx: float, cy: float) -> np.ndarray:
@@ -67,29 +71,12 @@ SEEING_PROFILES = {"calm": (0.22, 0.12), "variable": (0.36, 0.26), "steady": (0.
 SKY_UNDER_CLOUD = 0.5
 
 
-def make_timeline(
-    rng: np.random.Generator,
-    n_frames: int,
-    width: int,
-    height: int,
-    *,
-    fwhm_range=(1.8, 5.0),
-    seeing: str = "calm",
-    exposure: float = 10.0,
-    overhead: float = 2.0,
-    rotation_deg_total: float = 3.0,
-    meridian_flip: bool = False,
-    dither_px: float = 4.0,
-    drift_px: float = 1.0,
-    clouds: bool | int = True,
-    haze: float = 0.02,
-    sky_level: float = 400.0,
-    sky_ramp: float | None = None,
-    satellite_fraction: float = 0.04,
-    start: str = "2024-03-14T21:00:00",
-) -> pd.DataFrame:
+def make_timeline(rng: np.random.Generator, spec: NightSpec, overhead: float = 2.0) -> pd.DataFrame:
     """Draw every frame's conditions and its true transform (frame pixel → truth pixel).
 
+    Uses the night's ``n_frames``, size, seeing, exposure, pose, cloud, haze, sky and
+    satellite settings (:class:`tilestack.simulation.night.NightSpec`); ``overhead``: seconds
+    between the end of an exposure and the start of the next.
     ``clouds``: True gives about one passage of clouds over the whole field per 50 frames, an
     integer that many passages, False none. ``haze`` is the amplitude of the slow transparency
     wander (0 for a perfectly steady sky). ``sky_ramp`` replaces the random sky trend by a
@@ -97,59 +84,22 @@ def make_timeline(
     rising moon) and keeps the sky gradient's direction fixed. The random draws do not depend
     on ``seeing``, ``haze`` or ``sky_ramp``, so those options change nothing else of the night.
     """
-    n = n_frames
+    n = spec.n_frames
     idx = np.arange(n)
     frac = idx / max(n - 1, 1)
-    lo, hi = fwhm_range
-    # seeing: smooth random walk in the lower part of the range plus bad-seeing bursts
-    centre, amplitude = SEEING_PROFILES[seeing]
-    base = centre + amplitude * _smooth_noise(rng, n, corr=max(3.0, n / 12))
-    bursts = _bumps(rng, n, max(1, n // 40) if n >= 8 else 0, (0.7, 2.5), (0.5, 0.9))
-    u = np.clip(base + bursts, 0.0, 1.0)
-    if seeing == "steady":
-        u = np.full(n, centre)
-    fwhm = lo + (hi - lo) * u
-    # transparency: slight haze plus cloud passages down to ~0.4
-    wander = 1.0 - haze * np.abs(_smooth_noise(rng, n, corr=5.0))
-    if isinstance(clouds, (bool, np.bool_)):
-        n_dips = max(1, n // 50) if clouds else 0
-    else:
-        n_dips = int(clouds)
-    dips = _bumps(rng, n, n_dips if n >= 8 else 0, (0.6, 2.0), (0.3, 0.6))
-    transparency = np.clip(wander * (1.0 - np.minimum(dips, 0.6)), 0.3, 1.0)
-    # sky: slow trend + wiggle, brightened under clouds; gradient direction turns in time
-    trend = 1.0 + rng.uniform(-0.25, 0.35) * frac + 0.03 * _smooth_noise(rng, n, corr=8.0)
-    if sky_ramp is not None:
-        trend = 1.0 + (sky_ramp - 1.0) * frac * frac * (3.0 - 2.0 * frac)  # smoothstep
-    scale = exposure / 10.0
-    sky = sky_level * scale * trend * (1.0 + SKY_UNDER_CLOUD * (1.0 - transparency))
-    g_amp = rng.uniform(0.06, 0.18)
-    g_ang = rng.uniform(0, 2 * math.pi) + math.radians(rng.uniform(45, 120)) * frac
-    if sky_ramp is not None:
-        g_ang = np.full(n, g_ang[0]) if n else g_ang
-    # pointing: mean-reverting drift (the mount re-centres) plus per-frame dither
-    lim = 0.04 * min(width, height)
-    vel = rng.normal(0, drift_px, 2)
-    pos = np.zeros((n, 2))
-    p = np.zeros(2)
-    for i in range(1, n):
-        vel = 0.9 * vel + rng.normal(0, 0.45 * drift_px, 2) - 0.02 * p
-        p = np.clip(p + vel, -lim, lim)
-        pos[i] = p
-    dither = rng.uniform(-dither_px, dither_px, (n, 2)) if dither_px > 0 else np.zeros((n, 2))
-    shift = pos + dither
-    rot = rotation_deg_total * frac + 0.02 * _smooth_noise(rng, n, corr=4.0)
-    rot -= rot[0]
-    flipped = (idx >= (n + 1) // 2) if meridian_flip else np.zeros(n, dtype=bool)
-    theta = np.radians(rot) + np.where(flipped, math.pi, 0.0)
-    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    # the draws in this order: seeing, transparency, sky, pointing, satellites
+    fwhm = _seeing(rng, n, spec)
+    transparency = _transparency(rng, n, spec)
+    sky, g_amp, g_ang = _sky(rng, frac, transparency, spec)
+    shift, theta, flipped = _pointing(rng, idx, frac, spec)
+    cx, cy = (spec.width - 1) / 2.0, (spec.height - 1) / 2.0
     mats = np.stack([rigid_matrix(theta[i], *shift[i], cx, cy) for i in range(n)]) + 0.0
-    n_sat = int(round(satellite_fraction * n)) if n >= 10 else 0
+    n_sat = int(round(spec.satellite_fraction * n)) if n >= 10 else 0
     satellite = np.zeros(n, dtype=bool)
     if n_sat:
         satellite[rng.choice(n, size=n_sat, replace=False)] = True
-    t0 = dt.datetime.fromisoformat(start)
-    t_sec = idx * (exposure + overhead)
+    t0 = dt.datetime.fromisoformat(spec.start)
+    t_sec = idx * (spec.exposure + overhead)
     times = [
         (t0 + dt.timedelta(seconds=float(s))).isoformat(timespec="milliseconds") for s in t_sec
     ]
@@ -162,7 +112,7 @@ def make_timeline(
     df["sky_level"] = sky
     df["sky_gradient_x"] = g_amp * np.cos(g_ang)
     df["sky_gradient_y"] = g_amp * np.sin(g_ang)
-    df["exposure"] = float(exposure)
+    df["exposure"] = float(spec.exposure)
     df["time"] = times
     df["t_sec"] = t_sec
     df["rotation_deg"] = np.degrees(theta)
@@ -171,6 +121,66 @@ def make_timeline(
     df["flipped"] = flipped
     df["satellite"] = satellite
     return df
+
+
+def _seeing(rng, n: int, spec: NightSpec) -> np.ndarray:
+    """FWHM per frame: smooth random walk in the lower part of the range plus bursts."""
+    lo, hi = spec.fwhm_range
+    centre, amplitude = SEEING_PROFILES[spec.seeing]
+    base = centre + amplitude * _smooth_noise(rng, n, corr=max(3.0, n / 12))
+    bursts = _bumps(rng, n, max(1, n // 40) if n >= 8 else 0, (0.7, 2.5), (0.5, 0.9))
+    u = np.clip(base + bursts, 0.0, 1.0)
+    if spec.seeing == "steady":
+        u = np.full(n, centre)
+    return lo + (hi - lo) * u
+
+
+def _transparency(rng, n: int, spec: NightSpec) -> np.ndarray:
+    """Slight haze plus passages of clouds over the whole field, down to ~0.4."""
+    wander = 1.0 - spec.haze * np.abs(_smooth_noise(rng, n, corr=5.0))
+    clouds = spec.clouds
+    if isinstance(clouds, (bool, np.bool_)):
+        n_dips = max(1, n // 50) if clouds else 0
+    else:
+        n_dips = int(clouds)
+    dips = _bumps(rng, n, n_dips if n >= 8 else 0, (0.6, 2.0), (0.3, 0.6))
+    return np.clip(wander * (1.0 - np.minimum(dips, 0.6)), 0.3, 1.0)
+
+
+def _sky(rng, frac, transparency, spec: NightSpec):
+    """Sky level (slow trend + wiggle, brightened under clouds) and its gradient, which turns."""
+    n = len(frac)
+    trend = 1.0 + rng.uniform(-0.25, 0.35) * frac + 0.03 * _smooth_noise(rng, n, corr=8.0)
+    if spec.sky_ramp is not None:
+        trend = 1.0 + (spec.sky_ramp - 1.0) * frac * frac * (3.0 - 2.0 * frac)  # smoothstep
+    scale = spec.exposure / 10.0
+    sky = spec.sky_level * scale * trend * (1.0 + SKY_UNDER_CLOUD * (1.0 - transparency))
+    g_amp = rng.uniform(0.06, 0.18)
+    g_ang = rng.uniform(0, 2 * math.pi) + math.radians(rng.uniform(45, 120)) * frac
+    if spec.sky_ramp is not None:
+        g_ang = np.full(n, g_ang[0]) if n else g_ang
+    return sky, g_amp, g_ang
+
+
+def _pointing(rng, idx, frac, spec: NightSpec):
+    """Shift (mean-reverting drift, the mount re-centres, plus dither), rotation, flip."""
+    n = len(idx)
+    lim = 0.04 * min(spec.width, spec.height)
+    drift_px, dither_px = spec.drift_px, spec.dither_px
+    vel = rng.normal(0, drift_px, 2)
+    pos = np.zeros((n, 2))
+    p = np.zeros(2)
+    for i in range(1, n):
+        vel = 0.9 * vel + rng.normal(0, 0.45 * drift_px, 2) - 0.02 * p
+        p = np.clip(p + vel, -lim, lim)
+        pos[i] = p
+    dither = rng.uniform(-dither_px, dither_px, (n, 2)) if dither_px > 0 else np.zeros((n, 2))
+    shift = pos + dither
+    rot = spec.rotation_deg_total * frac + 0.02 * _smooth_noise(rng, n, corr=4.0)
+    rot -= rot[0]
+    flipped = (idx >= (n + 1) // 2) if spec.meridian_flip else np.zeros(n, dtype=bool)
+    theta = np.radians(rot) + np.where(flipped, math.pi, 0.0)
+    return shift, theta, flipped
 
 
 def matrices(frames: pd.DataFrame) -> np.ndarray:

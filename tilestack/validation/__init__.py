@@ -16,6 +16,7 @@ from tilestack.validation.measure import (
 )
 from tilestack.validation.seams import seam_score, seam_score_without_truth, smooth_reference
 from tilestack.validation.verdict import (
+    StackFigures,
     build_validation,
     thresholds_from_config,
     usable_tile_fraction,
@@ -24,6 +25,7 @@ from tilestack.validation.verdict import (
 )
 
 __all__ = [
+    "StackFigures",
     "aperture_photometry",
     "background_rms",
     "build_validation",

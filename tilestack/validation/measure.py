@@ -877,6 +877,35 @@ def compare_stacks(
         footprint = np.isfinite(cla_img)
     footprint = np.asarray(footprint, dtype=bool)
     nonfinite = nonfinite_in_footprint(fin_img, footprint)
+    fw = _fwhm_pair(fin_img, cla_img, max_stars, workers)
+    fwhm_c, fwhm_f = fw["fwhm_classical"], fw["fwhm_final"]
+    own_c = fwhm_c if np.isfinite(fwhm_c) else fwhm_f
+    own_f = fwhm_f if np.isfinite(fwhm_f) else fwhm_c
+    snr = _faint_snr(fin_img, cla_img, footprint, own_c, own_f, faint_xy, aperture_fwhm,
+                     faint_snr_band)  # fmt: skip
+    r_slope = max(6.0, slope_aperture_fwhm * max(own_c, own_f)) if np.isfinite(own_c) else 8.0
+    slope, n_slope = _slope(fin_img, cla_img, fw["both"], snr.pop("peaks"), r_slope)
+    radius = snr["aperture_radius_classical"]
+    flux_ratio = _flux_ratio(fin_img, cla_img, fw["ref"], radius)
+    aperture_keys = list(snr)[4:]  # after snr_final, snr_classical, snr_ratio, n_faint_stars
+    return {
+        **{k: v for k, v in fw.items() if k not in ("ref", "both")},
+        "bg_rms_final": background_rms(fin_img) / flux_ratio,  # in the classical's units
+        "bg_rms_classical": background_rms(cla_img),
+        "flux_ratio": flux_ratio,
+        **{k: snr[k] for k in list(snr)[:4]},
+        "aperture_radius": radius,  # the classical stack's (kept for older readers)
+        **{k: snr[k] for k in aperture_keys},
+        "photometric_slope": slope,
+        "n_slope_stars": n_slope,
+        "slope_aperture_radius": r_slope,
+        "nonfinite_pixels": nonfinite,
+        **_seams(fin_img, cla_img, truth, stride, offset),
+    }
+
+
+def _fwhm_pair(fin_img, cla_img, max_stars: int, workers: int) -> dict:
+    """Stars detected in the classical stack, fitted at the same positions in both stacks."""
     ref = measure_stars(cla_img, max_stars=max_stars, workers=workers)
     xy = ref[["x", "y"]].to_numpy() if len(ref) else np.empty((0, 2))
     # One stamp size for both images, so the fits see the same pixels around each star.
@@ -891,12 +920,20 @@ def compare_stacks(
         fa = a["fwhm"].to_numpy()[m]
         fb = b["fwhm"].to_numpy()[j[m]]
         both = a[["x", "y"]].to_numpy()[m]
-    fwhm_c = float(np.median(fa)) if fa.size >= 5 else float("nan")
-    fwhm_f = float(np.median(fb)) if fb.size >= 5 else float("nan")
+    return {
+        "fwhm_final": float(np.median(fb)) if fb.size >= 5 else float("nan"),
+        "fwhm_classical": float(np.median(fa)) if fa.size >= 5 else float("nan"),
+        "n_stars": int(fa.size),
+        "fwhm_final_stars": fb,
+        "fwhm_classical_stars": fa,
+        "final_star_table": b,  # the final stack's fits (x, y, fwhm, ...), e.g. for a FWHM map
+        "ref": ref,
+        "both": both,
+    }
 
-    # --- faint-star SNR, apertures matched to each stack's own FWHM -------------------------
-    own_c = fwhm_c if np.isfinite(fwhm_c) else fwhm_f
-    own_f = fwhm_f if np.isfinite(fwhm_f) else fwhm_c
+
+def _faint_snr(fin_img, cla_img, footprint, own_c, own_f, faint_xy, aperture_fwhm, snr_band):
+    """Faint-star SNR of both stacks, apertures matched to each stack's own FWHM."""
     rad_c = max(1.5, aperture_fwhm * own_c) if np.isfinite(own_c) else 3.0
     rad_f = max(1.5, aperture_fwhm * own_f) if np.isfinite(own_f) else 3.0
     r_big = max(rad_c, rad_f)
@@ -922,22 +959,41 @@ def compare_stacks(
     sf, noise_f, _ = matched_aperture_snr(fin_img, cand, blank, radius=rad_f, annulus=annulus)
     ok = np.isfinite(sc) & np.isfinite(sf)
     if faint_xy is None:
-        mean = 0.5 * (sc + sf)
-        lo, hi = faint_snr_band
-        band = ok & (mean >= lo) & (mean <= hi)
-        if band.sum() < 5:  # too few faint stars: the fainter half of what can be measured
-            pos = np.flatnonzero(ok & (mean > 0))
-            band = np.zeros_like(ok)
-            band[pos[np.argsort(mean[pos], kind="stable")][: max(len(pos) // 2, 1)]] = True
-            band &= ok
-        ok = band
+        ok = _faint_band(ok, 0.5 * (sc + sf), snr_band)
     if ok.any():
         n_faint = int(ok.sum())
         snr_c, snr_f = float(np.median(sc[ok])), float(np.median(sf[ok]))
+    return {
+        "snr_final": snr_f,
+        "snr_classical": snr_c,
+        "snr_ratio": snr_f / snr_c if np.isfinite(snr_c) and snr_c > 0 else float("nan"),
+        "n_faint_stars": n_faint,
+        "aperture_radius_final": rad_f,
+        "aperture_radius_classical": rad_c,
+        "aperture_annulus": list(annulus),
+        "aperture_noise_final": noise_f,
+        "aperture_noise_classical": noise_c,
+        "n_blank_apertures": n_blank_ap,
+        "n_blank_pixels": n_blank,
+        "peaks": peaks,
+    }
 
-    # --- photometric slope final vs classical, large aperture -----------------------------
-    r_slope = max(6.0, slope_aperture_fwhm * max(own_c, own_f)) if np.isfinite(own_c) else 8.0
-    slope_xy = both
+
+def _faint_band(ok, mean, snr_band):
+    """Stars whose mean SNR lies in the band (too few: the fainter half of the measurable)."""
+    lo, hi = snr_band
+    band = ok & (mean >= lo) & (mean <= hi)
+    if band.sum() < 5:  # too few faint stars: the fainter half of what can be measured
+        pos = np.flatnonzero(ok & (mean > 0))
+        band = np.zeros_like(ok)
+        band[pos[np.argsort(mean[pos], kind="stable")][: max(len(pos) // 2, 1)]] = True
+        band &= ok
+    return band
+
+
+def _slope(fin_img, cla_img, slope_xy, peaks, r_slope):
+    """Photometric slope final vs classical in a large aperture, over isolated stars."""
+    pxy = peaks[["x", "y"]].to_numpy(dtype=np.float64)
     if len(slope_xy) and len(pxy) > 1:
         # no other peak brighter than 1 % of the star's inside the wide aperture + annulus
         height = peaks["height"].to_numpy(dtype=np.float64)
@@ -948,15 +1004,19 @@ def compare_stacks(
             others = [k for k in nb if k != own[i]]
             keep[i] = not others or height[others].max() < 0.01 * height[own[i]]
         slope_xy = slope_xy[keep]
-    slope, n_slope = flux_slope(
+    return flux_slope(
         fin_img, cla_img, slope_xy, radius=r_slope, annulus=(r_slope + 3.0, r_slope + 10.0)
     )
 
-    # The two stacks may be normalized differently (under v3 the final by each frame's
-    # background, the classical one by addscale), so their pixel units differ by a factor;
-    # noise is compared in the same photometric units: the final's background RMS divided by
-    # the median flux ratio final / classical of the brighter detected stars (2 × FWHM).
-    radius = rad_c
+
+def _flux_ratio(fin_img, cla_img, ref, radius) -> float:
+    """Median flux ratio final / classical of the brighter detected stars (2 × ``radius``).
+
+    The two stacks may be normalized differently (under v3 the final by each frame's
+    background, the classical one by addscale), so their pixel units differ by a factor;
+    noise is compared in the same photometric units: the final's background RMS divided by
+    this ratio (1 when it cannot be measured).
+    """
     flux_ratio = float("nan")
     if len(ref) >= 4:
         bright = ref.sort_values("flux")[["x", "y"]].to_numpy()[len(ref) // 2 :]
@@ -968,7 +1028,11 @@ def compare_stacks(
             flux_ratio = float(np.median(pf["flux"].to_numpy()[good] / pc["flux"].to_numpy()[good]))
     if not (np.isfinite(flux_ratio) and flux_ratio > 0):
         flux_ratio = 1.0
+    return flux_ratio
 
+
+def _seams(fin_img, cla_img, truth, stride, offset) -> dict:
+    """Seam scores of both stacks (against the truth, or the final against the classical)."""
     seam_self = seam_score_without_truth(fin_img, stride, offset)
     if truth is not None:
         seam_f = seam_score(fin_img, truth, stride, offset)
@@ -979,31 +1043,6 @@ def compare_stacks(
         seam_f = seam_score(fin_img, cla_img, stride, offset)
         seam_c = seam_score_without_truth(cla_img, stride, offset)
     return {
-        "fwhm_final": fwhm_f,
-        "fwhm_classical": fwhm_c,
-        "n_stars": int(fa.size),
-        "fwhm_final_stars": fb,
-        "fwhm_classical_stars": fa,
-        "final_star_table": b,  # the final stack's fits (x, y, fwhm, ...), e.g. for a FWHM map
-        "bg_rms_final": background_rms(fin_img) / flux_ratio,  # in the classical's units
-        "bg_rms_classical": background_rms(cla_img),
-        "flux_ratio": flux_ratio,
-        "snr_final": snr_f,
-        "snr_classical": snr_c,
-        "snr_ratio": snr_f / snr_c if np.isfinite(snr_c) and snr_c > 0 else float("nan"),
-        "n_faint_stars": n_faint,
-        "aperture_radius": radius,  # the classical stack's (kept for older readers)
-        "aperture_radius_final": rad_f,
-        "aperture_radius_classical": rad_c,
-        "aperture_annulus": list(annulus),
-        "aperture_noise_final": noise_f,
-        "aperture_noise_classical": noise_c,
-        "n_blank_apertures": n_blank_ap,
-        "n_blank_pixels": n_blank,
-        "photometric_slope": slope,
-        "n_slope_stars": n_slope,
-        "slope_aperture_radius": r_slope,
-        "nonfinite_pixels": nonfinite,
         "seam_final": seam_f,
         "seam_classical": seam_c,
         "seam_final_self": seam_self,

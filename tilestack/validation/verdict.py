@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -127,27 +128,39 @@ def verdict_tbqr2(checks: Mapping[str, Mapping]) -> str:
     return "success" if all(c["passed"] for c in checks.values()) else "borderline"
 
 
+@dataclass(frozen=True)
+class StackFigures:
+    """What §13 measured on the primary channel, final stack against the classical stack.
+
+    ``photometric_slope`` (final vs classical flux) and ``nonfinite_pixels`` (NaN/Inf inside
+    the footprint, all channels) are judged by tbqr2 only; ``fwhm_ratio_error`` (from
+    :func:`fwhm_ratio_error`) widens the FWHM check by its measurement noise.
+    """
+
+    fwhm_final: float
+    fwhm_classical: float
+    bg_rms_final: float
+    bg_rms_classical: float
+    weight_variance: float
+    seam_final: float
+    seam_classical: float
+    usable_tile_fraction: float
+    fallback_tiles: int
+    n_tiles: int | None = None
+    snr_final: float | None = None
+    snr_classical: float | None = None
+    photometric_slope: float | None = None
+    nonfinite_pixels: int | None = None
+    fwhm_ratio_error: float | None = None
+
+
 def build_validation(
+    figures: StackFigures,
     *,
     mode: str,
     n_frames: int,
     n_unregistered: int,
-    fwhm_final: float,
-    fwhm_classical: float,
-    bg_rms_final: float,
-    bg_rms_classical: float,
-    weight_variance: float,
-    seam_final: float,
-    seam_classical: float,
-    usable_tile_fraction: float,
-    fallback_tiles: int,
     method: str = "tbqr2",
-    n_tiles: int | None = None,
-    snr_final: float | None = None,
-    snr_classical: float | None = None,
-    photometric_slope: float | None = None,
-    nonfinite_pixels: int | None = None,
-    fwhm_ratio_error: float | None = None,
     thresholds: Mapping | None = None,
     channels: Mapping | None = None,
     extra: Mapping | None = None,
@@ -155,48 +168,23 @@ def build_validation(
     """The ``validation.json`` document: figures, per-criterion checks, the verdict of
     ``method`` (``tbqr2`` or ``v3``, see the module doc), the reasons and the gain.
 
-    ``thresholds`` overrides the defaults (use :func:`thresholds_from_config`).
-    ``photometric_slope`` (final vs classical flux) and ``nonfinite_pixels`` (NaN/Inf inside
-    the footprint, all channels) are judged by tbqr2 only. ``channels`` (per-channel figures)
-    and ``extra`` are copied into the document.
+    ``thresholds`` overrides the defaults (use :func:`thresholds_from_config`). ``channels``
+    (per-channel figures) and ``extra`` are copied into the document.
     """
     method = str(method)
     if method not in METHODS:
         raise ValueError(f"validation method must be one of {METHODS}, got {method!r}")
     th = dict(ALL_DEFAULTS)
     th.update({k: float(v) for k, v in (thresholds or {}).items() if k in ALL_DEFAULTS})
-
-    fc, ff = _num(fwhm_classical), _num(fwhm_final)
-    fwhm_ratio = ff / fc if ff is not None and fc else None
-    improvement = (fc - ff) / fc if fc and ff is not None and fc > 0 else None
-    bf, bc = _num(bg_rms_final), _num(bg_rms_classical)
-    bg_ratio = bf / bc if bf is not None and bc and bc > 0 else None
-    wv = _num(weight_variance)
-    sf, sc = _num(seam_final), _num(seam_classical)
-    snr_ratio = (
-        _num(snr_final) / _num(snr_classical)
-        if _num(snr_final) is not None and _num(snr_classical)
-        else None
-    )
-    slope = _num(photometric_slope)
-
-    if method == "v3":
-        checks = _checks_v3(th, improvement, bg_ratio, wv, sf, sc, usable_tile_fraction)
-        result = verdict(checks)
-        used = DEFAULTS
-    else:
-        checks = _checks_tbqr2(
-            th, fwhm_ratio, snr_ratio, sf, sc, slope, nonfinite_pixels, usable_tile_fraction
-        )
-        _allow_fwhm_noise(checks["fwhm"], fwhm_ratio, fwhm_ratio_error)
-        result = verdict_tbqr2(checks)
-        used = TBQR2_DEFAULTS
+    r = _ratios(figures)
+    checks, result, used = _judge(method, th, r, figures)
     failed_checks = [k for k, c in checks.items() if not c["passed"]]
     for c in checks.values():  # the sentence stays only on the checks that did not pass
         sentence = c.pop("reason")
         if not c["passed"]:
             c["reason"] = sentence
     reasons = [] if result == "success" else [checks[k]["reason"] for k in failed_checks]
+    ratio, snr_ratio = r["fwhm_ratio"], r["snr_ratio"]
     doc = {
         "method": method,
         "verdict": result,
@@ -207,30 +195,11 @@ def build_validation(
         "failed_checks": failed_checks,
         "checks": checks,
         "gain": {
-            "fwhm_change": _num(fwhm_ratio - 1.0) if fwhm_ratio is not None else None,
+            "fwhm_change": _num(ratio - 1.0) if ratio is not None else None,
             "snr_change": _num(snr_ratio - 1.0) if snr_ratio is not None else None,
         },
         "thresholds": {k: th[k] for k in used},
-        "figures": {
-            "fwhm_final_px": ff,
-            "fwhm_classical_px": fc,
-            "fwhm_ratio": _num(fwhm_ratio),
-            "fwhm_improvement": _num(improvement),
-            "bg_rms_final": bf,
-            "bg_rms_classical": bc,
-            "bg_rms_ratio": _num(bg_ratio),
-            "weight_variance": wv,
-            "seam_final": sf,
-            "seam_classical": sc,
-            "usable_tile_fraction": _num(usable_tile_fraction),
-            "fallback_tiles": int(fallback_tiles),
-            "n_tiles": None if n_tiles is None else int(n_tiles),
-            "faint_star_snr_final": _num(snr_final),
-            "faint_star_snr_classical": _num(snr_classical),
-            "faint_star_snr_ratio": _num(snr_ratio),
-            "photometric_slope": slope,
-            "nonfinite_pixels": None if nonfinite_pixels is None else int(nonfinite_pixels),
-        },
+        "figures": _figures(figures, r),
     }
     if mode == "emergency":
         doc["warning"] = "emergency mode: fewer frames than assumptions.frames_min"
@@ -239,6 +208,78 @@ def build_validation(
     if extra:
         doc.update(_json_safe(dict(extra)))
     return doc
+
+
+def _ratios(f: StackFigures) -> dict:
+    """The ratios the checks judge (None where a figure is missing)."""
+    fc, ff = _num(f.fwhm_classical), _num(f.fwhm_final)
+    fwhm_ratio = ff / fc if ff is not None and fc else None
+    improvement = (fc - ff) / fc if fc and ff is not None and fc > 0 else None
+    bf, bc = _num(f.bg_rms_final), _num(f.bg_rms_classical)
+    bg_ratio = bf / bc if bf is not None and bc and bc > 0 else None
+    snr_ratio = (
+        _num(f.snr_final) / _num(f.snr_classical)
+        if _num(f.snr_final) is not None and _num(f.snr_classical)
+        else None
+    )
+    return {
+        "fwhm_ratio": fwhm_ratio,
+        "improvement": improvement,
+        "bg_ratio": bg_ratio,
+        "snr_ratio": snr_ratio,
+    }
+
+
+def _figures(f: StackFigures, r: dict) -> dict:
+    """The document's ``figures``: the measurements and their ratios."""
+    return {
+        "fwhm_final_px": _num(f.fwhm_final),
+        "fwhm_classical_px": _num(f.fwhm_classical),
+        "fwhm_ratio": _num(r["fwhm_ratio"]),
+        "fwhm_improvement": _num(r["improvement"]),
+        "bg_rms_final": _num(f.bg_rms_final),
+        "bg_rms_classical": _num(f.bg_rms_classical),
+        "bg_rms_ratio": _num(r["bg_ratio"]),
+        "weight_variance": _num(f.weight_variance),
+        "seam_final": _num(f.seam_final),
+        "seam_classical": _num(f.seam_classical),
+        "usable_tile_fraction": _num(f.usable_tile_fraction),
+        "fallback_tiles": int(f.fallback_tiles),
+        "n_tiles": None if f.n_tiles is None else int(f.n_tiles),
+        "faint_star_snr_final": _num(f.snr_final),
+        "faint_star_snr_classical": _num(f.snr_classical),
+        "faint_star_snr_ratio": _num(r["snr_ratio"]),
+        "photometric_slope": _num(f.photometric_slope),
+        "nonfinite_pixels": None if f.nonfinite_pixels is None else int(f.nonfinite_pixels),
+    }
+
+
+def _judge(method: str, th: dict, r: dict, f: StackFigures):
+    """``(checks, verdict, thresholds used)`` of ``method`` on the figures."""
+    sf, sc = _num(f.seam_final), _num(f.seam_classical)
+    if method == "v3":
+        checks = _checks_v3(
+            th,
+            r["improvement"],
+            r["bg_ratio"],
+            _num(f.weight_variance),
+            sf,
+            sc,
+            f.usable_tile_fraction,
+        )
+        return checks, verdict(checks), DEFAULTS
+    checks = _checks_tbqr2(
+        th,
+        r["fwhm_ratio"],
+        r["snr_ratio"],
+        sf,
+        sc,
+        _num(f.photometric_slope),
+        f.nonfinite_pixels,
+        f.usable_tile_fraction,
+    )
+    _allow_fwhm_noise(checks["fwhm"], r["fwhm_ratio"], f.fwhm_ratio_error)
+    return checks, verdict_tbqr2(checks), TBQR2_DEFAULTS
 
 
 def _usable_check(th: Mapping, usable_tile_fraction) -> dict:

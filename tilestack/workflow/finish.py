@@ -32,6 +32,7 @@ from tilestack.tiles import TileGrid
 from tilestack.validation import plots
 from tilestack.validation.measure import compare_stacks
 from tilestack.validation.verdict import (
+    StackFigures,
     build_validation,
     fwhm_ratio_error,
     thresholds_from_config,
@@ -177,9 +178,60 @@ def validate(
     transforms = pd.read_csv(inp.transforms)
     frames = pd.read_csv(inp.frames)
     checks = json.loads(open(inp.checks).read())
-    n_unreg = int((transforms["status"] == "unregistered").sum())
-    per = {}
-    images = {}
+    per, images = _measure_channels(stacks, inp, channels, grid, workers, log)
+    unregistered = transforms["status"] == "unregistered"
+    n_unreg = int(unregistered.sum())
+    pc = per[primary]
+    figures = StackFigures(
+        **{k: pc[k] for k in _FIGURE_KEYS},
+        n_tiles=grid.n_tiles,
+        nonfinite_pixels=sum(int(d["nonfinite_pixels"]) for d in per.values()),
+        fwhm_ratio_error=fwhm_ratio_error(*pc["fwhm_stars"]),
+    )
+    doc = build_validation(
+        figures,
+        method=method,
+        mode=mode,
+        n_frames=int(len(transforms) - n_unreg),
+        n_unregistered=n_unreg,
+        thresholds=thresholds_from_config({"validation": dict(validation)}),
+        channels={c: {k: v for k, v in d.items() if k != "fwhm_stars"} for c, d in per.items()},
+        extra={
+            "primary_channel": primary,
+            "n_lights": int(len(frames)),
+            "unregistered_frames": transforms.loc[unregistered, "frame"].tolist(),
+            "warnings": checks.get("warnings", []),
+            "tile_size": grid.size,
+            "tile_stride": grid.stride,
+            "fwhm_grid_px": grid.fwhm,
+        },
+    )
+    write_json(out.validation, doc)
+    _validation_plots(images[primary], per[primary], primary, channels, grid, frames, inp, out)
+    log(f"validation: verdict {doc.get('verdict')}")
+    return doc
+
+
+# the primary channel's figures that build_validation judges, as named in ``per``
+_FIGURE_KEYS = (
+    "fwhm_final",
+    "fwhm_classical",
+    "bg_rms_final",
+    "bg_rms_classical",
+    "weight_variance",
+    "seam_final",
+    "seam_classical",
+    "usable_tile_fraction",
+    "fallback_tiles",
+    "snr_final",
+    "snr_classical",
+    "photometric_slope",
+)
+
+
+def _measure_channels(stacks: dict, inp, channels: list[str], grid, workers: int, log):
+    """Every channel's §13 figures against its classical stack, and the images for plots."""
+    per, images = {}, {}
     for i, c in enumerate(channels):
         final = stacks[c]
         classical = read_image(inp.classical[i])
@@ -200,44 +252,12 @@ def validate(
             f"validation {c}: FWHM {per[c]['fwhm_classical']} -> {per[c]['fwhm_final']}, "
             f"faint-star SNR {per[c]['snr_classical']} -> {per[c]['snr_final']}"
         )
-    pc = per[primary]
-    doc = build_validation(
-        method=method,
-        mode=mode,
-        n_frames=int(len(transforms) - n_unreg),
-        n_unregistered=n_unreg,
-        fwhm_final=pc["fwhm_final"],
-        fwhm_classical=pc["fwhm_classical"],
-        bg_rms_final=pc["bg_rms_final"],
-        bg_rms_classical=pc["bg_rms_classical"],
-        weight_variance=pc["weight_variance"],
-        seam_final=pc["seam_final"],
-        seam_classical=pc["seam_classical"],
-        usable_tile_fraction=pc["usable_tile_fraction"],
-        fallback_tiles=pc["fallback_tiles"],
-        n_tiles=grid.n_tiles,
-        snr_final=pc["snr_final"],
-        snr_classical=pc["snr_classical"],
-        photometric_slope=pc["photometric_slope"],
-        nonfinite_pixels=sum(int(d["nonfinite_pixels"]) for d in per.values()),
-        fwhm_ratio_error=fwhm_ratio_error(*pc["fwhm_stars"]),
-        thresholds=thresholds_from_config({"validation": dict(validation)}),
-        channels={c: {k: v for k, v in d.items() if k != "fwhm_stars"} for c, d in per.items()},
-        extra={
-            "primary_channel": primary,
-            "n_lights": int(len(frames)),
-            "unregistered_frames": transforms.loc[
-                transforms["status"] == "unregistered", "frame"
-            ].tolist(),
-            "warnings": checks.get("warnings", []),
-            "tile_size": grid.size,
-            "tile_stride": grid.stride,
-            "fwhm_grid_px": grid.fwhm,
-        },
-    )
-    write_json(out.validation, doc)
+    return per, images
 
-    final, classical, local, final_stars = images[primary]
+
+def _validation_plots(images, figures, primary, channels, grid, frames, inp, out) -> None:
+    """The primary channel's validation plots (and the background of every channel)."""
+    final, classical, local, final_stars = images
     g = pd.read_csv(inp.global_[channels.index(primary)])
     g = g.merge(frames[["frame", "time"]], on="frame", how="left")
     g_all = []
@@ -245,7 +265,7 @@ def validate(
         gc = pd.read_csv(inp.global_[i]).merge(frames[["frame", "time"]], on="frame", how="left")
         gc["channel"] = c
         g_all.append(gc)
-    fc, ff = per[primary]["fwhm_stars"]
+    fc, ff = figures["fwhm_stars"]
     plots.plot_fwhm_histograms(fc, ff, out.fwhm_hist)
     plots.plot_fwhm_map(grid.tiles, tile_fwhm(final_stars, grid), final.shape, out.fwhm_map)
     plots.plot_background_over_time(pd.concat(g_all, ignore_index=True), out.background)
@@ -256,8 +276,6 @@ def validate(
     plots.plot_tile_grid(final, grid.tiles, out.tile_grid, star_tiles=star_tiles.tolist())
     weight = read_image(inp.weight[channels.index(primary)])
     plots.plot_weight_map(weight, out.weight_map)
-    log(f"validation: verdict {doc.get('verdict')}")
-    return doc
 
 
 def run_info(doc: dict, config: dict, path, log) -> None:
