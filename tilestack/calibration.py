@@ -245,38 +245,9 @@ def build_master(
     use_dark = dark if kind == "flat" else None
 
     if kind == "dark":
-        exps = [i.exposure for i in infos]
-        differ = exposure is not None and any(
-            e is None or abs(e - exposure) > 1e-9 * exposure for e in exps
-        )
-        if differ and bias is None:
-            raise CalibrationError(
-                "darks of different exposures need a master bias to be scaled: "
-                + ", ".join(f"{i.path.name} ({i.exposure:g} s)" for i in infos if i.exposure)
-            )
-        if differ:
-            scales = [exposure / e if e else 1.0 for e in exps]
+        scales = _dark_scales(infos, exposure, bias)
     elif kind == "flat":
-        for i, info in enumerate(infos):
-            if bias is None and not _dark_matches(dark, info.exposure):
-                got = (
-                    f": darks are {dark.exposure:g} s, flats {info.exposure:g} s"
-                    if (dark is not None and dark.exposure and info.exposure)
-                    else ""
-                )
-                raise CalibrationError(
-                    "flats need a master bias (or darks taken at the flat exposure) to remove "
-                    f"the pedestal before normalisation{got}"
-                )
-            if dark is not None:
-                dark_fs[i] = dark_factor(dark, info.exposure, "flats")
-            off = _offset_rows(use_bias, use_dark, dark_fs[i], 0, shape[0])
-            level = float(np.nanmedian(read_image(info.path) - off))
-            if not np.isfinite(level) or level <= 0:
-                raise CalibrationError(
-                    f"flat {info.path.name} has no signal above the bias (median {level:g})"
-                )
-            scales[i] = 1.0 / level
+        scales, dark_fs = _flat_scales(infos, bias, dark, shape)
 
     def prepare(i: int, rows: np.ndarray, y0: int, y1: int) -> np.ndarray:
         if use_bias is not None or use_dark is not None:
@@ -298,6 +269,49 @@ def build_master(
         sigma=float(sigma),
         sources=[p.name for p in paths],
     )
+
+
+def _dark_scales(infos, exposure, bias: Master | None) -> list[float]:
+    """Darks of differing exposures are scaled to the median exposure (needs the bias)."""
+    exps = [i.exposure for i in infos]
+    differ = exposure is not None and any(
+        e is None or abs(e - exposure) > 1e-9 * exposure for e in exps
+    )
+    if differ and bias is None:
+        raise CalibrationError(
+            "darks of different exposures need a master bias to be scaled: "
+            + ", ".join(f"{i.path.name} ({i.exposure:g} s)" for i in infos if i.exposure)
+        )
+    if differ:
+        return [exposure / e if e else 1.0 for e in exps]
+    return [1.0] * len(infos)
+
+
+def _flat_scales(infos, bias: Master | None, dark: Master | None, shape):
+    """``(1 / each flat's median above the offset, each flat's dark factor)``."""
+    scales = [1.0] * len(infos)
+    dark_fs = [0.0] * len(infos)
+    for i, info in enumerate(infos):
+        if bias is None and not _dark_matches(dark, info.exposure):
+            got = (
+                f": darks are {dark.exposure:g} s, flats {info.exposure:g} s"
+                if (dark is not None and dark.exposure and info.exposure)
+                else ""
+            )
+            raise CalibrationError(
+                "flats need a master bias (or darks taken at the flat exposure) to remove "
+                f"the pedestal before normalisation{got}"
+            )
+        if dark is not None:
+            dark_fs[i] = dark_factor(dark, info.exposure, "flats")
+        off = _offset_rows(bias, dark, dark_fs[i], 0, shape[0])
+        level = float(np.nanmedian(read_image(info.path) - off))
+        if not np.isfinite(level) or level <= 0:
+            raise CalibrationError(
+                f"flat {info.path.name} has no signal above the bias (median {level:g})"
+            )
+        scales[i] = 1.0 / level
+    return scales, dark_fs
 
 
 def normalize_flat(flat: np.ndarray, bayer: str | None) -> np.ndarray:

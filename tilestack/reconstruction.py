@@ -312,6 +312,34 @@ def _read_chunk(reader: Reader, n, a, b, p: _Prepared, data, valid) -> None:
         valid[f, :m] = v
 
 
+def _chunk_rows(rows_all, r0: int, m: int, chunk: int):
+    """The row cover of rows ``r0..r0+m-1``, padded to ``chunk`` rows by repeating the last."""
+    rowt, roww, rown = (arr[r0 : r0 + m] for arr in rows_all)
+    if m < chunk:  # keep one array layout per kernel signature (one compilation)
+        pad = chunk - m
+        rowt = np.concatenate([rowt, np.repeat(rowt[-1:], pad, 0)])
+        roww = np.concatenate([roww, np.repeat(roww[-1:], pad, 0)])
+        rown = np.concatenate([rown, np.repeat(rown[-1:], pad, 0)])
+    return rowt, roww, rown
+
+
+def _store_chunk(outs, r0: int, m: int, p: _Prepared, maps) -> None:
+    """Kernel outputs of one chunk into the band's maps, in ADU (``scale``, tile restore)."""
+    o_rec, o_w, o_cov, o_kept, o_syn, o_cls = outs
+    rec, wmap, cov, kept, syn, cls = maps
+    res = o_rec[:m]
+    if p.tnorm:
+        res = res * p.restore[0] + p.restore[1]
+    rec[r0 : r0 + m] = res * p.scale
+    wmap[r0 : r0 + m] = o_w[:m]
+    cov[r0 : r0 + m] = np.minimum(o_cov[:m], 65535)
+    kept[r0 : r0 + m] = np.minimum(o_kept[:m], 65535)
+    if syn is not None:
+        syn[:, r0 : r0 + m] = o_syn[: p.n_clusters, :m] * p.scale
+    if cls is not None:
+        cls[r0 : r0 + m] = o_cls[:m]
+
+
 def reconstruct_band(
     reader: Reader,
     n_frames: int,
@@ -347,7 +375,7 @@ def reconstruct_band(
     n_clusters = p.n_clusters
 
     cols = _axis_cover(grid.xs, grid.col_windows(), 0, width)
-    rowt_all, roww_all, rown_all = _axis_cover(grid.ys, grid.row_windows(), y0, y1)
+    rows_all = _axis_cover(grid.ys, grid.row_windows(), y0, y1)
 
     rows = y1 - y0
     rec = np.empty((rows, width), np.float32)
@@ -365,26 +393,10 @@ def reconstruct_band(
         b = min(a + chunk, y1)
         m = b - a
         _read_chunk(reader, n, a, b, p, data, valid)
-        o_rec, o_w, o_cov, o_kept, o_syn, o_cls = outs
         r0 = a - y0
-        rowt, roww, rown = (arr[r0 : r0 + m] for arr in (rowt_all, roww_all, rown_all))
-        if m < chunk:  # keep one array layout per kernel signature (one compilation)
-            pad = chunk - m
-            rowt = np.concatenate([rowt, np.repeat(rowt[-1:], pad, 0)])
-            roww = np.concatenate([roww, np.repeat(roww[-1:], pad, 0)])
-            rown = np.concatenate([rown, np.repeat(rown[-1:], pad, 0)])
-        _run_kernel(data, valid, m, p, w_tf, (rowt, roww, rown), cols, grid, opts, has_cls, outs)
-        res = o_rec[:m]
-        if p.tnorm:
-            res = res * p.restore[0] + p.restore[1]
-        rec[r0 : r0 + m] = res * p.scale
-        wmap[r0 : r0 + m] = o_w[:m]
-        cov[r0 : r0 + m] = np.minimum(o_cov[:m], 65535)
-        kept[r0 : r0 + m] = np.minimum(o_kept[:m], 65535)
-        if syn is not None:
-            syn[:, r0 : r0 + m] = o_syn[:n_clusters, :m] * p.scale
-        if cls is not None:
-            cls[r0 : r0 + m] = o_cls[:m]
+        rows_ = _chunk_rows(rows_all, r0, m, chunk)
+        _run_kernel(data, valid, m, p, w_tf, rows_, cols, grid, opts, has_cls, outs)
+        _store_chunk(outs, r0, m, p, (rec, wmap, cov, kept, syn, cls))
     del data, valid, outs
 
     stack = combine_synthetic(syn, inputs.cluster_weights) if syn is not None else rec

@@ -229,6 +229,20 @@ def _robust(src, dst, rmodel, mirrored, opts):
 
 
 # --- star registration -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class _StarSets:
+    """A frame's and the reference's stars (brightest first), their centroid errors and sizes."""
+
+    fxy: np.ndarray
+    fdf: pd.DataFrame | None
+    fsig: np.ndarray
+    rxy: np.ndarray
+    rsig: np.ndarray
+    fwhm: float
+    shape: tuple
+    ref_shape: tuple
+
+
 def register_stars(
     stars,
     ref_stars,
@@ -247,7 +261,7 @@ def register_stars(
     ref_shape = ref_shape or shape or _shape_from(rxy)
     shape = shape or ref_shape
     fsig, rsig = _sigma(fdf, len(fxy)), _sigma(rdf, len(rxy))
-    fwhm = _median_fwhm(fdf)
+    s = _StarSets(fxy, fdf, fsig, rxy, rsig, _median_fwhm(fdf), shape, ref_shape)
     err: RegistrationError | None = None
     best_failed: RegistrationResult | None = None
     tried = set()
@@ -256,86 +270,13 @@ def register_stars(
         if (nf, nr) in tried:
             break
         tried.add((nf, nr))
-        pm = match_triangles(
-            fxy[:nf],
-            rxy[:nr],
-            k=opts.triangle_k,
-            tol=opts.triangle_tol,
-            allow_mirror=opts.allow_mirror,
-        )
-        if pm is None or len(pm.frame_idx) < 2:
-            err = NoPatternFound(f"no consistent triangle pattern among {nf}/{nr} stars")
+        result, err = _star_attempt(s, nf, nr, opts)
+        if result is None:
             continue
-        if pm.mirrored and opts.model == "translation":
-            err = NoPatternFound("the frame is mirrored: a translation cannot register it")
-            continue
-        rmodel = {"auto": "similarity"}.get(opts.model, opts.model)
-        if rmodel == "euclidean" and abs(math.log2(pm.scale)) > 0.05:
-            rmodel = "similarity"  # scale mismatch: find inliers first, the refit fixes scale
-        try:
-            rr = _robust(fxy[pm.frame_idx], rxy[pm.ref_idx], rmodel, pm.mirrored, opts)
-        except RansacFailed as e:
-            err = e
-            continue
-        mirrored = pm.mirrored and opts.model != "affine" and opts.model != "homography"
-        try:
-            t, fi, rj, wts, res, chosen, cv = _refine(
-                rr.transform,
-                opts.model,
-                mirrored,
-                fxy,
-                rxy,
-                fsig,
-                rsig,
-                opts,
-                opts.ransac_threshold_px,
-            )
-        except (RansacFailed, ValueError, np.linalg.LinAlgError) as e:
-            err = RansacFailed(str(e))
-            continue
-        if not t.is_valid(shape):
-            err = RansacFailed(
-                f"implausible {chosen} model (scale {t.scale:.3f}, shear {t.anisotropy:.3f})"
-            )
-            continue
-        inl = wts > 0
-        q = measure(res[inl], rxy[rj[inl]], len(pm.frame_idx), ref_shape, t, shape)
-        # residual figures on the brightest stars: faint recovered stars add weight to the
-        # fit but their centroid noise would make RMS a statement about SNR, not alignment
-        bright = fi[inl] < opts.max_stars
-        if fdf is not None and "saturated" in fdf:
-            bright &= ~fdf["saturated"].to_numpy(bool)[fi[inl]]
-        if bright.sum() >= 5:
-            rb = res[inl][bright]
-            q.rms = float(np.sqrt(np.mean(rb * rb)))
-            q.median, q.max = float(np.median(rb)), float(rb.max())
-            q.p95 = float(np.percentile(rb, 95))
-        d = t.apply(fxy[pm.frame_idx]) - rxy[pm.ref_idx]
-        q.inlier_ratio = float(np.mean((d * d).sum(1) < opts.ransac_threshold_px**2))
-        result = RegistrationResult(
-            transform=t,
-            status="ok",
-            method="triangles",
-            matches=np.column_stack([fi[inl], rj[inl]]),
-            residuals=res[inl],
-            quality=q,
-            model=chosen,
-            details={
-                "mirrored": bool(pm.mirrored),
-                "n_stars_used": [nf, nr],
-                "triangle_pairs": pm.n_triangles,
-                "ransac_iterations": rr.iterations,
-                "ransac_inliers": int(rr.inliers.sum()),
-                "cv_rms": cv,
-                "fwhm": fwhm,
-                "sip": (
-                    sip_check(fxy[fi[inl]], rxy[rj[inl]], t, wts[inl]) if opts.sip else "not used"
-                ),
-            },
-        )
+        q = result.quality
         why = acceptance(
             q,
-            fwhm,
+            s.fwhm,
             min_inliers=opts.min_inliers,
             min_inlier_ratio=opts.min_inlier_ratio,
             min_quadrants=opts.min_quadrants,
@@ -351,6 +292,89 @@ def register_stars(
     if best_failed is not None:
         err.result = best_failed  # lets the fallback start from the star solution
     raise err
+
+
+def _star_attempt(s: _StarSets, nf: int, nr: int, opts: Options):
+    """One try with the ``nf``/``nr`` brightest stars: ``(result, None)`` or ``(None, error)``."""
+    pm = match_triangles(
+        s.fxy[:nf],
+        s.rxy[:nr],
+        k=opts.triangle_k,
+        tol=opts.triangle_tol,
+        allow_mirror=opts.allow_mirror,
+    )
+    if pm is None or len(pm.frame_idx) < 2:
+        return None, NoPatternFound(f"no consistent triangle pattern among {nf}/{nr} stars")
+    if pm.mirrored and opts.model == "translation":
+        return None, NoPatternFound("the frame is mirrored: a translation cannot register it")
+    rmodel = {"auto": "similarity"}.get(opts.model, opts.model)
+    if rmodel == "euclidean" and abs(math.log2(pm.scale)) > 0.05:
+        rmodel = "similarity"  # scale mismatch: find inliers first, the refit fixes scale
+    try:
+        rr = _robust(s.fxy[pm.frame_idx], s.rxy[pm.ref_idx], rmodel, pm.mirrored, opts)
+    except RansacFailed as e:
+        return None, e
+    mirrored = pm.mirrored and opts.model != "affine" and opts.model != "homography"
+    try:
+        t, fi, rj, wts, res, chosen, cv = _refine(
+            rr.transform,
+            opts.model,
+            mirrored,
+            s.fxy,
+            s.rxy,
+            s.fsig,
+            s.rsig,
+            opts,
+            opts.ransac_threshold_px,
+        )
+    except (RansacFailed, ValueError, np.linalg.LinAlgError) as e:
+        return None, RansacFailed(str(e))
+    if not t.is_valid(s.shape):
+        return None, RansacFailed(
+            f"implausible {chosen} model (scale {t.scale:.3f}, shear {t.anisotropy:.3f})"
+        )
+    inl = wts > 0
+    q = _star_quality(s, pm, t, fi[inl], rj[inl], res[inl], opts)
+    result = RegistrationResult(
+        transform=t,
+        status="ok",
+        method="triangles",
+        matches=np.column_stack([fi[inl], rj[inl]]),
+        residuals=res[inl],
+        quality=q,
+        model=chosen,
+        details={
+            "mirrored": bool(pm.mirrored),
+            "n_stars_used": [nf, nr],
+            "triangle_pairs": pm.n_triangles,
+            "ransac_iterations": rr.iterations,
+            "ransac_inliers": int(rr.inliers.sum()),
+            "cv_rms": cv,
+            "fwhm": s.fwhm,
+            "sip": (
+                sip_check(s.fxy[fi[inl]], s.rxy[rj[inl]], t, wts[inl]) if opts.sip else "not used"
+            ),
+        },
+    )
+    return result, None
+
+
+def _star_quality(s: _StarSets, pm, t: Transform, fi, rj, res, opts: Options) -> Quality:
+    """Quality of a star solution from its inlier matches ``fi``/``rj`` and residuals ``res``."""
+    q = measure(res, s.rxy[rj], len(pm.frame_idx), s.ref_shape, t, s.shape)
+    # residual figures on the brightest stars: faint recovered stars add weight to the
+    # fit but their centroid noise would make RMS a statement about SNR, not alignment
+    bright = fi < opts.max_stars
+    if s.fdf is not None and "saturated" in s.fdf:
+        bright &= ~s.fdf["saturated"].to_numpy(bool)[fi]
+    if bright.sum() >= 5:
+        rb = res[bright]
+        q.rms = float(np.sqrt(np.mean(rb * rb)))
+        q.median, q.max = float(np.median(rb)), float(rb.max())
+        q.p95 = float(np.percentile(rb, 95))
+    d = t.apply(s.fxy[pm.frame_idx]) - s.rxy[pm.ref_idx]
+    q.inlier_ratio = float(np.mean((d * d).sum(1) < opts.ransac_threshold_px**2))
+    return q
 
 
 # --- image fallback --------------------------------------------------------------------------
@@ -447,28 +471,7 @@ def image_fallback(
         img_hp[np.asarray(valid) == 0] = np.nan
     ref_hp = remove_background(reference, ref_valid).astype(np.float32)
     n0 = _ncc_of(np.eye(3), img_hp, ref_hp, ref_valid, ncc, warp_image)
-    cands = []
-    try:
-        dx, dy, conf = phase_correlate(image, reference, valid=valid)
-    except Exception as e:  # noqa: BLE001 - a failed fallback is a reason, not a crash
-        dx = dy = conf = float("nan")
-        details_pc = str(e)
-    else:
-        details_pc = ""
-    if np.isfinite(dx):
-        t0 = Transform.translation(dx, dy).matrix
-        cands.append(("phase_correlation+ecc", t0, True))
-        cands.append(("phase_correlation", t0, False))
-    if model not in ("translation",):  # rotated frames (alt-az field rotation, meridian flip)
-        try:
-            m_rigid, _ = phase_correlate_rigid(image, reference, valid=valid)
-        except Exception:  # noqa: BLE001 - one candidate less, not a crash
-            m_rigid = None
-        if m_rigid is not None and np.all(np.isfinite(m_rigid)):
-            cands.append(("phase_correlation_rigid+ecc", np.asarray(m_rigid, np.float64), True))
-    if initial is not None:  # a star solution that missed acceptance (e.g. < 10 inliers)
-        init_m = initial.matrix if isinstance(initial, Transform) else initial
-        cands.append(("stars+ncc", np.asarray(init_m, dtype=np.float64), False))
+    cands, conf, details_pc = _fallback_candidates(image, reference, valid, model, initial)
     star_votes = _star_vote_counter(stars_xy, ref_xy, match_radius)
     emodel = _ECC_MODEL.get(model, "euclidean")
     probe = _probe(image.shape)
@@ -492,19 +495,10 @@ def image_fallback(
         if n1 > best[2]:
             best = (m, name, n1)
         near_ident = np.abs(Transform(m).apply(probe) - probe).max() < 0.1
-        # the NCC gain must be real: on pure noise ECC can "gain" 0.01 by chance, never 0.05
         votes = star_votes(m)
-        if (star_votes.enough and votes < MIN_STAR_VOTES) or votes < star_votes.needed:
-            # the frame's stars, plenty or few, do not land on reference stars: a wrong transform
-            tried.append(f"{name}: NCC {n0:.3f} → {n1:.3f} but only {votes} stars coincide")
-        elif name == "phase_correlation" and model != "translation" and votes < MIN_STAR_VOTES:
-            # a pure shift cannot express the field rotation of a night; without stars that
-            # confirm it, an NCC gain only says the shift is roughly right (a rotated frame can
-            # gain NCC and still be pixels off at its corners)
-            tried.append(
-                f"{name}: a shift without rotation, confirmed by {votes} stars"
-                f" (need {MIN_STAR_VOTES})"
-            )
+        why = _candidate_rejection(name, model, n0, n1, votes, star_votes)
+        if why:
+            tried.append(why)
         elif (n1 >= n0 + delta_ncc and n1 >= min_ncc) or (near_ident and n1 >= 0.5):
             if winner is None or (votes, n1) > (winner[4], winner[2]):
                 winner = (m, name, n1, refine, votes)
@@ -528,6 +522,49 @@ def image_fallback(
         return None, "none", "phase correlation and ECC produced no candidate", details
     why = "; ".join(tried) + f" (need +{delta_ncc} and ≥ {min_ncc})"
     return None, "none", why, details
+
+
+def _fallback_candidates(image, reference, valid, model, initial):
+    """``([(name, matrix, refine with ECC)], phase-correlation confidence, its error)``."""
+    cands = []
+    try:
+        dx, dy, conf = phase_correlate(image, reference, valid=valid)
+    except Exception as e:  # noqa: BLE001 - a failed fallback is a reason, not a crash
+        dx = dy = conf = float("nan")
+        details_pc = str(e)
+    else:
+        details_pc = ""
+    if np.isfinite(dx):
+        t0 = Transform.translation(dx, dy).matrix
+        cands.append(("phase_correlation+ecc", t0, True))
+        cands.append(("phase_correlation", t0, False))
+    if model not in ("translation",):  # rotated frames (alt-az field rotation, meridian flip)
+        try:
+            m_rigid, _ = phase_correlate_rigid(image, reference, valid=valid)
+        except Exception:  # noqa: BLE001 - one candidate less, not a crash
+            m_rigid = None
+        if m_rigid is not None and np.all(np.isfinite(m_rigid)):
+            cands.append(("phase_correlation_rigid+ecc", np.asarray(m_rigid, np.float64), True))
+    if initial is not None:  # a star solution that missed acceptance (e.g. < 10 inliers)
+        init_m = initial.matrix if isinstance(initial, Transform) else initial
+        cands.append(("stars+ncc", np.asarray(init_m, dtype=np.float64), False))
+    return cands, conf, details_pc
+
+
+def _candidate_rejection(name, model, n0, n1, votes, star_votes) -> str:
+    """Why the stars veto a candidate (empty when they do not); the NCC gain is judged after."""
+    # the NCC gain must be real: on pure noise ECC can "gain" 0.01 by chance, never 0.05
+    if (star_votes.enough and votes < MIN_STAR_VOTES) or votes < star_votes.needed:
+        # the frame's stars, plenty or few, do not land on reference stars: a wrong transform
+        return f"{name}: NCC {n0:.3f} → {n1:.3f} but only {votes} stars coincide"
+    if name == "phase_correlation" and model != "translation" and votes < MIN_STAR_VOTES:
+        # a pure shift cannot express the field rotation of a night; without stars that
+        # confirm it, an NCC gain only says the shift is roughly right (a rotated frame can
+        # gain NCC and still be pixels off at its corners)
+        return (
+            f"{name}: a shift without rotation, confirmed by {votes} stars (need {MIN_STAR_VOTES})"
+        )
+    return ""
 
 
 def fallback_strength(details: dict) -> str:

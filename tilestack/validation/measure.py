@@ -255,14 +255,22 @@ def _fit_star(
         return None
     if not fit.success or not np.all(np.isfinite(fit.x)):
         return None
+    return _star_from_fit(fit.x, model, (ix, iy), (xc, yc), noise, peak, r)
+
+
+def _star_from_fit(x, model: str, centre, guess, noise: float, peak: float, r: int) -> dict:
+    """The star row from fitted parameters ``x``; ``centre`` is the stamp's integer centre and
+    ``guess`` the position the fit started from."""
+    ix, iy = centre
+    xc, yc = guess
     if model == "gaussian":
-        amp, fx, fy, lsx, lsy, th, bkg = fit.x
+        amp, fx, fy, lsx, lsy, th, bkg = x
         sx, sy = math.exp(lsx), math.exp(lsy)
         fx_major, fx_minor = FWHM_PER_SIGMA * max(sx, sy), FWHM_PER_SIGMA * min(sx, sy)
         flux = 2.0 * math.pi * amp * sx * sy
         beta = float("inf")
     else:
-        amp, fx, fy, lax, lay, th, beta, bkg = fit.x
+        amp, fx, fy, lax, lay, th, beta, bkg = x
         sx, sy = math.exp(lax), math.exp(lay)
         w = 2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
         fx_major, fx_minor = w * max(sx, sy), w * min(sx, sy)

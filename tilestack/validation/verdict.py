@@ -333,16 +333,43 @@ def _allow_fwhm_noise(check: dict, ratio, error) -> None:
         check["reason"] = check["reason"] + f" + {allowance:.3f} (its measurement noise)"
 
 
+def _graded(value, success, fail, passed, failed, rule, reason, note=None) -> dict:
+    """A tbqr2 check with a success and a failure threshold."""
+    c = _check(value, success, passed, "graded", rule, note)
+    c["fail_threshold"] = _num(fail)
+    c["failed"] = bool(failed)
+    c["reason"] = reason + (" (failed)" if failed else "")
+    return c
+
+
+def _seam_check_tbqr2(th, sf, sc) -> dict:
+    """Seam score against max(seam_max, ratio × the classical stack's score)."""
+    base = th["seam_max"]
+    lim_ok = max(base, th["seam_ratio_success"] * sc) if sc is not None else base
+    lim_bad = max(base, th["seam_ratio_fail"] * sc) if sc is not None else base
+    if sf is None:
+        seam_reason = "seam score not measurable"
+    else:
+        over_bad = sf > lim_bad + _EPS
+        ratio = th["seam_ratio_fail"] if over_bad else th["seam_ratio_success"]
+        seam_reason = f"seam score {sf:.2f} > {lim_bad if over_bad else lim_ok:.2f}" + (
+            f" (max({base:g}, {ratio:g} × classical {sc:.2f}))" if sc is not None else ""
+        )
+    return _graded(
+        sf,
+        lim_ok,
+        lim_bad,
+        sf is None or sf <= lim_ok + _EPS,
+        sf is not None and sf > lim_bad + _EPS,
+        "seam score at the tile stride <= max(seam_max, seam_ratio_success x classical score) "
+        "(failed above max(seam_max, seam_ratio_fail x classical score))",
+        seam_reason,
+        None if sf is not None else "seam score not measurable (image smaller than 3 strides)",
+    )
+
+
 def _checks_tbqr2(th, fwhm_ratio, snr_ratio, sf, sc, slope, nonfinite, usable) -> dict:
     """The tbqr2 checks; each carries a ``reason`` sentence used when it does not pass."""
-
-    def graded(value, success, fail, passed, failed, rule, reason, note=None) -> dict:
-        c = _check(value, success, passed, "graded", rule, note)
-        c["fail_threshold"] = _num(fail)
-        c["failed"] = bool(failed)
-        c["reason"] = reason + (" (failed)" if failed else "")
-        return c
-
     checks: dict[str, dict] = {}
     n_bad = None if nonfinite is None else int(nonfinite)
     checks["finite_footprint"] = _check(
@@ -357,7 +384,7 @@ def _checks_tbqr2(th, fwhm_ratio, snr_ratio, sf, sc, slope, nonfinite, usable) -
     checks["usable_tiles"] = _usable_check(th, usable)
 
     s_ok, s_bad = th["fwhm_ratio_success"], th["fwhm_ratio_fail"]
-    checks["fwhm"] = graded(
+    checks["fwhm"] = _graded(
         fwhm_ratio,
         s_ok,
         s_bad,
@@ -370,7 +397,7 @@ def _checks_tbqr2(th, fwhm_ratio, snr_ratio, sf, sc, slope, nonfinite, usable) -
     )
 
     s_ok, s_bad = th["snr_ratio_success"], th["snr_ratio_fail"]
-    checks["faint_star_snr"] = graded(
+    checks["faint_star_snr"] = _graded(
         snr_ratio,
         s_ok,
         s_bad,
@@ -383,32 +410,11 @@ def _checks_tbqr2(th, fwhm_ratio, snr_ratio, sf, sc, slope, nonfinite, usable) -
         else "faint-star SNR not measurable in both stacks",
     )
 
-    base = th["seam_max"]
-    lim_ok = max(base, th["seam_ratio_success"] * sc) if sc is not None else base
-    lim_bad = max(base, th["seam_ratio_fail"] * sc) if sc is not None else base
-    if sf is None:
-        seam_reason = "seam score not measurable"
-    else:
-        over_bad = sf > lim_bad + _EPS
-        ratio = th["seam_ratio_fail"] if over_bad else th["seam_ratio_success"]
-        seam_reason = f"seam score {sf:.2f} > {lim_bad if over_bad else lim_ok:.2f}" + (
-            f" (max({base:g}, {ratio:g} × classical {sc:.2f}))" if sc is not None else ""
-        )
-    checks["no_seams"] = graded(
-        sf,
-        lim_ok,
-        lim_bad,
-        sf is None or sf <= lim_ok + _EPS,
-        sf is not None and sf > lim_bad + _EPS,
-        "seam score at the tile stride <= max(seam_max, seam_ratio_success x classical score) "
-        "(failed above max(seam_max, seam_ratio_fail x classical score))",
-        seam_reason,
-        None if sf is not None else "seam score not measurable (image smaller than 3 strides)",
-    )
+    checks["no_seams"] = _seam_check_tbqr2(th, sf, sc)
 
     t_ok, t_bad = th["slope_tolerance_success"], th["slope_tolerance_fail"]
     off = abs(slope - 1.0) if slope is not None else None
-    checks["photometric_slope"] = graded(
+    checks["photometric_slope"] = _graded(
         off,
         t_ok,
         t_bad,
