@@ -102,19 +102,11 @@ def chan_map(bayer: str | None) -> np.ndarray:
     return np.array([[_CHAN_INDEX[bayer[2 * dy + dx]] for dx in (0, 1)] for dy in (0, 1)])
 
 
-def _check(
-    n_frames,
-    width,
-    height,
-    bayer,
-    fwhm_range,
-    bit_depth,
-    seeing="calm",
-    clouds=True,
-    haze=0.02,
-    sky_ramp=None,
-    cloud_patches=0,
-):
+def _check(s: NightSpec) -> None:
+    """One-line ConfigError for the first setting of ``s`` out of its range."""
+    n_frames, width, height, bayer = s.n_frames, s.width, s.height, s.bayer
+    fwhm_range, bit_depth, seeing, clouds = s.fwhm_range, s.bit_depth, s.seeing, s.clouds
+    haze, sky_ramp, cloud_patches = s.haze, s.sky_ramp, s.cloud_patches
     if n_frames < 1:
         raise ConfigError(f"simulate: n_frames must be >= 1, got {n_frames}")
     if width < 32 or height < 32:
@@ -387,19 +379,7 @@ def simulate_night(out_dir, spec: NightSpec | None = None, **fields) -> Simulate
         s = replace(spec or NightSpec(), **fields)
     except TypeError as err:
         raise TypeError(f"simulate_night: {err}") from None
-    _check(
-        s.n_frames,
-        s.width,
-        s.height,
-        s.bayer,
-        s.fwhm_range,
-        s.bit_depth,
-        s.seeing,
-        s.clouds,
-        s.haze,
-        s.sky_ramp,
-        s.cloud_patches,
-    )
+    _check(s)
     out = Path(out_dir)
     frames, mats = _night_timeline(s)
     scene = _night_scene(s, mats)
