@@ -1,13 +1,17 @@
 """Hard checks (one exact line naming the files, nothing written), soft checks and modes."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from astropy.io import fits
 
 from tilestack.checks import (
     CheckReport,
+    check_noise_scaling,
     check_weight_sum,
     decide_mode,
+    frame_pixel_stats,
+    noise_elasticity,
     run_hard_checks,
     scan_lights,
     soft_checks,
@@ -263,8 +267,6 @@ def test_soft_checks(tmp_path):
 
 
 def test_registration_and_elongation_warnings():
-    import pandas as pd
-
     from tilestack.checks import elongation_warnings, registration_warnings
 
     t = pd.DataFrame({"frame": ["a.fits", "b.fits", "c.fits"], "rms_px": [0.2, 0.7, np.nan]})
@@ -282,8 +284,6 @@ def test_registration_and_elongation_warnings():
 
 
 def test_size_message_many_kinds_and_long_lists():
-    import pandas as pd
-
     from tilestack.checks import check_sizes
 
     n = 60
@@ -299,3 +299,57 @@ def test_size_message_many_kinds_and_long_lists():
         "mixed image sizes: 25 of 60 frames differ (1 50x40, 24 100x80), expected 64x64: "
         f"{listed}, … (+5 more)"
     )
+
+
+def _night_stats(fn, levels, read_e=5.0, pedestal=0.0, gain=1.0, seed=3):
+    """frame_pixel_stats of one 128² sky frame per sky level (electrons), through ``fn``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for sky in levels:
+        e = rng.poisson(sky, (128, 128)) + rng.normal(0.0, read_e, (128, 128))
+        rows.append(frame_pixel_stats(fn(pedestal + e / gain).astype(np.float32)))
+    return pd.DataFrame(rows)
+
+
+RISING_SKY = np.linspace(300.0, 900.0, 24)  # a moon rising: the sky triples
+
+
+@pytest.mark.parametrize(
+    "fn, pedestal, read_e, levels",
+    [
+        (lambda x: x / 65535.0, 0.0, 5.0, RISING_SKY),  # calibrated float, sky-limited
+        (lambda x: x, 500.0, 5.0, RISING_SKY),  # raw counts with a pedestal
+        (lambda x: x, 500.0, 12.0, np.linspace(20.0, 26.0, 24)),  # read-noise-limited
+        (lambda x: np.sqrt(np.clip(x, 0, None) / 65535.0), 0.0, 5.0, np.full(24, 400.0)),
+    ],
+    ids=["float-sky-limited", "pedestal", "read-noise-limited", "stretched-but-steady-sky"],
+)
+def test_noise_scaling_passes_linear_nights_and_steady_skies(fn, pedestal, read_e, levels):
+    """Linear data: the variance rises with the sky, however it is stored; a night whose
+    sky does not change cannot be judged and passes."""
+    check_noise_scaling(_night_stats(fn, levels, read_e=read_e, pedestal=pedestal))
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: np.sqrt(np.clip(x, 0, None) / 65535.0),
+        lambda x: np.arcsinh(np.clip(x, 0, None) / 65535.0 * 200) / np.arcsinh(200),
+    ],
+    ids=["sqrt", "asinh"],
+)
+def test_noise_scaling_refuses_a_stretched_night(fn):
+    """Square-root / asinh stretched float frames (pedestal-free): the sky brightens, its
+    noise does not grow: refused with the reason and the measured slope."""
+    stats = _night_stats(fn, RISING_SKY)
+    slope, se, span = noise_elasticity(stats["median"].to_numpy(), stats["noise"].to_numpy())
+    assert slope < 0.1 and span > 0.3
+    with pytest.raises(InputError, match=r"stretched \(non-linear\) data: over the night"):
+        check_noise_scaling(stats)
+
+
+def test_noise_elasticity_of_photon_noise_is_one():
+    """Pedestal-free, sky-limited linear data: σ² ∝ sky, so d ln σ² / d ln sky ≈ 1."""
+    stats = _night_stats(lambda x: x, RISING_SKY, read_e=1.0)
+    slope, se, _ = noise_elasticity(stats["median"].to_numpy(), stats["noise"].to_numpy())
+    assert abs(slope - 1.0) < 0.1 and se < 0.05
