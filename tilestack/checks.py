@@ -225,6 +225,16 @@ def pixel_full_scale(data: np.ndarray, full_scale: float | None) -> float:
     return top
 
 
+STATS_SAMPLE = 300_000  # pixels enough for a median or a noise figure to 0.3 %
+LEVEL_SAMPLE = 250_000  # pixels enough to count the distinct levels of 8-bit content
+
+
+def _grid_sample(data: np.ndarray, max_pixels: int) -> np.ndarray:
+    """Every k-th row and column (float64), k chosen so at most ``max_pixels`` remain."""
+    step = max(1, int(np.ceil(np.sqrt(data.size / max_pixels))))
+    return np.asarray(data[::step, ::step], dtype=np.float64)
+
+
 def pixel_noise(data: np.ndarray) -> float:
     """White pixel noise: 1.4826·MAD of differences between same-CFA-phase pixels two
     columns apart, / √2. Gradients, nebulosity and most of the stars cancel; NaN ignored."""
@@ -238,12 +248,11 @@ def pixel_noise(data: np.ndarray) -> float:
 def stretch_evidence(data: np.ndarray, full_scale: float | None) -> str | None:
     """Why ``data`` does not look linear (see the module docstring), or None if it does."""
     fs = pixel_full_scale(data, full_scale)
-    step = max(1, int(np.sqrt(data.size / 2_000_000)))  # cap the sample at ~2 M pixels
-    sample = np.asarray(data[::step, ::step], dtype=np.float64)
+    sample = _grid_sample(data, STATS_SAMPLE)
     vals = sample[np.isfinite(sample)]
     if vals.size < 1000:
         return None
-    levels = np.unique(vals)
+    levels = np.unique(vals[:: max(1, vals.size // LEVEL_SAMPLE)])
     if 2 <= levels.size <= 256:
         step = float(np.min(np.diff(levels)))
         if step >= fs / 512:
@@ -306,13 +315,12 @@ def frame_pixel_stats(data: np.ndarray) -> dict:
     frac = 1.0 - float(finite.sum()) / max(n, 1)
     if frac >= 1.0:
         return {"invalid_fraction": 1.0, "median": np.nan, "max": np.nan, "noise": np.nan}
-    step = max(1, int(np.sqrt(n / 1_000_000)))  # the median from at most ~1 M pixels
-    sample = np.asarray(data[::step, ::step], dtype=np.float64)
+    sample = _grid_sample(data, STATS_SAMPLE)
     sample = sample[np.isfinite(sample)]
     med = float(np.median(sample)) if sample.size else float(np.nanmedian(data))
     top = float(np.max(data, where=finite, initial=-np.inf))
-    # every step²-th row keeps full rows, so neighbours two columns apart stay neighbours
-    rows = np.asarray(data[:: step * step], dtype=np.float64)
+    # whole rows, so that neighbours two columns apart stay neighbours
+    rows = np.asarray(data[:: max(1, int(np.ceil(n / STATS_SAMPLE)))], dtype=np.float64)
     return {"invalid_fraction": frac, "median": med, "max": top, "noise": pixel_noise(rows)}
 
 
@@ -335,15 +343,18 @@ def level_gaps(data: np.ndarray) -> str | None:
     apart, so most levels near the sky never occur. Inconclusive (None) when the levels are
     too few or too thinly populated to tell.
     """
-    step = max(1, int(np.sqrt(data.size / 2_000_000)))
-    vals = np.asarray(data[::step, ::step], dtype=np.float64).ravel()
+    vals = _grid_sample(data, STATS_SAMPLE).ravel()
     vals = vals[np.isfinite(vals)]
     if vals.size < 1000 or not np.all(vals == np.round(vals)):
         return None
     med = float(np.median(vals))
     sigma = mad_sigma(vals, med)
     near = vals[np.abs(vals - med) <= sigma]
-    levels = np.unique(near)
+    if near.size == 0:
+        return None
+    # the distinct levels by counting (integers over a span of ±1σ), not by sorting
+    low = near.min()
+    levels = np.flatnonzero(np.bincount((near - low).astype(np.int64))) + low
     if levels.size < 8:
         return None
     quantum = int(np.gcd.reduce(np.diff(levels).astype(np.int64)))

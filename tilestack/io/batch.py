@@ -23,6 +23,18 @@ from tilestack.io.atomic import atomic_path
 VALID_SUFFIX = ".valid"
 
 
+FITS_BLOCK = 2880
+
+
+def _append_image(fh, data: np.ndarray, header) -> None:
+    """Write one image extension at the end of an open FITS file: its header (as astropy
+    builds it for an ImageHDU) and its big-endian data, each padded to 2880-byte blocks."""
+    fh.write(fits.ImageHDU(data=data, header=header).header.tostring().encode("ascii"))
+    raw = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder(">")).tobytes()
+    fh.write(raw)
+    fh.write(b"\0" * (-len(raw) % FITS_BLOCK))
+
+
 @contextlib.contextmanager
 def batch_writer(path, header: dict | None = None) -> Iterator[callable]:
     """Yield ``add(stem, image, valid, header=None)``; the file appears only when complete."""
@@ -33,11 +45,12 @@ def batch_writer(path, header: dict | None = None) -> Iterator[callable]:
         primary.header["NFRAMES"] = (0, "frames stored in this batch file")
         primary.writeto(tmp, overwrite=True)
         count = 0
+        # One handle for the whole batch: appending through astropy re-reads and verifies
+        # every HDU already in the file, which made writing a batch quadratic in its length.
+        fh = open(tmp, "ab")  # noqa: SIM115  (closed below, after the last frame)
 
         def add(stem: str, image: np.ndarray, valid: np.ndarray, hdr: dict | None = None):
             nonlocal count
-            img = np.ascontiguousarray(image, dtype=np.float32)
-            ok = np.ascontiguousarray(valid, dtype=np.uint8)
             h = fits.Header()
             h["EXTNAME"] = stem
             for k, v in (hdr or {}).items():
@@ -46,11 +59,14 @@ def batch_writer(path, header: dict | None = None) -> Iterator[callable]:
             hv["EXTNAME"] = stem + VALID_SUFFIX
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fits.append(tmp, img, header=h)
-                fits.append(tmp, ok, header=hv)
+                _append_image(fh, np.asarray(image, dtype=np.float32), h)
+                _append_image(fh, np.asarray(valid, dtype=np.uint8), hv)
             count += 1
 
-        yield add
+        try:
+            yield add
+        finally:
+            fh.close()
         with fits.open(tmp, mode="update") as hdul:
             hdul[0].header["NFRAMES"] = count
 
