@@ -125,6 +125,17 @@ def siril_to_ours(h_siril: np.ndarray, height: int) -> np.ndarray:
     return m / m[2, 2]
 
 
+def _convert_script(threads: int, debayer: bool) -> list[str]:
+    """The script's start: version, threads, and the lights converted into process/f_*."""
+    return [
+        "requires 0.99.10",
+        f"setcpu {max(1, int(threads))}",
+        "cd lights",
+        _convert_cmd(debayer),
+        "cd ../process",
+    ]
+
+
 def _convert_cmd(debayer: bool) -> str:
     return "convert f -out=../process" + (" -debayer" if debayer else "")
 
@@ -155,14 +166,7 @@ def register_with_siril(
     ref_idx = None
     if reference is not None:
         ref_idx = names.index(reference) if isinstance(reference, str) else int(reference)
-    script = [
-        "requires 0.99.10",
-        f"setcpu {max(1, int(threads))}",
-        "cd lights",
-        _convert_cmd(debayer),
-        "cd ../process",
-        "setcpu 1",
-    ]
+    script = [*_convert_script(threads, debayer), "setcpu 1"]
     if ref_idx is not None:
         script.append(f"setref f_ {ref_idx + 1}")
     script.append("register f_")
@@ -221,13 +225,7 @@ def stack_with_siril(
     out_path = Path(out_path)
     _link_inputs(paths, workdir / "lights")
     shutil.rmtree(workdir / "process", ignore_errors=True)
-    script = [
-        "requires 0.99.10",
-        f"setcpu {max(1, int(threads))}",
-        "cd lights",
-        _convert_cmd(debayer),
-        "cd ../process",
-    ]
+    script = _convert_script(threads, debayer)
     seq = "f_"
     if register:
         if reference is not None:
