@@ -416,6 +416,17 @@ NOISE_MIN_LEVEL_SPAN = 0.03  # ln(q90/q10) of the sky levels: enough change to j
 NOISE_MAX_ELASTICITY = 0.10  # d ln σ² / d ln m must reach above this (linear: > 0)
 
 
+def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None:
+    """Least-squares ``y = a + b·x``: ``(a, b, standard error of b)``; None if too few points."""
+    sxx = float(np.sum((x - x.mean()) ** 2))
+    if x.size < NOISE_MIN_FRAMES or sxx <= 0:
+        return None
+    b = float(np.sum((x - x.mean()) * (y - y.mean())) / sxx)
+    a = float(y.mean() - b * x.mean())
+    r = y - a - b * x
+    return a, b, float(np.sqrt(np.sum(r**2) / max(r.size - 2, 1) / sxx))
+
+
 def noise_elasticity(level: np.ndarray, noise: np.ndarray) -> tuple[float, float, float]:
     """Slope of ln σ² against ln(sky level) over the frames, its standard error, and the
     span ln(q90/q10) of the levels. One pass of 3σ residual clipping keeps a few odd frames
@@ -426,18 +437,15 @@ def noise_elasticity(level: np.ndarray, noise: np.ndarray) -> tuple[float, float
     if x.size < NOISE_MIN_FRAMES:
         return float("nan"), float("nan"), 0.0
     span = float(np.quantile(x, 0.9) - np.quantile(x, 0.1))
-    keep = np.ones(x.size, bool)
-    for _ in range(2):
-        xk, yk = x[keep], y[keep]
-        sxx = float(np.sum((xk - xk.mean()) ** 2))
-        if xk.size < NOISE_MIN_FRAMES or sxx <= 0:
-            return float("nan"), float("nan"), span
-        slope = float(np.sum((xk - xk.mean()) * (yk - yk.mean())) / sxx)
-        resid = y - (yk.mean() + slope * (x - xk.mean()))
-        scale = mad_sigma(resid[keep])
-        keep = np.abs(resid) <= 3.0 * max(scale, 1e-12)
-    r = resid[keep]
-    se = float(np.sqrt(np.sum(r**2) / max(r.size - 2, 1) / sxx))
+    fit = _line_fit(x, y)
+    if fit is None:
+        return float("nan"), float("nan"), span
+    resid = y - fit[0] - fit[1] * x
+    keep = np.abs(resid) <= 3.0 * max(mad_sigma(resid), 1e-12)
+    fit = _line_fit(x[keep], y[keep])
+    if fit is None:
+        return float("nan"), float("nan"), span
+    _, slope, se = fit
     return slope, se, span
 
 
