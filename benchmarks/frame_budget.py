@@ -74,6 +74,10 @@ def run(results: Path, n: int) -> pd.DataFrame:
     cv2.setNumThreads(1)
     import yaml
 
+    from tilestack.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as every workflow script does (run_script)
+
     from tilestack import checks
     from tilestack.io.batch import BatchFile, batch_writer
     from tilestack.io.frames import read_image

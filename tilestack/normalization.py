@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 from numba import njit
 
+from tilestack.kernels import median_inplace
 from tilestack.robust import MAD_TO_SIGMA, sigma_clipped_stats
 
 BACKGROUND_MODELS = ("surface", "plane", "offset")
@@ -48,6 +49,7 @@ def _aperture_kernel(img, valid, xs, ys, r, r_in, r_out, out):
     h, w = img.shape
     ro = int(np.ceil(r_out))
     buf = np.empty((2 * ro + 1) * (2 * ro + 1), np.float64)
+    work = np.empty_like(buf)
     r2, ri2, ro2 = r * r, r_in * r_in, r_out * r_out
     for i in range(xs.shape[0]):
         out[i, 4] = 0.0
@@ -86,19 +88,20 @@ def _aperture_kernel(img, valid, xs, ys, r, r_in, r_out, out):
             continue
         # Sky of the annulus: median, then clipped at 3 sigma (a neighbour's light in a few
         # annulus pixels would otherwise lift the median by a fraction of the sky noise).
-        vals = buf[:m].copy()
+        # Medians by quickselect on a scratch copy (the same values a full sort gives).
         bkg = 0.0
         noise = 0.0
         for _ in range(4):
-            a = np.sort(vals[:m])
-            bkg = 0.5 * (a[(m - 1) // 2] + a[m // 2])
-            dev = np.abs(a - bkg)
-            dev.sort()
-            noise = MAD_TO_SIGMA * 0.5 * (dev[(m - 1) // 2] + dev[m // 2])
+            for j in range(m):
+                work[j] = buf[j]
+            bkg = median_inplace(work, m)
+            for j in range(m):
+                work[j] = abs(buf[j] - bkg)
+            noise = MAD_TO_SIGMA * median_inplace(work, m)
             k = 0
             for j in range(m):
-                if abs(vals[j] - bkg) <= 3.0 * noise:
-                    vals[k] = vals[j]
+                if abs(buf[j] - bkg) <= 3.0 * noise:
+                    buf[k] = buf[j]
                     k += 1
             if k == m or k < 8:
                 break
@@ -343,6 +346,71 @@ def star_mask(shape, xy: np.ndarray, radius: float) -> np.ndarray:
     return m > 0
 
 
+@njit(cache=True, nogil=True)
+def _cell_clipped_medians(diff, ok, ey, ex, min_pixels, kappa, max_iter, grid, count):
+    """Per cell: the sigma-clipped median of ``diff`` over ``ok`` pixels (in ``grid``) and the
+    number of such pixels (in ``count``); cells with fewer than ``min_pixels`` stay NaN.
+
+    The same iteration as :func:`tilestack.robust.sigma_clipped_stats` (median/MAD, clipping
+    only ever removes, stop when nothing changes), with quickselect medians in one compiled
+    pass instead of a few numpy calls per cell and iteration.
+    """
+    maxn = 0
+    for i in range(ey.size - 1):
+        for j in range(ex.size - 1):
+            maxn = max(maxn, (ey[i + 1] - ey[i]) * (ex[j + 1] - ex[j]))
+    vals = np.empty(maxn, np.float64)
+    work = np.empty(maxn, np.float64)
+    keep = np.empty(maxn, np.bool_)
+    for i in range(ey.size - 1):
+        for j in range(ex.size - 1):
+            n = 0
+            for y in range(ey[i], ey[i + 1]):
+                for x in range(ex[j], ex[j + 1]):
+                    if ok[y, x]:
+                        vals[n] = diff[y, x]
+                        n += 1
+            count[i, j] = n
+            if n < min_pixels:
+                continue
+            for k in range(n):
+                work[k] = vals[k]
+                keep[k] = True
+            med = median_inplace(work, n)
+            for k in range(n):
+                work[k] = abs(vals[k] - med)
+            sig = MAD_TO_SIGMA * median_inplace(work, n)
+            kept = n
+            for _ in range(max_iter):
+                if sig <= 0.0:
+                    break
+                lo = med - kappa * sig
+                hi = med + kappa * sig
+                new = 0
+                for k in range(n):
+                    if keep[k] and vals[k] >= lo and vals[k] <= hi:
+                        new += 1
+                if new == kept or new == 0:
+                    break
+                m = 0
+                for k in range(n):
+                    if keep[k]:
+                        if vals[k] >= lo and vals[k] <= hi:
+                            work[m] = vals[k]
+                            m += 1
+                        else:
+                            keep[k] = False
+                kept = m
+                med = median_inplace(work, m)
+                m = 0
+                for k in range(n):
+                    if keep[k]:
+                        work[m] = abs(vals[k] - med)
+                        m += 1
+                sig = MAD_TO_SIGMA * median_inplace(work, m)
+            grid[i, j] = med
+
+
 def fit_background(
     diff: np.ndarray,
     mask: np.ndarray,
@@ -371,13 +439,17 @@ def fit_background(
     ey, ex = cell_edges(h, ny), cell_edges(w, nx)
     grid = np.full((ny, nx), np.nan)
     count = np.zeros((ny, nx), np.int64)
-    for i in range(ny):
-        for j in range(nx):
-            sl = (slice(ey[i], ey[i + 1]), slice(ex[j], ex[j + 1]))
-            v = diff[sl][ok[sl]].astype(np.float64)
-            count[i, j] = v.size
-            if v.size >= min_pixels:
-                grid[i, j] = sigma_clipped_stats(v, max_iter=10)[0]
+    _cell_clipped_medians(
+        np.ascontiguousarray(diff, np.float32),
+        np.ascontiguousarray(ok, np.bool_),
+        ey,
+        ex,
+        int(min_pixels),
+        3.0,
+        10,
+        grid,
+        count,
+    )
     measured = np.isfinite(grid)
     if not measured.any():
         vals = diff[ok].astype(np.float64)

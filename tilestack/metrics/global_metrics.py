@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -46,24 +48,60 @@ def usable_mask(raw: np.ndarray, valid: np.ndarray | None, border: int = 0) -> n
 
 def background_level(raw: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """Masked robust background (sigma-clipped median) and clipped sigma of the raw channel."""
-    vals = subsample(raw[mask].astype(np.float64))
+    vals = subsample(raw[mask])  # float32 sorts faster; the statistics are float64
     if vals.size == 0:
         return float("nan"), float("nan")
     med, sig, _ = sigma_clipped_stats(vals, kappa_low=3.0, kappa_high=3.0, max_iter=10)
     return med, sig
 
 
-def sobel_energy(norm: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sobel_energy(
+    norm: np.ndarray, mask: np.ndarray, inner: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel ``|grad I|^2`` (Sobel /8, float32 buffers) and the mask of pixels it is valid on.
 
     Invalid pixels are filled with 1 (the normalized background) before filtering and every
-    pixel whose 3x3 neighbourhood touches an invalid one is excluded by eroding the mask.
+    pixel whose 3x3 neighbourhood touches an invalid one is excluded by eroding the mask
+    (``inner``: that eroded mask when the caller already has it).
     """
-    img = np.where(mask, norm, np.float32(1.0)).astype(np.float32)
-    gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
-    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
-    inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8), borderValue=0) > 0
-    return gx * gx + gy * gy, inner
+    img = np.where(mask, norm, np.float32(1.0)).astype(np.float32, copy=False)
+    # the 1/8 is a power of two: scaling inside the filter gives the same floats as after it
+    energy = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3, scale=0.125, borderType=cv2.BORDER_REFLECT)
+    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3, scale=0.125, borderType=cv2.BORDER_REFLECT)
+    np.multiply(energy, energy, out=energy)
+    np.multiply(gy, gy, out=gy)
+    energy += gy
+    if inner is None:
+        inner = inner_mask(mask)
+    return energy, inner
+
+
+def inner_mask(mask: np.ndarray) -> np.ndarray:
+    """Pixels whose whole 3x3 neighbourhood is valid (where a Sobel gradient is clean)."""
+    return cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8), borderValue=0) > 0
+
+
+@dataclass
+class EnergyInputs:
+    """What every energy map of one ``I`` shares: computed once, used for each variant."""
+
+    filled: np.ndarray  # I with invalid pixels set to 1 (float32)
+    mask: np.ndarray  # valid pixels
+    inner: np.ndarray  # valid pixels with a valid 3x3 neighbourhood
+    sigma: float
+    background: np.ndarray | None  # star-free background pixels for k (None: no sigma)
+
+
+def energy_inputs(norm: np.ndarray, mask: np.ndarray, sigma: float) -> EnergyInputs:
+    """The shared inputs of :func:`robust_energy` for one normalized image."""
+    filled = np.where(mask, norm, np.float32(1.0)).astype(np.float32, copy=False)
+    inner = inner_mask(mask)
+    background = None
+    if np.isfinite(sigma) and sigma > 0:
+        bg = (np.abs(filled - np.float32(1.0)) < np.float32(3.0 * sigma)) & mask
+        bg = cv2.erode(bg.astype(np.uint8), np.ones((7, 7), np.uint8), borderValue=0) > 0
+        background = bg & inner
+    return EnergyInputs(filled, mask, inner, float(sigma), background)
 
 
 def robust_energy(
@@ -72,6 +110,8 @@ def robust_energy(
     sigma: float,
     cap: float = E_CAP,
     median: bool = True,
+    *,
+    inputs: EnergyInputs | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Sobel energy map of ``I`` made robust for quality metrics, and its noise floor.
 
@@ -81,20 +121,20 @@ def robust_energy(
     :func:`sobel_energy`. Returns ``(energy, inner, k)`` where ``k`` is the noise energy per
     unit noise variance measured on this frame's own star-free background (it includes the
     interpolation-correlated noise of registered frames), so ``mean(energy) - k * sigma^2`` is
-    the signal part of the energy of a region whose pixel noise is ``sigma``.
+    the signal part of the energy of a region whose pixel noise is ``sigma``. ``inputs``:
+    :func:`energy_inputs` of the same ``norm``, ``mask`` and ``sigma`` when already formed.
     """
-    filled = np.where(mask, norm, np.float32(1.0)).astype(np.float32)
-    img = cv2.medianBlur(filled, 3) if median else filled
+    if inputs is None:
+        inputs = energy_inputs(norm, mask, sigma)
+    img = cv2.medianBlur(inputs.filled, 3) if median else inputs.filled
     ok_sigma = np.isfinite(sigma) and sigma > 0
     if ok_sigma and cap is not None and np.isfinite(cap) and cap > 0:
         img = np.minimum(img, np.float32(1.0 + cap * sigma))
-    energy, inner = sobel_energy(img, mask)
+    energy, inner = sobel_energy(img, mask, inputs.inner)
     k = 0.0
-    if ok_sigma:
-        bg = (np.abs(filled - np.float32(1.0)) < np.float32(3.0 * sigma)) & mask
-        bg = cv2.erode(bg.astype(np.uint8), np.ones((7, 7), np.uint8), borderValue=0) > 0
-        sel = bg & inner
-        if sel.sum() >= 64:
+    if inputs.background is not None:
+        sel = inputs.background
+        if np.count_nonzero(sel) >= 64:
             k = float(np.mean(energy[sel], dtype=np.float64)) / (sigma * sigma)
     return energy, inner, k
 
@@ -170,6 +210,7 @@ def global_energy(
     fwhm: float | None = None,
     cap: float = E_CAP,
     stars_flux: np.ndarray | None = None,
+    inputs: EnergyInputs | None = None,
 ) -> float:
     """The global ``E`` of §6, measured robustly (METHODOLOGY §6: ``mean(|grad I|^2)``, Sobel).
 
@@ -196,7 +237,7 @@ def global_energy(
     near_bad = cv2.dilate(bad, np.ones((4 * r + 1, 4 * r + 1), np.uint8), borderValue=1) > 0
     noise_var = sigma * sigma if np.isfinite(sigma) else 0.0
     if stars_xy is not None and len(stars_xy):
-        energy, inner, k = robust_energy(norm, full, sigma, None, median=False)
+        energy, inner, k = robust_energy(norm, full, sigma, None, median=False, inputs=inputs)
         per_star = star_stamp_energy(energy, inner & mask & ~near_bad, stars_xy, r)
         per_star = per_star - k * noise_var
         good = np.isfinite(per_star)
@@ -214,7 +255,7 @@ def global_energy(
         elif good.sum() >= MIN_E_STARS:
             e = per_star[good]
             return float(np.mean(np.minimum(e, np.quantile(e, E_STAR_WINSOR))))
-    energy, inner, k = robust_energy(norm, full, sigma, cap, median=False)
+    energy, inner, k = robust_energy(norm, full, sigma, cap, median=False, inputs=inputs)
     usable = inner & mask & ~near_bad
     if not usable.any():
         usable = inner & mask
@@ -255,7 +296,8 @@ def global_metrics_and_maps(
     else:
         bg = mask
     sigma = diff_noise(norm, bg)
-    e = global_energy(norm, full, mask, sigma, stars_xy, fwhm, cap, stars_flux)
+    inputs = energy_inputs(norm, full, sigma)
+    e = global_energy(norm, full, mask, sigma, stars_xy, fwhm, cap, stars_flux, inputs)
     vals = subsample(raw[mask].astype(np.float64))
     med = float(np.median(vals))
     metrics = {
@@ -265,7 +307,7 @@ def global_metrics_and_maps(
         "median": med,
         "mad": float(np.median(np.abs(vals - med))),
     }
-    return metrics, norm, full, robust_energy(norm, full, sigma, cap)
+    return metrics, norm, full, robust_energy(norm, full, sigma, cap, inputs=inputs)
 
 
 def check_abg(alpha: float, beta: float, gamma: float) -> None:
