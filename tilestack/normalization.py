@@ -336,14 +336,36 @@ def surface_rows(grid: np.ndarray, height: int, width: int, y0: int, y1: int) ->
 
 
 def star_mask(shape, xy: np.ndarray, radius: float) -> np.ndarray:
-    """True on pixels within ``radius`` of any star position (uint8 painting, no loops in Python)."""
-    m = np.zeros(shape, np.uint8)
+    """True on pixels within ``radius`` of any star position.
+
+    One filled disc is rasterised (OpenCV, integer centre) and stamped at every star's
+    rounded position: the same pixels as drawing each disc, without a call per star.
+    """
     r = max(1, int(np.ceil(radius)))
+    stamp = np.zeros((2 * r + 1, 2 * r + 1), np.uint8)
+    cv2.circle(stamp, (r, r), r, 1, -1)
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
     h, w = shape
-    for x, y in np.asarray(xy, np.float64).reshape(-1, 2):
-        if np.isfinite(x) and np.isfinite(y) and -r <= x < w + r and -r <= y < h + r:
-            cv2.circle(m, (int(round(x)), int(round(y))), r, 1, -1)
+    ok = np.isfinite(xy).all(axis=1)
+    ok[ok] &= (xy[ok, 0] >= -r) & (xy[ok, 0] < w + r) & (xy[ok, 1] >= -r) & (xy[ok, 1] < h + r)
+    centres = np.round(xy[ok]).astype(np.int64)
+    m = np.zeros(shape, np.uint8)
+    _stamp(m, stamp, centres[:, 0].copy(), centres[:, 1].copy(), r)
     return m > 0
+
+
+@njit(cache=True, nogil=True)
+def _stamp(m, stamp, cx, cy, r):
+    h, w = m.shape
+    for i in range(cx.shape[0]):
+        for dy in range(-r, r + 1):
+            y = cy[i] + dy
+            if y < 0 or y >= h:
+                continue
+            for dx in range(-r, r + 1):
+                x = cx[i] + dx
+                if 0 <= x < w and stamp[dy + r, dx + r]:
+                    m[y, x] = 1
 
 
 @njit(cache=True, nogil=True)

@@ -204,3 +204,23 @@ def test_structure_energy_ignores_cosmic_rays_and_hot_pixels(field):
         spread = 1.4826 * np.median(np.abs(clean - np.median(clean)))
         assert abs(by[("f08", t)] - by[("f03", t)]) < spread
     assert struct.loc[struct["frame"] == "f08", "zES"].abs().max() < 3.0
+
+
+def test_tile_star_medians_match_a_per_tile_numpy_median():
+    from tilestack.metrics.local import tile_star_medians
+
+    rng = np.random.default_rng(5)
+    grid = TileGrid.from_fwhm(3.0, 300, 220, size_factor=20)
+    xy = rng.uniform(-5, 305, size=(400, 2)) * [1.0, 220 / 300]
+    vals = rng.normal(size=(2, 400))
+    vals[0, ::5] = np.nan  # unmeasured: left out of that median only
+    count, med = tile_star_medians(xy, vals, grid)
+    for t, (y0, y1, x0, x1) in enumerate(grid.tiles):
+        sel = (xy[:, 0] >= x0 - 0.5) & (xy[:, 0] < x1 - 0.5)
+        sel &= (xy[:, 1] >= y0 - 0.5) & (xy[:, 1] < y1 - 0.5)
+        assert count[t] == sel.sum()
+        for k in range(2):
+            v = vals[k, sel]
+            v = v[np.isfinite(v)]
+            expected = np.median(v) if v.size else np.nan
+            assert np.array_equal(med[t, k], expected, equal_nan=True)

@@ -259,3 +259,21 @@ def test_rejection_keeps_sharper_peaks_and_rejects_a_dimmed_star():
     flat[7] = sky + 400.0
     reject_mad(flat.copy(), flat.size, keep, work, 4.0, 4.0, 3, 0.5, sky, 0.5)
     assert not keep[7] and keep.sum() == 39
+
+
+def test_star_mask_is_the_union_of_discs_drawn_per_star():
+    import cv2
+
+    from tilestack.normalization import star_mask
+
+    rng = np.random.default_rng(2)
+    shape, radius = (90, 130), 4.2
+    xy = rng.uniform(-8, 140, size=(60, 2))
+    xy[::6] = np.round(xy[::6] * 2) / 2  # exact halves round to even, as Python's round
+    xy[0, 1] = np.nan
+    expected = np.zeros(shape, np.uint8)
+    r = int(np.ceil(radius))
+    for x, y in xy:
+        if np.isfinite(x) and np.isfinite(y) and -r <= x < shape[1] + r and -r <= y < shape[0] + r:
+            cv2.circle(expected, (round(x), round(y)), r, 1, -1)
+    assert np.array_equal(star_mask(shape, xy, radius), expected > 0)

@@ -237,6 +237,51 @@ def tile_statistics(
     return out
 
 
+@njit(cache=True, nogil=True)
+def _tile_star_medians(sx, sy, values, boxes, out, count):
+    """Per tile: number of stars in the tile (``count``) and, per row of ``values``, the
+    median of its finite values over those stars (``out``, NaN when none).
+
+    A star belongs to tile ``(y0, y1, x0, x1)`` when its centre lies in the tile's pixels
+    (``x0 - 0.5 <= x < x1 - 0.5``); tiles overlap, so a star can belong to several.
+    """
+    n_stars = sx.shape[0]
+    buf = np.empty(n_stars, np.float64)
+    members = np.empty(n_stars, np.int64)
+    for t in range(boxes.shape[0]):
+        y0, y1, x0, x1 = boxes[t, 0], boxes[t, 1], boxes[t, 2], boxes[t, 3]
+        m = 0
+        for i in range(n_stars):
+            if sx[i] >= x0 - 0.5 and sx[i] < x1 - 0.5 and sy[i] >= y0 - 0.5 and sy[i] < y1 - 0.5:
+                members[m] = i
+                m += 1
+        count[t] = m
+        for k in range(values.shape[0]):
+            n = 0
+            for j in range(m):
+                v = values[k, members[j]]
+                if np.isfinite(v):
+                    buf[n] = v
+                    n += 1
+            out[t, k] = median_inplace(buf, n) if n > 0 else np.nan
+
+
+def tile_star_medians(
+    xy: np.ndarray, values: np.ndarray, grid: TileGrid
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(count (T,), medians (T, K))``: stars per tile and the median of each of the ``K``
+    rows of ``values`` (K, N) over a tile's stars with a finite value."""
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    values = np.ascontiguousarray(np.asarray(values, np.float64).reshape(-1, len(xy)))
+    boxes = np.array(grid.tiles, np.int64).reshape(-1, 4)
+    out = np.full((len(boxes), values.shape[0]), np.nan)
+    count = np.zeros(len(boxes), np.int64)
+    _tile_star_medians(
+        np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1]), values, boxes, out, count
+    )
+    return count, out
+
+
 def measure_stars(
     image: np.ndarray, valid: np.ndarray | None, xy: np.ndarray, fwhm: float
 ) -> pd.DataFrame:
@@ -349,18 +394,17 @@ def frame_tile_metrics(
         scale = float(np.median(ref_flux[good])) if good.any() else 1.0  # the whole list's
         contrast = _relative(contrast, ref_flux[idx], scale)
     stats = tile_statistics(img, mask, grid, energy)
+    count, med = tile_star_medians(np.column_stack([sx, sy]), np.vstack([fw, rn, contrast]), grid)
     rows = []
-    for t, (y0, y1, x0, x1) in enumerate(grid.tiles):
-        sel = (sx >= x0 - 0.5) & (sx < x1 - 0.5) & (sy >= y0 - 0.5) & (sy < y1 - 0.5)
+    for t in range(grid.n_tiles):
         b_loc, s_loc, sig, e = stats[t]
-        n = int(sel.sum())
         rows.append(
             (
                 t,
-                n,
-                _median(fw[sel]),
-                _median(rn[sel]),
-                _median(contrast[sel]),
+                int(count[t]),
+                med[t, 0],
+                med[t, 1],
+                med[t, 2],
                 e,
                 sig,
                 e / sig if np.isfinite(sig) and sig > 0 else np.nan,
@@ -392,18 +436,8 @@ def tile_scales(
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
     ratio = np.asarray(ratio, np.float64).reshape(-1)
     ok = np.isfinite(ratio) & (ratio > 0)
-    sx, sy, r = xy[ok, 0], xy[ok, 1], ratio[ok]
-    out = np.full(grid.n_tiles, np.nan)
-    for t, (y0, y1, x0, x1) in enumerate(grid.tiles):
-        sel = (sx >= x0 - 0.5) & (sx < x1 - 0.5) & (sy >= y0 - 0.5) & (sy < y1 - 0.5)
-        if sel.sum() >= min_stars:
-            out[t] = float(np.median(r[sel]))
-    return out
-
-
-def _median(v: np.ndarray) -> float:
-    v = v[np.isfinite(v)]
-    return float(np.median(v)) if v.size else float("nan")
+    count, med = tile_star_medians(xy[ok], ratio[ok][None, :], grid)
+    return np.where(count >= min_stars, med[:, 0], np.nan)
 
 
 def _z_matrix(m: np.ndarray) -> np.ndarray:
