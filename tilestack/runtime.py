@@ -126,7 +126,25 @@ class Progress:
 
     def finish(self, message: str = "") -> None:
         dt = time.perf_counter() - self.t0
-        self.log(f"finished {self.what} in {dt:.1f} s{(': ' + message) if message else ''}")
+        peak = peak_memory_mb()
+        mem = f", peak memory {peak:.0f} MB" if peak is not None else ""
+        self.log(f"finished {self.what} in {dt:.1f} s{mem}{(': ' + message) if message else ''}")
+
+
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory (VmHWM, MB); None where /proc is not available.
+
+    Unlike ``ru_maxrss``, VmHWM belongs to this process image only (not inherited across the
+    exec of a job's interpreter), so it is the job's own peak.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
 
 
 def logged(main, log_path):
