@@ -161,6 +161,12 @@ def _interpolate_mesh(m: np.ndarray, box: int, h: int, w: int, step: int = 1) ->
     With ``step`` > 1 the bicubic surface is evaluated every ``step`` pixels (one sample
     beyond each edge) and bilinearly upsampled: exact for planes, and far cheaper.
     """
+    return np.ascontiguousarray(_interpolate_mesh_view(m, box, h, w, step))
+
+
+def _interpolate_mesh_view(m: np.ndarray, box: int, h: int, w: int, step: int = 1) -> np.ndarray:
+    """:func:`_interpolate_mesh`, possibly as a strided (h, w) view of a slightly larger
+    array (no copy of a full frame when it is only subtracted)."""
     pad = 2
     m = _extrapolate(np.asarray(m, np.float64), pad).astype(np.float32)
     ny, nx = m.shape
@@ -172,7 +178,7 @@ def _interpolate_mesh(m: np.ndarray, box: int, h: int, w: int, step: int = 1) ->
     sx = (np.arange(-1, -(-w // step) + 1) + 0.5) * step - 0.5
     coarse = _cubic_matrix(sy, ny, box, pad) @ (m @ _cubic_matrix(sx, nx, box, pad).T)
     up = cv2.resize(coarse, (len(sx) * step, len(sy) * step), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(up[step : step + h, step : step + w])
+    return up[step : step + h, step : step + w]
 
 
 def background_mesh(image: np.ndarray, valid=None, box: int = 64, binning: int = 8):
@@ -212,17 +218,145 @@ def background_mesh(image: np.ndarray, valid=None, box: int = 64, binning: int =
     return full, mad_sigma(d)
 
 
+@njit(cache=True)
+def _scan_invalid(img, bits, valid, use_valid, out):
+    """One pass over a frame: ``out`` = 1 where a pixel is not finite or (with ``use_valid``)
+    has ``valid == 0``; returns their count and the largest usable value as an order-keyed
+    int (float32 bits with the negative half flipped: integer max is branch-free)."""
+    h, w = img.shape
+    n = 0
+    top = np.int32(-(1 << 31))
+    for y in range(h):
+        for x in range(w):
+            v = img[y, x]
+            b = np.uint8(v - v != 0)  # NaN or ±Inf
+            if use_valid:
+                b |= np.uint8(valid[y, x] == 0)
+            out[y, x] = b
+            n += b
+            k = bits[y, x]
+            k = k ^ ((k >> np.int32(31)) & np.int32(0x7FFFFFFF))
+            top = max(top, np.int32(-(1 << 31)) if b else k)
+    return n, top
+
+
+@njit(cache=True)
+def _count_equal(img, bad, value):
+    """How many usable pixels (``bad == 0``) equal ``value``."""
+    h, w = img.shape
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            n += (bad[y, x] == 0) & (img[y, x] == value)
+    return n
+
+
+def _usable_pixels(img: np.ndarray, valid):
+    """``(bad, vmask, top, ntop)``: flat indices of the pixels that are not finite or not
+    ``valid``, the boolean validity (None when every pixel is usable), and the largest
+    usable value and its count (None, 0 without usable pixels): the automatic saturation."""
+    out = np.empty(img.shape, np.uint8)
+    if valid is None:
+        v, use = np.zeros((1, 1), np.uint8), False
+    else:
+        v, use = np.broadcast_to(np.asarray(valid), img.shape), True
+        if v.dtype != np.uint8:
+            v = (v if v.dtype == bool else v != 0).view(np.uint8)  # astype(bool) semantics
+    n, key = _scan_invalid(img, img.view(np.int32), v, use, out)
+    bad = out.view(bool)  # (numpy's nonzero is far faster on bool than on uint8)
+    if n == img.size:
+        return np.flatnonzero(bad), ~bad, None, 0
+    top = np.int32(key ^ ((key >> 31) & 0x7FFFFFFF)).view(np.float32)
+    ntop = _count_equal(img, out, top)
+    if n == 0:
+        return np.zeros(0, np.int64), None, top, ntop
+    return np.flatnonzero(bad), ~bad, top, ntop
+
+
+def _on_grid(bad: np.ndarray, w: int, step: int):
+    """Rows and columns, in a ``[::step, ::step]`` sample, of the flat indices ``bad`` on it."""
+    by, bx = np.divmod(bad, w)
+    on = (by % step == 0) & (bx % step == 0)
+    return by[on] // step, bx[on] // step
+
+
+def _background_residual(img: np.ndarray, bad: np.ndarray, box: int = 64, binning: int = 8):
+    """``img`` minus :func:`background_mesh`'s map, with the pixels ``bad`` (flat indices:
+    every non-finite or invalid pixel) set to 0, and the noise σ — the numbers
+    ``background_mesh(img, valid)`` and ``img - bg`` give, without frame-sized masks, NaN
+    copies or a contiguous copy of the map."""
+    h, w = img.shape
+    f = binning if min(h, w) >= 32 * binning else 1
+    box = int(max(4 * f, min(box, h, w)))
+    cell = max(2, box // f)
+    if f > 1:
+        fill = img
+        if bad.size:  # invalid pixels take the median of a sample of the valid ones
+            sub = img[::4, ::4].copy()
+            sub[_on_grid(bad, w, 4)] = np.nan
+            sub = sub[~np.isnan(sub)]  # np.nanmedian: the median of the rest
+            fill = np.array(img, dtype=np.float32, order="C")
+            fill.reshape(-1)[bad] = np.float32(_median(sub) if sub.size else np.nan)
+        hb, wb = h // f, w // f
+        small = cv2.resize(fill[: hb * f, : wb * f], (wb, hb), interpolation=cv2.INTER_AREA)
+        del fill
+    else:
+        small = np.array(img, dtype=np.float32, order="C")
+        small.reshape(-1)[bad] = np.nan
+    bg = _fix_partial_cells(_fill_nan(_mesh_stats(small, cell)), small.shape, cell)
+    bg = _despike_mesh(bg)
+    full = _interpolate_mesh_view(bg, cell * f, h, w, step=4 if min(h, w) >= 256 else 1)
+    res = np.empty((h, w), np.float32)
+    np.subtract(img, full, out=res)
+    del full
+    step = max(1, int(math.sqrt(h * w / 100_000)))
+    d = res[::step, ::step].copy()
+    if bad.size:
+        d[_on_grid(bad, w, step)] = np.nan
+    d = d.ravel()
+    d = d[np.isfinite(d)]
+    res.reshape(-1)[bad] = 0.0
+    if len(d) < 16:
+        return res, float("nan")
+    return res, MAD_TO_SIGMA * float(_median(np.abs(d - _median(d))))  # mad_sigma(d)
+
+
+def _median(v: np.ndarray):
+    """``np.median`` of finite values, bit for bit, by one bracketing pass instead of a sort
+    (:func:`tilestack.calibration.exact_median`; imported here only when needed: it brings
+    astropy's FITS reader along)."""
+    from tilestack.calibration import exact_median
+
+    return exact_median(v)
+
+
 # --- candidates ------------------------------------------------------------------------------
 @njit(cache=True)
-def _component_peaks(filt, labels, n, min_area):
-    """One pass over the label image: area and filtered-peak position of each component."""
+def _component_peaks(filt, above, labels, n, min_area):
+    """Area and filtered-peak position (first maximum in raster order) of each component.
+
+    Only the pixels of ``above`` (the labelled ones, a few % of a frame) are visited, the
+    mask read eight bytes at a time, instead of every label of the frame."""
     h, w = labels.shape
     best = np.full(n, -np.inf)
     bx = np.zeros(n, np.int64)
     by = np.zeros(n, np.int64)
     area = np.zeros(n, np.int64)
-    for y in range(h):
-        for x in range(w):
+    flat = above.reshape(-1)
+    nw = flat.shape[0] // 8
+    words = flat[: nw * 8].view(np.uint64)
+    for i in range(nw + 1):
+        if i < nw:
+            if words[i] == 0:
+                continue
+            p0, p1 = i * 8, i * 8 + 8
+        else:
+            p0, p1 = nw * 8, flat.shape[0]
+        for p in range(p0, p1):
+            if flat[p] == 0:
+                continue
+            y = p // w
+            x = p - y * w
             lab = labels[y, x]
             if lab > 0:
                 area[lab] += 1
@@ -417,14 +551,6 @@ def _empty() -> pd.DataFrame:
     return df
 
 
-def _auto_saturation(img: np.ndarray) -> float | None:
-    """A clipped sensor shows several pixels at exactly the maximum value."""
-    top = float(img.max())
-    if np.count_nonzero(img >= top) >= 3:
-        return top * 0.999
-    return None
-
-
 def detect_stars(
     image: np.ndarray,
     *,
@@ -447,21 +573,12 @@ def detect_stars(
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2 or img.size == 0:
         return _empty()
-    vmask = np.isfinite(img)
-    if valid is not None:
-        vmask &= np.asarray(valid).astype(bool)
-    all_valid = bool(vmask.all())
-    if all_valid:
-        vmask = None  # nothing to mask: do not keep a frame-sized boolean alive
-    bg, noise = background_mesh(img, None if all_valid else vmask, box=box)
-    # In place: the full-resolution background is not needed again (it is ``img - res``),
-    # which keeps detection's peak memory near 3 frames.
-    res = np.subtract(img, bg, out=bg)
-    del bg
-    if not all_valid:
-        res[~vmask] = 0.0
-    if saturation is None and (all_valid or vmask.any()):
-        saturation = _auto_saturation(img if all_valid else img[vmask])
+    # One pass finds the unusable pixels (non-finite or invalid; usually a few thousand) and
+    # the clip level; the background then works with their indices, not frame-sized masks.
+    bad, vmask, vtop, ntop = _usable_pixels(img, valid)  # vmask None: nothing to mask
+    res, noise = _background_residual(img, bad, box=box)
+    if saturation is None and vtop is not None and ntop >= 3:
+        saturation = float(vtop) * 0.999  # a clipped sensor: several pixels at the maximum
     if not np.isfinite(noise):
         return _empty()
     top = float(res.max())
@@ -471,16 +588,16 @@ def detect_stars(
     noise = max(noise, 1e-4 * top)
     f0 = 3.0 if fwhm is None else float(fwhm)
     table = _detect_pass(res, img, noise, f0, sigma, min_stars, min_sigma, vmask)
-    if fwhm is None and len(table) >= 5:
-        good = table[(table["sharpness"] < max_sharpness) & (table["fwhm"] > min_fwhm)]
-        if len(good) >= 5:
-            fm = float(np.median(good["fwhm"].to_numpy()[:200]))
+    if fwhm is None and len(table["x"]) >= 5:
+        good = (table["sharpness"] < max_sharpness) & (table["fwhm"] > min_fwhm)
+        if np.count_nonzero(good) >= 5:
+            fm = float(np.median(table["fwhm"][good][:200]))
             r = fm / f0
             # matched-filter SNR of a Gaussian filter of the wrong width: 2r / (1 + r²); the
             # centroid window adapts per star anyway, so re-filter only when > 15 % is lost
             if 2.0 * r / (1.0 + r * r) < 0.85:
                 table = _detect_pass(res, img, noise, fm, sigma, min_stars, min_sigma, vmask)
-    if len(table) == 0:
+    if len(table["x"]) == 0:
         return _empty()
     # hot pixels: sharp peak; cosmic-ray tracks: no width across the track
     keep = (
@@ -489,31 +606,39 @@ def detect_stars(
         & (table["fwhm_minor"] > min_fwhm)
         & (table["flux"] > 0)
     )
-    table = table[keep].drop(columns=["fwhm_minor"])
-    npix = table.pop("npix").to_numpy()
-    var = npix * noise**2 + (np.clip(table["flux"].to_numpy(), 0, None) / gain if gain else 0.0)
-    table["snr"] = table["flux"].to_numpy() / np.sqrt(var)
-    table["saturated"] = table["peak"].to_numpy() >= saturation if saturation is not None else False
-    table = table.sort_values("flux", ascending=False)
-    table = _dedupe(table)
+    cols = {c: table[c][keep] for c in table}
+    npix, flux = cols.pop("npix"), cols["flux"]
+    var = npix * noise**2 + (np.clip(flux, 0, None) / gain if gain else 0.0)
+    cols["snr"] = flux / np.sqrt(var)
+    sat = cols["peak"] >= saturation if saturation is not None else np.zeros(len(flux), bool)
+    cols["saturated"] = sat
+    order = _flux_order(flux)
+    cols = _dedupe_columns({c: v[order] for c, v in cols.items()})
     if max_stars is not None:
-        table = _spread_select(table, img.shape, int(max_stars))
-    table = table.sort_values("flux", ascending=False).reset_index(drop=True)
-    return table[COLUMNS]
+        table = _spread_select(pd.DataFrame(cols)[COLUMNS], img.shape, int(max_stars))
+        cols = {c: table[c].to_numpy() for c in COLUMNS}
+    order = _flux_order(cols["flux"])
+    return pd.DataFrame({c: cols[c][order] for c in COLUMNS})
 
 
-def _dedupe(table: pd.DataFrame, radius: float = 1.0) -> pd.DataFrame:
-    """Drop fainter detections that converged onto the same star."""
-    if len(table) < 2:
-        return table
+def _flux_order(flux: np.ndarray) -> np.ndarray:
+    """The row order of ``DataFrame.sort_values("flux", ascending=False)`` (ties included:
+    the same pandas sort, on the one column)."""
+    return pd.DataFrame({"flux": flux}).sort_values("flux", ascending=False).index.to_numpy()
 
-    xy = table[["x", "y"]].to_numpy()
+
+def _dedupe_columns(cols: dict, radius: float = 1.0) -> dict:
+    """Drop fainter detections that converged onto the same star (columns flux-sorted)."""
+    n = len(cols["x"])
+    if n < 2:
+        return cols
+    xy = np.column_stack([cols["x"], cols["y"]])
     pairs = cKDTree(xy).query_pairs(radius, output_type="ndarray")
     if len(pairs) == 0:
-        return table
-    drop = np.zeros(len(table), bool)
+        return cols
+    drop = np.zeros(n, bool)
     drop[np.maximum(pairs[:, 0], pairs[:, 1])] = True  # rows are flux-sorted
-    return table[~drop]
+    return {c: v[~drop] for c, v in cols.items()}
 
 
 def _background_at(raw, res, x, y, valid=None, radius: int = 4) -> np.ndarray:
@@ -536,7 +661,9 @@ def _background_at(raw, res, x, y, valid=None, radius: int = 4) -> np.ndarray:
     return out
 
 
-def _detect_pass(res, raw, noise, fwhm0, sigma, min_stars, min_sigma, valid=None) -> pd.DataFrame:
+def _detect_pass(res, raw, noise, fwhm0, sigma, min_stars, min_sigma, valid=None) -> dict:
+    """The candidates' measurements: a dict of equal-length columns (x, y, flux, fwhm,
+    ellipticity, roundness, sharpness, peak, background, npix, fwhm_minor) in label order."""
     sk = fwhm0 * FWHM_TO_SIGMA
     ks = 2 * int(math.ceil(3.0 * sk)) + 1
     filt = cv2.GaussianBlur(res, (ks, ks), sigmaX=sk, sigmaY=sk, borderType=cv2.BORDER_REFLECT)
@@ -547,28 +674,17 @@ def _detect_pass(res, raw, noise, fwhm0, sigma, min_stars, min_sigma, valid=None
     above = np.empty(filt.shape, bool)
     while True:
         above = np.greater(filt, k * fnoise, out=above)
-        n, labels = cv2.connectedComponents(above.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-        px, py = _component_peaks(filt, labels, n, 2)
+        mask = above.view(np.uint8)
+        n, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
+        px, py = _component_peaks(filt, mask, labels, n, 2)
+        del labels
         out = _measure(res, raw, px, py, float(fwhm0))
-        out = out[np.isfinite(out[:, 0])]
-        table = pd.DataFrame(
-            {
-                "x": out[:, 0],
-                "y": out[:, 1],
-                "flux": out[:, 2],
-                "fwhm": out[:, 3],
-                "ellipticity": out[:, 4],
-                "roundness": out[:, 5],
-                "snr": np.zeros(len(out)),
-                "sharpness": out[:, 6],
-                "peak": out[:, 7],
-                "saturated": np.zeros(len(out), bool),
-                "background": _background_at(raw, res, out[:, 0], out[:, 1], valid),
-                "npix": out[:, 8],
-                "fwhm_minor": out[:, 9],
-            }
-        )
-        if len(table) >= min_stars or k <= min_sigma:
+        out = np.ascontiguousarray(out[np.isfinite(out[:, 0])].T)
+        names = ("x", "y", "flux", "fwhm", "ellipticity", "roundness", "sharpness", "peak")
+        table = dict(zip(names, out[:8], strict=True))
+        table["background"] = _background_at(raw, res, out[0], out[1], valid)
+        table["npix"], table["fwhm_minor"] = out[8], out[9]
+        if out.shape[1] >= min_stars or k <= min_sigma:
             return table
         k = max(min_sigma, k * 0.7)
 

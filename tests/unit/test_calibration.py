@@ -341,3 +341,109 @@ def test_defects_from_lights_reads_a_dozen_lights_and_finds_the_hot_pixels(tmp_p
     assert len(strong) >= 3
     assert all(mask[int(r.y), int(r.x)] for r in strong.itertuples())
     assert mask.mean() < 0.01  # and the sky and stars are left alone
+
+
+# --------------------------------------------------------------------------- speed paths
+
+
+def test_exact_median_is_np_median_bit_for_bit():
+    from tilestack.calibration import exact_median
+
+    rng = np.random.default_rng(2)
+    n = 70_001
+    samples = [
+        rng.normal(0, 1, n),
+        np.round(rng.normal(0, 3, n)),  # heavy ties
+        np.r_[np.zeros(n // 2), rng.normal(size=n - n // 2)],  # half the values equal
+        np.sort(rng.exponential(1, n)),  # a strided sample of sorted data
+        np.tile(rng.normal(size=97), 800)[: n - 1],  # periodic: aliases with the stride
+        np.where(rng.random(n) < 0.5, 0.0, 1.0),  # two values, even count on each side
+        rng.normal(0, 1, 40),  # small: np.median itself
+    ]
+    for v in samples:
+        for dt in (np.float32, np.float64):
+            a = v.astype(dt)
+            got, want = exact_median(a), np.median(a)
+            assert got == want and type(got) is type(want)
+
+
+def _isolated_spikes_scipy(img, sigma, fraction):
+    from scipy.ndimage import maximum_filter, median_filter
+
+    from tilestack.calibration import _finite_mad_sigma
+
+    excess = img - median_filter(img, size=3, mode="nearest")
+    s = max(_finite_mad_sigma(excess), 1e-6)
+    ring = np.ones((3, 3), bool)
+    ring[1, 1] = False
+    nbr = maximum_filter(excess, footprint=ring, mode="nearest")
+    return (excess > sigma * s) & (nbr < fraction * excess)
+
+
+def _column_runs_scipy(plane, sigma, fraction, length):
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    from tilestack.calibration import _finite_mad_sigma
+
+    left = np.concatenate([plane[:, 1:2], plane[:, :-1]], axis=1)
+    right = np.concatenate([plane[:, 1:], plane[:, -2:-1]], axis=1)
+    excess = plane - np.minimum(left, right)
+    s = max(_finite_mad_sigma(excess), 1e-6)
+    column = (excess > sigma * s) & (np.abs(left - right) < fraction * excess + sigma * s)
+    st = np.ones((length, 1), bool)
+    return (
+        binary_dilation(binary_erosion(column, structure=st, border_value=1), structure=st) & column
+    )
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (2, 9), (3, 3), (9, 40), (67, 131), (400, 380)])
+def test_sensor_defect_filters_are_scipys(shape):
+    """OpenCV's 3×3 median/max filters and vertical opening give scipy's answers exactly."""
+    from tilestack.calibration import _column_runs, _isolated_spikes
+
+    rng = np.random.default_rng(sum(shape))
+    for integer in (False, True):
+        img = rng.normal(100, 5, shape).astype(np.float32)
+        if integer:
+            img = np.round(img)  # ties in the medians
+        img[rng.integers(0, shape[0], 9), rng.integers(0, shape[1], 9)] += 300
+        img[: max(1, shape[0] - 2), shape[1] // 2] += 80  # a hot column segment
+        for sigma, frac in ((5.0, 0.2), (3.0, 0.5)):
+            assert np.array_equal(
+                _isolated_spikes(img, sigma, frac), _isolated_spikes_scipy(img, sigma, frac)
+            )
+            if shape[1] >= 2:
+                assert np.array_equal(
+                    _column_runs(img, sigma, frac, 8), _column_runs_scipy(img, sigma, frac, 8)
+                )
+
+
+def test_calibrate_single_pass_equals_the_numpy_steps(monkeypatch):
+    from tilestack import calibration as cal
+
+    rng = np.random.default_rng(11)
+    h, w = 61, 47
+    raw = rng.normal(1000, 300, (h, w)).astype(np.float32)
+    raw[3, 4], raw[5, 6], raw[7, 8], raw[9, 9] = np.nan, np.inf, 65535, -0.0
+    bias = Master("bias", rng.normal(100, 3, (h, w)).astype(np.float32))
+    dark = Master(
+        "dark", rng.normal(5, 1, (h, w)).astype(np.float32), exposure=30.0, bias_subtracted=True
+    )
+    flat_data = rng.normal(1, 0.05, (h, w)).astype(np.float32)
+    flat_data[1, 1], flat_data[2, 2], flat_data[0, 3] = 0.01, np.nan, 0.05
+    flat = Master("flat", flat_data)
+    bad = (rng.random((h, w)) < 0.05).astype(np.uint8)
+    cases = [
+        (None, None),
+        (None, 1000.3),
+        ({"bias": bias, "dark": dark}, 60000.0),
+        ({"bias": bias, "dark": dark, "flat": flat, "bad_pixels": bad}, 65535.0),
+        ({"flat": flat_data, "bad_pixels": bad.astype(bool)}, None),
+    ]
+    fast = [calibrate(raw, 10.0, m, saturation=s) for m, s in cases]
+    monkeypatch.setattr(cal, "_calibrate_fused", lambda *a: None)
+    slow = [calibrate(raw, 10.0, m, saturation=s) for m, s in cases]
+    for (fl, fv), (sl, sv) in zip(fast, slow, strict=True):
+        assert fl.dtype == sl.dtype == np.float32 and fv.dtype == sv.dtype == np.uint8
+        assert np.array_equal(fl, sl, equal_nan=True) and np.array_equal(fv, sv)
+        assert np.array_equal(np.signbit(fl), np.signbit(sl))

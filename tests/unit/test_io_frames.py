@@ -215,3 +215,33 @@ def test_write_fits_failure_leaves_old_file_intact(tmp_path, monkeypatch):
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="^missing input file: nope.fits$"):
         read_frame(tmp_path / "nope.fits")
+
+
+@pytest.mark.parametrize("kind", ["uint16", "int16", "extension", "blank"])
+def test_plain_16bit_reader_equals_astropy(tmp_path, monkeypatch, kind):
+    """The one-pass decoder of ordinary 16-bit lights gives astropy's counts exactly."""
+    from tilestack.io import frames
+
+    a = _counts(37, 53, seed=4)
+    if kind == "uint16":
+        fits.PrimaryHDU(a.astype(np.uint16)).writeto(tmp_path / "a.fits")  # BZERO 32768
+    elif kind == "int16":
+        fits.PrimaryHDU(a.astype(np.uint16).view(np.int16)).writeto(tmp_path / "a.fits")
+    elif kind == "extension":
+        hdus = [fits.PrimaryHDU(), fits.ImageHDU(a.astype(np.uint16), name="SCI")]
+        fits.HDUList(hdus).writeto(tmp_path / "a.fits")
+    else:
+        hdu = fits.PrimaryHDU(a.astype(np.uint16).view(np.int16))
+        hdu.header["BLANK"] = -32768
+        hdu.writeto(tmp_path / "a.fits")
+    used = []
+    plain = frames._read_plain_16bit
+    monkeypatch.setattr(
+        frames, "_read_plain_16bit", lambda *x: used.append(plain(*x) is not None) or plain(*x)
+    )
+    fast = read_frame(tmp_path / "a.fits").data
+    assert used == [kind != "blank"]
+    monkeypatch.setattr(frames, "_read_plain_16bit", lambda *x: None)
+    slow = read_frame(tmp_path / "a.fits").data
+    assert fast.dtype == slow.dtype == np.float32
+    assert np.array_equal(fast, slow, equal_nan=True)

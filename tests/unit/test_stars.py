@@ -132,3 +132,41 @@ def test_noise_only_and_invalid_regions():
     img[:, :128] = np.nan
     df = detect_stars(img, valid=valid, min_stars=0)
     assert len(df) == 8 and (df["x"] > 128).all()
+
+
+def test_detection_internals_match_the_frame_sized_formulas():
+    """The index-based invalid handling, sparse peak scan and residual give the numbers of
+    the straightforward full-frame versions."""
+    import cv2
+
+    from tilestack import stars
+
+    rng = np.random.default_rng(5)
+    xy, _ = grid_field(6, 300, seed=5)
+    img = (render((300, 320), xy, 4000.0, 3.0) + 200 + rng.normal(0, 4, (300, 320))).astype(
+        np.float32
+    )
+    img[10:14, 50:60] = np.nan
+    img[5, 5] = np.inf
+    img[100, 100:104] = img.max()  # clipped pixels
+    valid = (rng.random(img.shape) > 0.01).astype(np.uint8)
+    vmask = np.isfinite(img) & valid.astype(bool)
+    bad, vm, top, ntop = stars._usable_pixels(img, valid)
+    assert np.array_equal(bad, np.flatnonzero(~vmask)) and np.array_equal(vm, vmask)
+    assert top == img[vmask].max() and ntop == np.count_nonzero(img[vmask] >= top)
+    res, noise = stars._background_residual(img, bad)
+    bg, noise_ref = background_mesh(img, vmask)
+    ref = img - bg
+    ref[~vmask] = 0.0
+    assert np.array_equal(res, ref) and noise == noise_ref
+    filt = cv2.GaussianBlur(res, (9, 9), 1.3, 1.3)
+    above = (filt > 3 * noise).view(np.uint8)
+    n, labels = cv2.connectedComponents(above, connectivity=8, ltype=cv2.CV_32S)
+    px, py = stars._component_peaks(filt, above, labels, n, 2)
+    want = []
+    for lab in range(1, n):
+        ys, xs = np.nonzero(labels == lab)  # raster order: the first maximum wins
+        if len(ys) >= 2:
+            k = np.argmax(filt[ys, xs])
+            want.append((xs[k], ys[k]))
+    assert list(zip(px, py, strict=True)) == want

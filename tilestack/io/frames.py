@@ -359,17 +359,19 @@ def read_frame(path) -> Frame:
             full_scale=meta.white_level,
             dtype="uint16",
         )
-    with _open_fits(path) as (_, hdu):
+    with _open_fits(path) as (hdul, hdu):
         header = hdu.header.copy()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                raw = hdu.data
-        except Exception as err:
-            raise _unreadable(path, f"cannot decode pixels ({err})") from err
-        if raw is None:
-            raise _unreadable(path, "no image data")
-        data = _as_counts(_image_2d(raw, path))
+        data = _read_plain_16bit(hdul, hdu, path)
+        if data is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    raw = hdu.data
+            except Exception as err:
+                raise _unreadable(path, f"cannot decode pixels ({err})") from err
+            if raw is None:
+                raise _unreadable(path, "no image data")
+            data = _as_counts(_image_2d(raw, path))
     height = data.shape[0]
     dtype = _counts_dtype(int(header["BITPIX"]), header)
     return Frame(
@@ -383,6 +385,56 @@ def read_frame(path) -> Frame:
         full_scale=_full_scale(dtype),
         dtype=dtype,
     )
+
+
+def _decode_be16(buf: np.ndarray, flip: int, out: np.ndarray) -> None:
+    """Big-endian 16-bit samples (XOR ``flip``) to float32, one pass: what astropy's reading
+    (byte swap, BZERO offset into uint16) plus the float32 conversion of :func:`_as_counts`
+    give, value for value."""
+    flat = out.reshape(-1)
+    for i in range(flat.shape[0]):
+        flat[i] = np.float32(((np.int64(buf[2 * i]) << 8) | np.int64(buf[2 * i + 1])) ^ flip)
+
+
+_DECODE_BE16 = None
+
+
+def _read_plain_16bit(hdul, hdu, path) -> np.ndarray | None:
+    """float32 counts of an uncompressed 16-bit image HDU, decoded in one compiled pass.
+
+    Covers the usual camera light: BITPIX 16 with BZERO 32768 (unsigned counts) or without
+    BZERO (int16; counts that wrapped negative are read unsigned, like :func:`_as_counts`),
+    BSCALE 1 and no BLANK. Anything else returns None and goes through astropy.
+    """
+    global _DECODE_BE16
+    hdr = hdu.header
+    try:
+        if not (
+            type(hdu) in (fits.PrimaryHDU, fits.ImageHDU)
+            and int(hdr.get("BITPIX", 0)) == 16
+            and int(hdr.get("NAXIS", 0)) == 2
+            and "BLANK" not in hdr
+            and float(hdr.get("BSCALE", 1) or 1) == 1.0
+            and float(hdr.get("BZERO", 0) or 0) in (0.0, 32768.0)
+        ):
+            return None
+        height, width = int(hdr["NAXIS2"]), int(hdr["NAXIS1"])
+        flip = 0x8000 if float(hdr.get("BZERO", 0) or 0) else 0
+        offset = int(hdul.fileinfo(hdul.index_of(hdu))["datLoc"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if height <= 0 or width <= 0:
+        return None
+    buf = np.fromfile(path, dtype=np.uint8, count=2 * height * width, offset=offset)
+    if buf.size != 2 * height * width:
+        return None
+    if _DECODE_BE16 is None:  # numba only once a frame is read (header-only jobs skip it)
+        from numba import njit
+
+        _DECODE_BE16 = njit(cache=True, nogil=True)(_decode_be16)
+    out = np.empty((height, width), np.float32)
+    _DECODE_BE16(buf, flip, out)
+    return out
 
 
 def read_image(path, hdu: int | str = 0, dtype=np.float32) -> np.ndarray:
