@@ -224,3 +224,13 @@ def test_tile_star_medians_match_a_per_tile_numpy_median():
             v = v[np.isfinite(v)]
             expected = np.median(v) if v.size else np.nan
             assert np.array_equal(med[t, k], expected, equal_nan=True)
+
+
+def test_tile_star_medians_of_a_frame_without_stars_are_empty():
+    from tilestack.metrics.local import tile_scales, tile_star_medians
+
+    grid = TileGrid.from_fwhm(3.0, 300, 220, size_factor=20)
+    count, med = tile_star_medians(np.empty((0, 2)), np.empty((3, 0)), grid)
+    assert count.shape == (grid.n_tiles,) and (count == 0).all()
+    assert med.shape == (grid.n_tiles, 3) and np.isnan(med).all()
+    assert np.isnan(tile_scales(np.empty((0, 2)), np.empty(0), grid)).all()

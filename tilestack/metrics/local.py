@@ -272,7 +272,8 @@ def tile_star_medians(
     """``(count (T,), medians (T, K))``: stars per tile and the median of each of the ``K``
     rows of ``values`` (K, N) over a tile's stars with a finite value."""
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
-    values = np.ascontiguousarray(np.asarray(values, np.float64).reshape(-1, len(xy)))
+    values = np.asarray(values, np.float64)
+    values = np.ascontiguousarray(values[None, :] if values.ndim == 1 else values)
     boxes = np.array(grid.tiles, np.int64).reshape(-1, 4)
     out = np.full((len(boxes), values.shape[0]), np.nan)
     count = np.zeros(len(boxes), np.int64)
