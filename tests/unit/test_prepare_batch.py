@@ -46,11 +46,3 @@ def test_check_batch_refuses_a_light_of_another_size(tmp_path):
     b = sorted(str(p) for p in (tmp_path / "b" / "lights").iterdir())
     with pytest.raises(InputError):
         check_batch(b, a[0], 0.05)
-
-
-def test_keep_freed_memory_is_a_harmless_process_setting():
-    from tilestack.workflow.prepare import keep_freed_memory
-
-    assert keep_freed_memory() in (True, False)  # False off glibc; calling twice is fine
-    assert keep_freed_memory() in (True, False)
-    assert np.zeros((2048, 2048), np.float32).sum() == 0.0

@@ -10,9 +10,6 @@ resolution) for registration and the tile grid.
 
 from __future__ import annotations
 
-import ctypes
-import sys
-
 import pandas as pd
 
 from tilestack import checks
@@ -23,26 +20,6 @@ from tilestack.io.frames import read_frame
 from tilestack.io.manifest import build_manifest
 from tilestack.runtime import Progress
 from tilestack.stars import detect_frame_stars
-
-
-def keep_freed_memory() -> bool:
-    """Let this process reuse the frame-sized buffers it frees instead of handing them back.
-
-    glibc serves requests above its mmap threshold (≤ 32 MB, adapted upwards only to the
-    largest block freed so far) with fresh mappings and unmaps them on free, so every
-    frame's 16 MB temporaries (a 2048² float32 frame) are page-faulted in again, at a few µs
-    per 4 kB page. Raising the threshold to its 32 MB maximum and the trim threshold to 1 GB
-    keeps them in the heap. A per-process setting, made once by the job (``prepare``). Returns
-    whether it took effect (False off glibc).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 def check_batch(paths, first_light: str, exposure_tolerance: float) -> pd.DataFrame:
@@ -100,7 +77,6 @@ def prepare_frames(
 def prepare(job) -> None:
     """Rule ``prepare`` (``scripts/prepare.py``); ``job`` is Snakemake's script object (or anything
     with its attributes: input, output, params, wildcards, threads, log, config)."""
-    keep_freed_memory()
     p = job.params
     paths = list(job.input.lights)
     prog = Progress(job.log[0], len(paths), "frames", f"prepare {job.wildcards.batch}")
