@@ -10,7 +10,6 @@ pixels are *flagged* (weight 0 downstream), never painted over.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from tilestack.io.frames import (
     write_fits,
 )
 from tilestack.robust import MAD_TO_SIGMA, sigma_clipped_mean
+from tilestack.stars import exact_median
 
 KINDS = ("bias", "dark", "flat")
 MIN_FLAT = 0.05  # flat values below this (5 % of the phase median) cannot be corrected
@@ -356,65 +356,6 @@ def _finite_mad_sigma(x: np.ndarray) -> float:
     # mad_sigma's two medians, each by one bracketing pass instead of a full partition
     med = exact_median(v)
     return MAD_TO_SIGMA * float(exact_median(np.abs(v - med)))
-
-
-EXACT_SELECT_MIN = 1 << 15  # smaller arrays: np.median is as fast
-
-
-@njit(cache=True)
-def _bracket(v, lo, hi, buf):
-    """Counts of values ``< lo``, ``== lo``, inside ``(lo, hi)`` and ``== hi`` (0 when hi == lo);
-    the inside ones are copied to ``buf[:-1]`` (counted in full even when it overflows).
-    Branch-free: the comparisons against a median are coin flips to a branch predictor."""
-    n_lt = n_lo = n_in = n_hi = 0
-    cap = buf.shape[0] - 1
-    distinct = hi > lo
-    for i in range(v.shape[0]):
-        x = v[i]
-        n_lt += x < lo
-        n_lo += x == lo
-        n_hi += (x == hi) & distinct
-        buf[min(n_in, cap)] = x
-        n_in += (x > lo) & (x < hi)
-    return n_lt, n_lo, n_in, n_hi
-
-
-def exact_median(v: np.ndarray):
-    """``np.median(v)`` of a 1-D array of finite floats, bit for bit, without partitioning it.
-
-    A strided sample of ~4k-65k values brackets the middle order statistics; one pass counts
-    the values below and at the bracket's ends and copies the few inside it, which are then
-    partitioned (2048² float32: ~8 ms instead of ~45 ms). If the bracket misses (an unlucky
-    sample) the full ``np.median`` runs instead. NaN must not occur (np.median's NaN answer
-    is not reproduced).
-    """
-    v = np.asarray(v)
-    n = v.size
-    if v.ndim != 1 or n < EXACT_SELECT_MIN or v.dtype not in (np.float32, np.float64):
-        return np.median(v)
-    step = max(1, n // max(4096, n >> 6))
-    sample = v[::step]
-    ns = sample.size
-    margin = int(4 * math.sqrt(ns)) + 16
-    centre = (((n - 1) // 2) * ns) // n
-    i_lo, i_hi = max(0, centre - margin), min(ns - 1, centre + margin)
-    part = np.partition(sample, (i_lo, i_hi))
-    lo, hi = part[i_lo], part[i_hi]
-    buf = np.empty(4 * (i_hi - i_lo + 1) * step + 1024, v.dtype)
-    n_lt, n_lo, n_in, n_hi = _bracket(v, lo, hi, buf)
-    if n_in > buf.size - 1:
-        return np.median(v)
-    # the middle order statistics np.median averages, as ("lo" | "hi" | rank inside)
-    where = []
-    for k in sorted({(n - 1) // 2, n // 2}):
-        k -= n_lt
-        if k < 0 or k >= n_lo + n_in + n_hi:
-            return np.median(v)
-        where.append(("lo", 0) if k < n_lo else ("hi", 0) if k >= n_lo + n_in else ("in", k - n_lo))
-    ranks = [r for w, r in where if w == "in"]
-    inside = np.partition(buf[:n_in], ranks) if ranks else None
-    mid = [lo if w == "lo" else hi if w == "hi" else inside[r] for w, r in where]
-    return np.median(np.array(mid, v.dtype))  # np.median's own mean of the middle pair
 
 
 def bad_pixel_mask(

@@ -346,27 +346,6 @@ def test_defects_from_lights_reads_a_dozen_lights_and_finds_the_hot_pixels(tmp_p
 # --------------------------------------------------------------------------- speed paths
 
 
-def test_exact_median_is_np_median_bit_for_bit():
-    from tilestack.calibration import exact_median
-
-    rng = np.random.default_rng(2)
-    n = 70_001
-    samples = [
-        rng.normal(0, 1, n),
-        np.round(rng.normal(0, 3, n)),  # heavy ties
-        np.r_[np.zeros(n // 2), rng.normal(size=n - n // 2)],  # half the values equal
-        np.sort(rng.exponential(1, n)),  # a strided sample of sorted data
-        np.tile(rng.normal(size=97), 800)[: n - 1],  # periodic: aliases with the stride
-        np.where(rng.random(n) < 0.5, 0.0, 1.0),  # two values, even count on each side
-        rng.normal(0, 1, 40),  # small: np.median itself
-    ]
-    for v in samples:
-        for dt in (np.float32, np.float64):
-            a = v.astype(dt)
-            got, want = exact_median(a), np.median(a)
-            assert got == want and type(got) is type(want)
-
-
 def _isolated_spikes_scipy(img, sigma, fraction):
     from scipy.ndimage import maximum_filter, median_filter
 

@@ -170,3 +170,38 @@ def test_detection_internals_match_the_frame_sized_formulas():
             k = np.argmax(filt[ys, xs])
             want.append((xs[k], ys[k]))
     assert list(zip(px, py, strict=True)) == want
+
+
+def test_flux_order_is_the_frame_sort_with_ties():
+    import pandas as pd
+
+    from tilestack.stars import _flux_order
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 500, 3000):
+        flux = np.round(rng.normal(0, 5, n))  # many ties
+        if n > 3:
+            flux[:2] = np.nan
+        want = pd.DataFrame({"flux": flux}).sort_values("flux", ascending=False).index
+        assert np.array_equal(_flux_order(flux), want.to_numpy())
+
+
+def test_exact_median_is_np_median_bit_for_bit():
+    from tilestack.stars import exact_median
+
+    rng = np.random.default_rng(2)
+    n = 70_001
+    samples = [
+        rng.normal(0, 1, n),
+        np.round(rng.normal(0, 3, n)),  # heavy ties
+        np.r_[np.zeros(n // 2), rng.normal(size=n - n // 2)],  # half the values equal
+        np.sort(rng.exponential(1, n)),  # a strided sample of sorted data
+        np.tile(rng.normal(size=97), 800)[: n - 1],  # periodic: aliases with the stride
+        np.where(rng.random(n) < 0.5, 0.0, 1.0),  # two values, even count on each side
+        rng.normal(0, 1, 40),  # small: np.median itself
+    ]
+    for v in samples:
+        for dt in (np.float32, np.float64):
+            a = v.astype(dt)
+            got, want = exact_median(a), np.median(a)
+            assert got == want and type(got) is type(want)
