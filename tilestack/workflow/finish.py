@@ -240,7 +240,12 @@ def _measure_channels(stacks: dict, inp, channels: list[str], grid, workers: int
         flags = pd.read_csv(inp.flags[i])
         fb = flags.loc[flags["fallback_used"].astype(bool), "tile"].to_numpy()
         fig = compare_stacks(
-            final, classical, stride=float(grid.stride), footprint=footprint, workers=workers
+            final,
+            classical,
+            stride=float(grid.stride),
+            footprint=footprint,
+            workers=workers,
+            self_seam=False,  # seam_final_self is not part of validation.json
         )
         per[c] = {k: fig.get(k) for k in SCALARS}
         per[c]["weight_variance"] = weight_variance(local)
