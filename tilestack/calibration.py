@@ -527,9 +527,11 @@ def _calibrate_fused(raw, exposure, bias, dark, flat, bad, saturation):
         return None
     sat = np.float32(0.0)
     if saturation is not None:
+        # a level float32 holds exactly compares the same in float32 and float64 (a Python
+        # float is compared as float32, a numpy float64 as float64: only exact levels here)
         with np.errstate(over="ignore"):
-            sat = np.float32(saturation)  # how numpy compares float32 pixels with a float
-        if not np.isfinite(sat):
+            sat = np.float32(saturation)
+        if not np.isfinite(sat) or float(sat) != float(saturation):
             return None
     use = np.array([has_off, flat is not None, bad is not None, saturation is not None])
     light = np.empty(raw.shape, np.float32)

@@ -414,7 +414,9 @@ def test_calibrate_single_pass_equals_the_numpy_steps(monkeypatch):
     bad = (rng.random((h, w)) < 0.05).astype(np.uint8)
     cases = [
         (None, None),
-        (None, 1000.3),
+        (None, 1000.3),  # not a float32 value: Python float compared as float32 ...
+        (None, np.float64(1000.3)),  # ... a numpy float64 as float64
+        (None, 1000.25),
         ({"bias": bias, "dark": dark}, 60000.0),
         ({"bias": bias, "dark": dark, "flat": flat, "bad_pixels": bad}, 65535.0),
         ({"flat": flat_data, "bad_pixels": bad.astype(bool)}, None),
