@@ -3,7 +3,8 @@
 A band job computes output rows ``[y0, y1)`` exactly: every tile touching those rows is
 evaluated on exactly those rows, so bands never exchange partial sums. Rows are read from
 all frames in chunks sized by a memory budget (``N x rows x W x 5`` bytes), so peak memory
-does not grow with the number of frames.
+does not grow with the number of frames. The §9 reconstruction and the classical stack are
+computed in the same pass over the samples (see "the band kernel" below).
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numba import njit, prange
 
-from tilestack import kernels
 from tilestack.errors import ConfigError, InputError
 from tilestack.io.atomic import atomic_path
+from tilestack.robust import MAD_TO_SIGMA
 from tilestack.tiles import TileGrid
+
+try:  # the interpolation weights of surface_rows, cached per chunk (checked against it)
+    from tilestack.normalization import _cubic_weights, _node_positions
+except ImportError:  # pragma: no cover
+    _cubic_weights = _node_positions = None
 
 Reader = Callable[[int, int, int], tuple[np.ndarray, np.ndarray]]
 BYTES_PER_SAMPLE = 5  # float32 value + uint8 validity
@@ -251,93 +258,793 @@ def _prepare(n, grid, weights, background, opts: BandOptions, inputs: BandInputs
     )  # fmt: skip
 
 
-def _run_kernel(data, valid, m, p: _Prepared, w_tf, rows, cols, grid, opts, classical, outs):
-    """One chunk through :func:`tilestack.kernels.band_kernel` (numba takes scalars only)."""
-    rowt, roww, rown = rows
-    colt, colw, coln = cols
-    o_rec, o_w, o_cov, o_kept, o_syn, o_cls = outs
-    kernels.band_kernel(
-        data,
-        valid,
-        m,
-        p.inv_b,
-        w_tf,
-        p.tile_ok,
-        rowt,
-        roww,
-        rown,
-        colt,
-        colw,
-        coln,
-        grid.nx,
-        bool(opts.rejection),
-        float(opts.kappa_low),
-        float(opts.kappa_high),
-        int(opts.max_iter),
-        float(opts.min_keep),
-        float(p.rej_sky),
-        float(opts.signal_tolerance),
-        p.tnorm,
-        p.toff,
-        p.tsc,
-        p.labels,
-        p.n_clusters,
-        p.syn_mode,
-        p.g_f,
-        p.cl_ok,
-        classical,
-        p.c_med,
-        p.c_fac,
-        float(p.c_ref),
-        float(opts.classical_kappa),
-        o_rec,
-        o_w,
-        o_cov,
-        o_kept,
-        o_syn,
-        o_cls,
-    )
+# ---- the band kernel ---------------------------------------------------------------------
+#
+# Samples are stored per chunk in a blocked layout ``(rows, W / BLOCK, frames, BLOCK)``: the
+# kernel reads each block of BLOCK pixels of a row (all frames) as one contiguous piece and its
+# loops over the pixels of a block are vectorised. Per block:
+#
+# 1. the samples of each pixel (valid and finite; none valid: any finite) are sorted by a
+#    sorting network, all pixels of the block at once;
+# 2. both clippings keep a contiguous range of the sorted samples (a value window), so their
+#    medians are read off the range and the MAD is found by bisection between the two sides
+#    of the median: the very values :func:`tilestack.kernels.reject_mad` and
+#    ``classical_clip`` compute by selection;
+# 3. every sum runs over the frames in frame order, excluded samples adding ``+0.0``, so means,
+#    standard deviations and tile-weighted means are bit-identical to the per-pixel kernels.
+#
+# The classical stack is clipped for all pixels of a block in the same pass (a pixel done
+# early just stops changing), and it shares the sorted samples with the §9 rejection when its
+# samples are the same (revision 2: ``I`` for both).
+
+BLOCK = 32  # pixels of a row processed together
+_INF = np.inf
 
 
-def _read_chunk(reader: Reader, n, a, b, p: _Prepared, data, valid) -> None:
-    """Rows ``a..b-1`` of every frame into ``data``/``valid`` (revision 2: ``s_f·X − S_f``)."""
-    m = b - a
-    for f in range(n):
-        d, v = reader(f, a, b)
-        if p.s_f is not None:
-            np.multiply(d, p.s_f[f], out=data[f, :m])
-            data[f, :m] -= p.surfaces[f].rows(a, b)
+def _sort_network(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batcher odd-even merge sort comparators ``(i, j)``, ``i < j``, for ``n`` elements.
+
+    Built for the next power of two and pruned to ``j < n``: the elements past ``n`` stand for
+    +inf, which a comparator never moves, so the pruned network sorts ``n`` elements (and
+    missing samples, stored as +inf, end up last).
+    """
+    p2 = 1
+    while p2 < n:
+        p2 *= 2
+    pairs = []
+    p = 1
+    while p < p2:
+        k = p
+        while k >= 1:
+            for j in range(k % p, p2 - k, 2 * k):
+                for i in range(k):
+                    a, b = i + j, i + j + k
+                    if a // (2 * p) == b // (2 * p) and b < n:
+                        pairs.append((a, b))
+            k //= 2
+        p *= 2
+    arr = np.array(pairs, np.int64).reshape(-1, 2)
+    return np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1])
+
+
+@njit(cache=True, nogil=True)
+def _load_frame(raw, swap, valid, f, norm, s, surf, r0, bd, bv):
+    """Rows of frame ``f`` into the blocked sample buffers at row ``r0``.
+
+    ``raw``: the float32 bits as uint32 (``swap``: big-endian, as stored in FITS). ``norm``:
+    revision 2 ``I = s·X − S`` in float32, as numpy computes ``np.multiply(X, s) - S``
+    (``surf``: the surface rows, float64 or float32, rounded to float32 first).
+    """
+    m, w = raw.shape
+    bits = np.empty(w, np.uint32)
+    vals = bits.view(np.float32)
+    s8 = np.uint32(8)
+    s24 = np.uint32(24)
+    lo_mask = np.uint32(0xFF00)
+    hi_mask = np.uint32(0xFF0000)
+    for r in range(m):
+        row = raw[r]
+        if swap:
+            for x in range(w):
+                u = row[x]
+                bits[x] = (u >> s24) | ((u >> s8) & lo_mask) | ((u << s8) & hi_mask) | (u << s24)
         else:
-            data[f, :m] = d
-        valid[f, :m] = v
+            for x in range(w):
+                bits[x] = row[x]
+        if norm:
+            srow = surf[r]
+            for x in range(w):
+                vals[x] = vals[x] * s - np.float32(srow[x])
+        out_d = bd[r0 + r]
+        out_v = bv[r0 + r]
+        vrow = valid[r]
+        full = w // BLOCK
+        for b in range(full):
+            x0 = b * BLOCK
+            for p in range(BLOCK):
+                out_d[b, f, p] = vals[x0 + p]
+                out_v[b, f, p] = vrow[x0 + p]
+        for x in range(full * BLOCK, w):
+            out_d[full, f, x - full * BLOCK] = vals[x]
+            out_v[full, f, x - full * BLOCK] = vrow[x]
 
 
-def _chunk_rows(rows_all, r0: int, m: int, chunk: int):
-    """The row cover of rows ``r0..r0+m-1``, padded to ``chunk`` rows by repeating the last."""
-    rowt, roww, rown = (arr[r0 : r0 + m] for arr in rows_all)
-    if m < chunk:  # keep one array layout per kernel signature (one compilation)
-        pad = chunk - m
-        rowt = np.concatenate([rowt, np.repeat(rowt[-1:], pad, 0)])
-        roww = np.concatenate([roww, np.repeat(roww[-1:], pad, 0)])
-        rown = np.concatenate([rown, np.repeat(rown[-1:], pad, 0)])
-    return rowt, roww, rown
+@njit(cache=True, nogil=True)
+def _frame_sums(w_tf):
+    """``sum_f w_tf[t, f]`` in frame order: the weight sum of a pixel that keeps every frame."""
+    nt, nf = w_tf.shape
+    out = np.zeros(nt, np.float64)
+    for t in range(nt):
+        d = 0.0
+        for f in range(nf):
+            d += w_tf[t, f] * 1.0
+        out[t] = d
+    return out
 
 
-def _store_chunk(outs, r0: int, m: int, p: _Prepared, maps) -> None:
-    """Kernel outputs of one chunk into the band's maps, in ADU (``scale``, tile restore)."""
-    o_rec, o_w, o_cov, o_kept, o_syn, o_cls = outs
-    rec, wmap, cov, kept, syn, cls = maps
-    res = o_rec[:m]
-    if p.tnorm:
-        res = res * p.restore[0] + p.restore[1]
-    rec[r0 : r0 + m] = res * p.scale
-    wmap[r0 : r0 + m] = o_w[:m]
-    cov[r0 : r0 + m] = np.minimum(o_cov[:m], 65535)
-    kept[r0 : r0 + m] = np.minimum(o_kept[:m], 65535)
-    if syn is not None:
-        syn[:, r0 : r0 + m] = o_syn[: p.n_clusters, :m] * p.scale
-    if cls is not None:
-        cls[r0 : r0 + m] = o_cls[:m]
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _sort_columns(S, ci, cj):
+    """Sort every column of ``S`` (frames x BLOCK) with the comparators ``ci``, ``cj``."""
+    for c in range(ci.shape[0]):
+        i = ci[c]
+        j = cj[c]
+        for p in range(BLOCK):
+            a = S[i, p]
+            b = S[j, p]
+            S[i, p] = a if a < b else b  # noqa: FURB136  (one compare, two selects: vectorises)
+            S[j, p] = b if a < b else a  # noqa: FURB136
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _sorted_median(S, p, lo, m):
+    """Median of the sorted ``S[lo:lo+m, p]`` (what :func:`kernels.median_inplace` returns)."""
+    k = m // 2
+    upper = np.float64(S[lo + k, p])
+    if m % 2 == 1:
+        return upper
+    return 0.5 * (np.float64(S[lo + k - 1, p]) + upper)
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _sorted_mad(S, p, lo, m, med):
+    """Median of ``|S[lo:lo+m, p] - med|`` for the median ``med`` of that sorted range.
+
+    The deviations below the median grow downwards, those above it upwards: the ``k+1``
+    smallest are ``i`` from below and ``k+1-i`` from above, ``i`` found by bisection.
+    """
+    k = m // 2
+    # below: S[lo+k-1], S[lo+k-2], ... (k of them); above: S[lo+k], S[lo+k+1], ... (m-k)
+    nr = m - k
+    ilo = k + 1 - nr
+    ihi = k
+    while ilo < ihi:
+        i = (ilo + ihi) // 2
+        j = k + 1 - i
+        # more from below while the next one below is smaller than the last one taken above
+        if abs(np.float64(S[lo + k - 1 - i, p]) - med) < abs(
+            np.float64(S[lo + k + j - 1, p]) - med
+        ):
+            ilo = i + 1
+        else:
+            ihi = i
+    i = ilo
+    j = k + 1 - i
+    top_l = abs(np.float64(S[lo + k - i, p]) - med) if i > 0 else -_INF
+    top_r = abs(np.float64(S[lo + k + j - 1, p]) - med) if j > 0 else -_INF
+    kth = max(top_l, top_r)
+    if m % 2 == 1:
+        return kth
+    second = min(top_l, top_r)
+    if i > 1:
+        second = max(second, abs(np.float64(S[lo + k - i + 1, p]) - med))
+    if j > 1:
+        second = max(second, abs(np.float64(S[lo + k + j - 2, p]) - med))
+    return 0.5 * (second + kth)
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _reject_range(S, p, n, klo, khi, max_iter, min_keep, sky, frac):
+    """:func:`kernels.reject_mad` on the sorted samples: the kept range ``[lo, hi)``."""
+    lo = 0
+    hi = n
+    if n < 3 or max_iter <= 0:
+        return lo, hi
+    for _ in range(max_iter):
+        m = hi - lo
+        med = _sorted_median(S, p, lo, m)
+        s = MAD_TO_SIGMA * _sorted_mad(S, p, lo, m, med)
+        if not s > 0.0:
+            break
+        t_lo = med - klo * s
+        t_hi = med + khi * max(s, frac * (med - sky))
+        lo0 = lo
+        hi0 = hi
+        while lo < hi and S[lo, p] < t_lo:
+            lo += 1
+        while hi > lo and S[hi - 1, p] > t_hi:
+            hi -= 1
+        if (lo == lo0 and hi == hi0) or hi - lo < 3:
+            break
+    if hi - lo < min_keep * n:
+        return 0, n
+    return lo, hi
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _window_sum(C, M, wlo, whi, out):
+    """``out[p] = sum_f C[f, p]`` over the samples of pixel ``p`` inside ``[wlo, whi]``."""
+    for p in range(BLOCK):
+        out[p] = 0.0
+    for f in range(C.shape[0]):
+        for p in range(BLOCK):
+            x = C[f, p]
+            inw = M[f, p] & (x >= wlo[p]) & (x <= whi[p])
+            out[p] += x if inw else 0.0
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _classical_pixel(C, M, SC, p, lo, hi, it0, c_kappa):
+    """Passes ``it0..9`` of the classical clipping of pixel ``p`` alone (window: the sorted
+    range ``[lo, hi)``): what :func:`_classical_block` does once few pixels are still busy."""
+    wlo = SC[lo, p] if hi > lo else _INF
+    whi = SC[hi - 1, p] if hi > lo else -_INF
+    for _ in range(it0, 10):
+        m = hi - lo
+        s1 = 0.0
+        for f in range(C.shape[0]):
+            x = C[f, p]
+            if M[f, p] and x >= wlo and x <= whi:
+                s1 += x
+        if m < 3:
+            return s1 / m
+        mean = s1 / m
+        s2 = 0.0
+        for f in range(C.shape[0]):
+            x = C[f, p]
+            if M[f, p] and x >= wlo and x <= whi:
+                d = x - mean
+                s2 += d * d
+        sd = np.sqrt(s2 / (m - 1))
+        med = _sorted_median(SC, p, lo, m)
+        if not sd > 0.0:
+            return s1 / m
+        thr = c_kappa * sd
+        lo0 = lo
+        hi0 = hi
+        if thr < 0.0:
+            lo = hi
+        while lo < hi and SC[lo, p] < med and abs(SC[lo, p] - med) > thr:
+            lo += 1
+        while hi > lo and SC[hi - 1, p] > med and abs(SC[hi - 1, p] - med) > thr:
+            hi -= 1
+        if lo == lo0 and hi == hi0:
+            return s1 / m
+        wlo = SC[lo, p] if hi > lo else _INF
+        whi = SC[hi - 1, p] if hi > lo else -_INF
+    s1 = 0.0
+    for f in range(C.shape[0]):
+        x = C[f, p]
+        if M[f, p] and x >= wlo and x <= whi:
+            s1 += x
+    return s1 / (hi - lo)
+
+
+# Below this many busy pixels a classical pass goes pixel by pixel (a block pass costs about as
+# much as eight single pixels).
+_FEW_BUSY = 6
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _classical_block(C, M, SC, n_arr, c_kappa, lo_a, hi_a, wlo, whi, s1, s2, mean, act, res):
+    """Siril-style clipping (:func:`kernels.classical_clip`, 10 passes) of every pixel of a
+    block together; ``res[p]``: the mean of the kept samples (NaN without samples). ``s1``
+    holds the sums of every pixel's samples (the first pass) on entry."""
+    for p in range(BLOCK):
+        n = n_arr[p]
+        lo_a[p] = 0
+        hi_a[p] = n
+        wlo[p] = SC[0, p] if n > 0 else _INF
+        whi[p] = SC[n - 1, p] if n > 0 else -_INF
+        act[p] = n > 0
+        res[p] = np.nan
+    for it in range(10):
+        if it > 0:
+            busy = 0
+            for p in range(BLOCK):
+                busy += act[p]
+            if busy == 0:
+                return
+            if busy <= _FEW_BUSY:
+                for p in range(BLOCK):
+                    if act[p]:
+                        res[p] = _classical_pixel(C, M, SC, p, lo_a[p], hi_a[p], it, c_kappa)
+                return
+            _window_sum(C, M, wlo, whi, s1)
+        for p in range(BLOCK):
+            if act[p] and hi_a[p] - lo_a[p] < 3:
+                res[p] = s1[p] / (hi_a[p] - lo_a[p])
+                act[p] = False
+        for p in range(BLOCK):
+            mean[p] = s1[p] / (hi_a[p] - lo_a[p]) if act[p] else 0.0
+            s2[p] = 0.0
+        for f in range(C.shape[0]):
+            for p in range(BLOCK):
+                x = C[f, p]
+                inw = M[f, p] & (x >= wlo[p]) & (x <= whi[p])
+                d = x - mean[p]
+                s2[p] += d * d if inw else 0.0
+        for p in range(BLOCK):
+            if not act[p]:
+                continue
+            lo = lo_a[p]
+            hi = hi_a[p]
+            m = hi - lo
+            sd = np.sqrt(s2[p] / (m - 1))
+            med = _sorted_median(SC, p, lo, m)
+            if not sd > 0.0:
+                res[p] = s1[p] / m
+                act[p] = False
+                continue
+            thr = c_kappa * sd
+            if thr < 0.0:
+                lo = hi
+            while lo < hi and SC[lo, p] < med and abs(SC[lo, p] - med) > thr:
+                lo += 1
+            while hi > lo and SC[hi - 1, p] > med and abs(SC[hi - 1, p] - med) > thr:
+                hi -= 1
+            if lo == lo_a[p] and hi == hi_a[p]:
+                res[p] = s1[p] / m
+                act[p] = False
+                continue
+            lo_a[p] = lo
+            hi_a[p] = hi
+            wlo[p] = SC[lo, p] if hi > lo else _INF
+            whi[p] = SC[hi - 1, p] if hi > lo else -_INF
+    busy = 0
+    for p in range(BLOCK):
+        busy += act[p]
+    if busy:  # still clipping after the last pass: the mean of what is kept
+        _window_sum(C, M, wlo, whi, s1)
+        for p in range(BLOCK):
+            if act[p]:
+                res[p] = s1[p] / (hi_a[p] - lo_a[p])
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _pixel_generic(
+    vals, idx, nk, y, x, w_tf, tile_ok, rowt, roww, rown, colt, colw, coln, ntx,
+    tnorm, toff, tscale, labels, n_clusters, syn_mode, g_f, cl_ok,
+    num_k, den_k, sum_k, cnt_k, acc_k, win_k, out_syn,
+):  # fmt: skip
+    """One pixel's §9 tile means with the v3 tile normalization or §11 synthetic frames
+    (``out_syn[k]``): the per-pixel code of :func:`kernels.band_kernel`. Returns
+    ``(value, weight)`` in normalized units."""
+    mean_all = 0.0
+    for j in range(nk):
+        mean_all += vals[j]
+    mean_all /= nk
+    if syn_mode == 1:
+        for k in range(n_clusters):
+            num_k[k] = 0.0
+            den_k[k] = 0.0
+        for j in range(nk):
+            f = idx[j]
+            k = labels[f]
+            num_k[k] += g_f[f] * vals[j]
+            den_k[k] += g_f[f]
+        for k in range(n_clusters):
+            out_syn[k] = num_k[k] / den_k[k] if den_k[k] > 0 else np.nan
+    elif syn_mode == 2:
+        for k in range(n_clusters):
+            acc_k[k] = 0.0
+            win_k[k] = 0.0
+    acc = 0.0
+    wsum = 0.0
+    wacc = 0.0
+    for a in range(rown[y]):
+        iy = rowt[y, a]
+        wy = roww[y, a]
+        for b in range(coln[x]):
+            t = iy * ntx + colt[x, b]
+            win = wy * colw[x, b]
+            ok = tile_ok[t]
+            num = 0.0
+            den = 0.0
+            if tnorm:
+                s_un = 0.0
+                for j in range(nk):
+                    f = idx[j]
+                    v = (vals[j] - toff[f, t]) / tscale[f, t]
+                    wf = w_tf[t, f] if ok else 1.0
+                    num += wf * v
+                    den += wf
+                    s_un += v
+                rt = num / den if den > 0 else s_un / nk
+            elif ok:
+                wt = w_tf[t]
+                for j in range(nk):
+                    wf = wt[idx[j]]
+                    num += wf * vals[j]
+                    den += wf
+                rt = num / den if den > 0 else mean_all
+            else:
+                den = float(nk)
+                rt = mean_all
+            acc += win * rt
+            wsum += win
+            wacc += win * den
+            if syn_mode == 2:
+                for k in range(n_clusters):
+                    num_k[k] = 0.0
+                    den_k[k] = 0.0
+                    sum_k[k] = 0.0
+                    cnt_k[k] = 0
+                for j in range(nk):
+                    f = idx[j]
+                    k = labels[f]
+                    wk = w_tf[t, f] if cl_ok[k, t] else 1.0
+                    num_k[k] += wk * vals[j]
+                    den_k[k] += wk
+                    sum_k[k] += vals[j]
+                    cnt_k[k] += 1
+                for k in range(n_clusters):
+                    if cnt_k[k] > 0:
+                        if den_k[k] > 0:
+                            acc_k[k] += win * (num_k[k] / den_k[k])
+                        else:
+                            acc_k[k] += win * (sum_k[k] / cnt_k[k])
+                        win_k[k] += win
+    if syn_mode == 2:
+        for k in range(n_clusters):
+            out_syn[k] = acc_k[k] / win_k[k] if win_k[k] > 0 else np.nan
+    return acc / wsum, wacc / wsum
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _band_kernel(
+    bd, bv, nrows, r0, width, inv_b, w_tf, tile_ok, den_all,
+    rowt, roww, rown, colt, colw, coln, ntx,
+    do_reject, klo, khi, max_iter, min_keep, rej_sky, rej_frac,
+    tnorm, toff, tscale, restore_a, restore_b, scale,
+    labels, n_clusters, syn_mode, g_f, cl_ok,
+    do_classical, shared, c_med, c_fac, c_ref, c_kappa, ci, cj, sort_proto,
+    rec, wmap, cov, kept, syn, cls,
+):  # fmt: skip
+    """Rows ``0..nrows-1`` of the blocked samples ``bd``/``bv`` into band rows ``r0 + r`` of
+    the outputs (ADU: ``scale``, tile ``restore``; float32 / uint16 as stored).
+
+    ``inv_b``: per-frame factors of the §9 samples; ``w_tf[t, f]`` tile weights, ``tile_ok[t]``
+    False: unweighted mean, ``den_all[t]``: ``sum_f w_tf[t, f]``. ``rowt/roww/rown`` (band
+    rows) and ``col*`` list the tiles covering a row (column) with their window values.
+    ``syn_mode`` 0 none, 1 global, 2 tile_weighted. Classical samples: ``(X - c_med) * c_fac
+    + c_ref``, or the §9 samples when ``shared``. ``sort_proto``: the dtype to sort the §9
+    samples in (float32 when they are float32 values).
+    """
+    nblk = bd.shape[1]
+    nf = bd.shape[2]
+    generic = tnorm or syn_mode != 0
+    ck = max(n_clusters, 1)
+    for r in prange(nrows):
+        y = r0 + r
+        V = np.empty((nf, BLOCK), np.float64)
+        M = np.empty((nf, BLOCK), np.bool_)
+        SR = np.empty((nf, BLOCK), sort_proto.dtype)
+        C = V if shared else np.empty((nf, BLOCK), np.float64)
+        SC = np.empty((nf, BLOCK), np.float64) if not shared else np.empty((1, BLOCK), np.float64)
+        K = np.empty((nf, BLOCK), np.float64)
+        KF = np.empty((nf, BLOCK), np.float64)
+        n_valid = np.empty(BLOCK, np.int64)
+        n_arr = np.empty(BLOCK, np.int64)
+        nk_arr = np.empty(BLOCK, np.int64)
+        rlo = np.empty(BLOCK, np.float64)
+        rhi = np.empty(BLOCK, np.float64)
+        mean = np.empty(BLOCK, np.float64)
+        acc = np.empty(BLOCK, np.float64)
+        wsum = np.empty(BLOCK, np.float64)
+        wacc = np.empty(BLOCK, np.float64)
+        num = np.empty(BLOCK, np.float64)
+        den = np.empty(BLOCK, np.float64)
+        lo_a = np.empty(BLOCK, np.int64)
+        hi_a = np.empty(BLOCK, np.int64)
+        wlo = np.empty(BLOCK, np.float64)
+        whi = np.empty(BLOCK, np.float64)
+        s1 = np.empty(BLOCK, np.float64)
+        s1c = np.empty(BLOCK, np.float64)
+        s2 = np.empty(BLOCK, np.float64)
+        act = np.empty(BLOCK, np.bool_)
+        res = np.empty(BLOCK, np.float64)
+        vals = np.empty(nf, np.float64)
+        idx = np.empty(nf, np.int64)
+        num_k = np.zeros(ck, np.float64)
+        den_k = np.zeros(ck, np.float64)
+        sum_k = np.zeros(ck, np.float64)
+        cnt_k = np.zeros(ck, np.int64)
+        acc_k = np.zeros(ck, np.float64)
+        win_k = np.zeros(ck, np.float64)
+        syn_px = np.empty(ck, np.float64)
+        for blk in range(nblk):
+            xb = blk * BLOCK
+            pb = min(BLOCK, width - xb)
+            D = bd[r, blk]
+            Q = bv[r, blk]
+            # samples: valid and finite; none valid: any finite (e.g. saturated everywhere)
+            for p in range(BLOCK):
+                n_valid[p] = 0
+                s1[p] = 0.0
+            for f in range(nf):
+                ib = inv_b[f]
+                for p in range(BLOCK):
+                    x = D[f, p]
+                    ok = (Q[f, p] != 0) & np.isfinite(x)
+                    v = x * ib
+                    V[f, p] = v
+                    M[f, p] = ok
+                    SR[f, p] = v if ok else _INF
+                    n_valid[p] += ok
+                    s1[p] += v if ok else 0.0  # the classical first pass (shared samples)
+            for p in range(BLOCK):
+                n_arr[p] = n_valid[p]
+                if n_valid[p] == 0:
+                    s1[p] = 0.0
+                    for f in range(nf):
+                        ok = np.isfinite(D[f, p])
+                        M[f, p] = ok
+                        SR[f, p] = V[f, p] if ok else _INF
+                        n_arr[p] += ok
+                        s1[p] += V[f, p] if ok else 0.0
+            for p in range(BLOCK):
+                s1c[p] = s1[p]
+            _sort_columns(SR, ci, cj)
+            # §9 rejection: the kept samples of a pixel are the values in [rlo, rhi]
+            for p in range(BLOCK):
+                n = n_arr[p]
+                if n == 0:
+                    rlo[p] = _INF
+                    rhi[p] = -_INF
+                    nk_arr[p] = 0
+                    continue
+                if do_reject:
+                    lo, hi = _reject_range(
+                        SR, p, n, klo, khi, max_iter, min_keep, rej_sky, rej_frac
+                    )
+                else:
+                    lo, hi = 0, n
+                rlo[p] = SR[lo, p]
+                rhi[p] = SR[hi - 1, p]
+                nk_arr[p] = hi - lo
+            if generic:
+                for p in range(pb):
+                    x = xb + p
+                    cov[y, x] = min(n_valid[p], 65535)
+                    nk = nk_arr[p]
+                    if nk == 0:
+                        rec[y, x] = np.nan
+                        wmap[y, x] = 0.0
+                        kept[y, x] = 0
+                        for k in range(n_clusters):
+                            syn[k, y, x] = np.nan
+                        continue
+                    m = 0
+                    for f in range(nf):
+                        v = V[f, p]
+                        if M[f, p] and v >= rlo[p] and v <= rhi[p]:
+                            vals[m] = v
+                            idx[m] = f
+                            m += 1
+                    val, wgt = _pixel_generic(
+                        vals, idx, nk, y, x, w_tf, tile_ok, rowt, roww, rown, colt, colw,
+                        coln, ntx, tnorm, toff, tscale, labels, n_clusters, syn_mode, g_f,
+                        cl_ok, num_k, den_k, sum_k, cnt_k, acc_k, win_k, syn_px,
+                    )  # fmt: skip
+                    if tnorm:
+                        val = val * restore_a + restore_b
+                    rec[y, x] = np.float32(val * scale)
+                    wmap[y, x] = np.float32(wgt)
+                    kept[y, x] = min(nk, 65535)
+                    for k in range(n_clusters):
+                        syn[k, y, x] = np.float32(syn_px[k] * scale)
+            else:
+                # kept samples (0.0 elsewhere: adding +0.0 leaves a frame-order sum as it is)
+                for p in range(BLOCK):
+                    s1[p] = 0.0
+                for f in range(nf):
+                    for p in range(BLOCK):
+                        v = V[f, p]
+                        k_ = M[f, p] & (v >= rlo[p]) & (v <= rhi[p])
+                        K[f, p] = v if k_ else 0.0
+                        KF[f, p] = 1.0 if k_ else 0.0
+                        s1[p] += v if k_ else 0.0
+                for p in range(BLOCK):
+                    mean[p] = s1[p] / nk_arr[p] if nk_arr[p] > 0 else 0.0
+                    acc[p] = 0.0
+                    wsum[p] = 0.0
+                    wacc[p] = 0.0
+                # tile-weighted means with the Hann overlap-add, per run of pixels that are
+                # covered by the same tiles
+                p0 = 0
+                while p0 < pb:
+                    x0 = xb + p0
+                    p1 = p0 + 1
+                    while p1 < pb:
+                        same = coln[xb + p1] == coln[x0]
+                        for b in range(coln[x0]):
+                            same = same and colt[xb + p1, b] == colt[x0, b]
+                        if not same:
+                            break
+                        p1 += 1
+                    full = True  # every frame kept: the weight sums are den_all
+                    for p in range(p0, p1):
+                        full = full and nk_arr[p] == nf
+                    q0 = np.uint64(p0)  # unsigned: the loops below vectorise
+                    q1 = np.uint64(p1)
+                    for a in range(rown[y]):
+                        iy = rowt[y, a]
+                        wy = roww[y, a]
+                        for b in range(coln[x0]):
+                            t = iy * ntx + colt[x0, b]
+                            if tile_ok[t]:
+                                wt = w_tf[t]
+                                for q in range(q0, q1):
+                                    num[q] = 0.0
+                                    den[q] = 0.0
+                                if full:
+                                    for f in range(nf):
+                                        wf = wt[f]
+                                        for q in range(q0, q1):
+                                            num[q] += wf * K[f, q]
+                                    for q in range(q0, q1):
+                                        den[q] = den_all[t]
+                                else:
+                                    for f in range(nf):
+                                        wf = wt[f]
+                                        for q in range(q0, q1):
+                                            num[q] += wf * K[f, q]
+                                            den[q] += wf * KF[f, q]
+                                for p in range(p0, p1):
+                                    rt = num[p] / den[p] if den[p] > 0 else mean[p]
+                                    win = wy * colw[xb + p, b]
+                                    acc[p] += win * rt
+                                    wsum[p] += win
+                                    wacc[p] += win * den[p]
+                            else:
+                                for p in range(p0, p1):
+                                    win = wy * colw[xb + p, b]
+                                    acc[p] += win * mean[p]
+                                    wsum[p] += win
+                                    wacc[p] += win * float(nk_arr[p])
+                    p0 = p1
+                for p in range(pb):
+                    x = xb + p
+                    cov[y, x] = min(n_valid[p], 65535)
+                    if nk_arr[p] == 0:
+                        rec[y, x] = np.nan
+                        wmap[y, x] = 0.0
+                        kept[y, x] = 0
+                    else:
+                        val = acc[p] / wsum[p]
+                        if tnorm:
+                            val = val * restore_a + restore_b
+                        rec[y, x] = np.float32(val * scale)
+                        wmap[y, x] = np.float32(wacc[p] / wsum[p])
+                        kept[y, x] = min(nk_arr[p], 65535)
+            if do_classical:
+                for p in range(BLOCK):
+                    s1[p] = s1c[p]
+                if shared:
+                    _classical_block(
+                        C, M, SR, n_arr, c_kappa, lo_a, hi_a, wlo, whi, s1, s2, mean, act, res
+                    )
+                else:
+                    for p in range(BLOCK):
+                        s1[p] = 0.0
+                    for f in range(nf):
+                        cm = c_med[f]
+                        cf = c_fac[f]
+                        for p in range(BLOCK):
+                            cv = (D[f, p] - cm) * cf + c_ref
+                            C[f, p] = cv
+                            SC[f, p] = cv if M[f, p] else _INF
+                            s1[p] += cv if M[f, p] else 0.0
+                    _sort_columns(SC, ci, cj)
+                    _classical_block(
+                        C, M, SC, n_arr, c_kappa, lo_a, hi_a, wlo, whi, s1, s2, mean, act, res
+                    )
+                for p in range(pb):
+                    cls[y, xb + p] = np.float32(res[p])
+
+
+# Rows per pass of the kernel (at least): the blocked samples of one pass stay small (a few
+# tens of MB, cache- and page-fault-friendly) while a chunk may hold hundreds of rows.
+PASS_BYTES = 24 * 2**20
+MIN_PASS_ROWS = 16
+
+
+class _Surfaces:
+    """The §5 surfaces ``S_f`` on the rows of a chunk, evaluated in passes of a few rows.
+
+    :func:`surface_rows` is ``(Wy @ g) @ Wx.T``; here ``Wy @ g`` is computed for the chunk's
+    rows (as ``surface_rows`` does), the weights once per chunk instead of once per frame, and
+    each pass takes its rows of the second product, left in float64 (the loader rounds to
+    float32 as ``surface_rows`` does). :meth:`check` compares the pieces with ``surface_rows``
+    on the chunk for one frame; where they differ, ``surface_rows`` of the whole chunk is used
+    (and passes are chunks).
+    """
+
+    def __init__(self, surfaces):
+        self.surfaces = surfaces
+        self.pieces = _cubic_weights is not None
+        self.a = 0
+
+    def _weights(self, sf, a, b):
+        g = np.asarray(sf.grid, np.float64)
+        h, w = int(sf.height), int(sf.width)
+        key = (g.shape, h, w)
+        if key not in self._cache:
+            ny, nx = g.shape
+            py = _node_positions(np.arange(a, b, dtype=np.float64), h, ny)
+            px = _node_positions(np.arange(w, dtype=np.float64), w, nx)
+            self._cache[key] = (_cubic_weights(py, ny), _cubic_weights(px, nx).T)
+        return g, self._cache[key]
+
+    def chunk(self, a: int, b: int) -> None:
+        """Prepare rows ``[a, b)``: ``Wy @ g`` of every frame."""
+        self.a, self.b = a, b
+        if not self.pieces:
+            return
+        self._cache: dict = {}
+        self.left, self.right = [], []
+        for sf in self.surfaces:
+            g, (wy, wxt) = self._weights(sf, a, b)
+            self.left.append(wy @ g)
+            self.right.append(wxt)
+
+    def check(self, step: int) -> bool:
+        """Do passes of ``step`` rows give ``surface_rows`` of the chunk? (One frame of each
+        surface grid shape.)"""
+        seen = set()
+        for f, sf in enumerate(self.surfaces):
+            if not self.pieces:
+                break
+            shape = np.shape(sf.grid)
+            if shape in seen:
+                continue
+            seen.add(shape)
+            whole = sf.rows(self.a, self.b)
+            self.pieces = all(
+                np.array_equal(
+                    self.rows(f, i, min(i + step, self.b)).astype(np.float32),
+                    whole[i - self.a : min(i + step, self.b) - self.a],
+                )
+                for i in range(self.a, self.b, step)
+            )
+        return self.pieces
+
+    def rows(self, f: int, a: int, b: int) -> np.ndarray:
+        if self.pieces:
+            return self.left[f][a - self.a : b - self.a] @ self.right[f]
+        if (a, b) != (self.a, self.b):
+            raise AssertionError("surface pieces disabled: passes must be whole chunks")
+        return self.surfaces[f].rows(a, b)
+
+
+_F32 = np.dtype(np.float32)
+_F32_SWAPPED = _F32.newbyteorder()
+
+
+def _read_rows(reader: Reader, n, a, b, p: _Prepared, surf, width, bd, bv) -> None:
+    """Rows ``a..b-1`` of every frame into the blocked buffers (revision 2: ``s_f·X − S_f``).
+
+    Float32 rows (big-endian ones too: the batch files' memory maps, via ``reader.raw``) are
+    converted, normalized and blocked in one pass; other inputs go through numpy as before.
+    """
+    m = b - a
+    read = getattr(reader, "raw", None) or reader
+    one = np.float32(1.0)
+    none = np.zeros((1, 1), np.float32)
+    for f in range(n):
+        d, v = (np.asarray(x) for x in read(f, a, b))
+        if (
+            d.shape == (m, width) == v.shape
+            and d.dtype in (_F32, _F32_SWAPPED)
+            and d.flags.c_contiguous
+        ):
+            if v.dtype != np.uint8 or not v.flags.c_contiguous:
+                v = np.ascontiguousarray(v).astype(np.uint8, copy=False)
+            raw, swap = d.view(np.uint32), d.dtype == _F32_SWAPPED
+            if p.s_f is not None:
+                _load_frame(raw, swap, v, f, True, p.s_f[f], surf.rows(f, a, b), 0, bd, bv)
+            else:
+                _load_frame(raw, swap, v, f, False, one, none, 0, bd, bv)
+            continue
+        x = np.empty((m, width), np.float32)
+        if p.s_f is not None:
+            np.multiply(d, p.s_f[f], out=x)
+            x -= surf.rows(f, a, b).astype(np.float32, copy=False)
+        else:
+            x[:] = d
+        vx = np.empty((m, width), np.uint8)
+        vx[:] = v
+        _load_frame(x.view(np.uint32), False, vx, f, False, one, none, 0, bd, bv)
 
 
 def reconstruct_band(
@@ -354,12 +1061,14 @@ def reconstruct_band(
     """Reconstruct rows ``[y0, y1)`` of one channel from ``n_frames`` registered frames.
 
     ``reader(f, a, b)`` returns rows ``a..b-1`` of frame ``f``: raw float32 values (NaN outside
-    the frame) and the uint8 validity mask. ``weights[f, t] = W_{f,t}`` (§8), ``background[f]
-    = B_f`` (§5): samples are normalized ``I = X / B_f`` and the result is multiplied by
-    ``options.scale`` (default ``median_f B_f``) so the stack is in ADU and linear in the inputs.
-    With ``inputs.normalization`` (revision 2) ``background`` is only reported, the stack stays
-    on the reference frame's scale (``scale`` 1), and the classical stack is the equal-weight
-    clipped mean of the same ``I``. See :class:`BandOptions` and :class:`BandInputs`.
+    the frame) and the uint8 validity mask (a reader with a ``raw`` method of the same form may
+    return them as stored, e.g. big-endian memory maps). ``weights[f, t] = W_{f,t}`` (§8),
+    ``background[f] = B_f`` (§5): samples are normalized ``I = X / B_f`` and the result is
+    multiplied by ``options.scale`` (default ``median_f B_f``) so the stack is in ADU and linear
+    in the inputs. With ``inputs.normalization`` (revision 2) ``background`` is only reported,
+    the stack stays on the reference frame's scale (``scale`` 1), and the classical stack is
+    the equal-weight clipped mean of the same ``I``. See :class:`BandOptions` and
+    :class:`BandInputs`.
     """
     opts = options or BandOptions()
     inputs = inputs or BandInputs()
@@ -374,8 +1083,8 @@ def reconstruct_band(
     has_cls = inputs.classical is not None
     n_clusters = p.n_clusters
 
-    cols = _axis_cover(grid.xs, grid.col_windows(), 0, width)
-    rows_all = _axis_cover(grid.ys, grid.row_windows(), y0, y1)
+    colt, colw, coln = _axis_cover(grid.xs, grid.col_windows(), 0, width)
+    rowt, roww, rown = _axis_cover(grid.ys, grid.row_windows(), y0, y1)
 
     rows = y1 - y0
     rec = np.empty((rows, width), np.float32)
@@ -385,19 +1094,61 @@ def reconstruct_band(
     syn = np.empty((n_clusters, rows, width), np.float32) if n_clusters else None
     cls = np.empty((rows, width), np.float32) if has_cls else None
 
+    # chunks: the memory budget (and the rows the §5 surfaces are evaluated on); passes: the
+    # rows of all frames the kernel works on at once
     chunk = min(rows, rows_per_chunk(n, width, opts.memory_mb))
-    data = np.empty((n, chunk, width), np.float32)
-    valid = np.empty((n, chunk, width), np.uint8)
-    outs = kernels.empty_like_outputs(chunk, width, n_clusters, has_cls)
+    step = min(chunk, max(MIN_PASS_ROWS, rows_per_chunk(n, width, PASS_BYTES / 2**20)))
+    surf = None
+    if p.surfaces is not None:
+        surf = _Surfaces(p.surfaces)
+        surf.chunk(y0, min(y0 + chunk, y1))
+        if step < chunk and not surf.check(step):
+            step = chunk
+    nblk = -(-width // BLOCK)
+    bd = np.empty((step, nblk, n, BLOCK), np.float32)
+    bv = np.empty((step, nblk, n, BLOCK), np.uint8)
+    pad = nblk * BLOCK - width
+    if pad:  # columns past the image: no sample
+        bd[:, -1, :, BLOCK - pad :] = np.nan
+        bv[:, -1, :, BLOCK - pad :] = 0
+    ci, cj = _sort_network(n)
+    # the classical samples are the §9 samples (revision 2): one sort serves both clippings
+    shared = bool(
+        has_cls
+        and np.all(p.inv_b == 1.0)
+        and np.all(p.c_med == 0.0)
+        and np.all(p.c_fac == 1.0)
+        and p.c_ref == 0.0
+    )
+    # §9 samples X·1 are float32 values: sorting them as float32 loses nothing
+    sort_proto = np.empty(0, np.float32 if np.all(p.inv_b == 1.0) else np.float64)
+    den_all = _frame_sums(w_tf)
+    c_med = np.ascontiguousarray(p.c_med, np.float64)
+    c_fac = np.ascontiguousarray(p.c_fac, np.float64)
+    no_syn = np.empty((1, 1, 1), np.float32)
+    no_cls = np.empty((1, 1), np.float32)
     for a in range(y0, y1, chunk):
         b = min(a + chunk, y1)
-        m = b - a
-        _read_chunk(reader, n, a, b, p, data, valid)
-        r0 = a - y0
-        rows_ = _chunk_rows(rows_all, r0, m, chunk)
-        _run_kernel(data, valid, m, p, w_tf, rows_, cols, grid, opts, has_cls, outs)
-        _store_chunk(outs, r0, m, p, (rec, wmap, cov, kept, syn, cls))
-    del data, valid, outs
+        if surf is not None and a != y0:
+            surf.chunk(a, b)
+        for a2 in range(a, b, step):
+            b2 = min(a2 + step, b)
+            _read_rows(reader, n, a2, b2, p, surf, width, bd, bv)
+            _band_kernel(
+                bd, bv, b2 - a2, a2 - y0, width, p.inv_b, w_tf, p.tile_ok, den_all,
+                rowt, roww, rown, colt, colw, coln, grid.nx,
+                bool(opts.rejection), float(opts.kappa_low), float(opts.kappa_high),
+                int(opts.max_iter), float(opts.min_keep), float(p.rej_sky),
+                float(opts.signal_tolerance),
+                p.tnorm, p.toff, p.tsc, float(p.restore[0]), float(p.restore[1]),
+                float(p.scale), p.labels, n_clusters, p.syn_mode, p.g_f, p.cl_ok,
+                has_cls, shared, c_med, c_fac, float(p.c_ref), float(opts.classical_kappa),
+                ci, cj, sort_proto,
+                rec, wmap, cov, kept,
+                syn if syn is not None else no_syn,
+                cls if cls is not None else no_cls,
+            )  # fmt: skip
+    del bd, bv
 
     stack = combine_synthetic(syn, inputs.cluster_weights) if syn is not None else rec
     return BandResult(
