@@ -142,9 +142,10 @@ def _levenberg_marquardt(p, lo, hi, dx, dy, z, moffat, max_nfev, ftol):
     [−π, π)). Returns (p, converged).
 
     Converged: the Gauss–Newton decrement gᵀ(JᵀJ)⁻¹g over the free parameters (the cost
-    decrease still available to first order) is at most ``ftol`` × cost, or no step can lower
-    the cost any more (the minimum within rounding). Not converged after ``max_nfev`` model
-    evaluations.
+    decrease still available to first order) is at most ``ftol`` × cost, or a step that the
+    linear model predicted well (gain ratio > 0.25) lowered the cost by less than ``ftol`` ×
+    cost (scipy's ``least_squares`` test), or no step can lower the cost any more (the
+    minimum within rounding). Not converged after ``max_nfev`` model evaluations.
     """
     n, k = dx.size, p.size
     f = np.empty(n)
@@ -175,6 +176,7 @@ def _levenberg_marquardt(p, lo, hi, dx, dy, z, moffat, max_nfev, ftol):
         gn = _damped_step(jtj, grad, free, 1e-12, diag)
         if np.all(np.isfinite(gn)) and -np.dot(grad, gn) <= ftol * cost:
             return p, True
+        nu = 2.0
         while True:
             step = _damped_step(jtj, grad, free, lam, diag)
             if np.all(np.isfinite(step)):
@@ -185,14 +187,26 @@ def _levenberg_marquardt(p, lo, hi, dx, dy, z, moffat, max_nfev, ftol):
                 rn = fn - z
                 cn = np.dot(rn, rn)
                 if np.isfinite(cn) and cn < cost:
+                    # gain ratio: actual / predicted (linear model) cost decrease
+                    d = pn - p
+                    d[5] = step[5]
+                    pred = -(2.0 * np.dot(grad, d) + np.dot(d, jtj @ d))
+                    rho = (cost - cn) / pred if pred > 0 else 0.0
+                    # a step the linear model predicted well that gained < ftol: converged
+                    # (as scipy's least_squares ftol test)
+                    done = cost - cn <= ftol * cost and rho > 0.25
                     p = pn
                     f, fn = fn, f
                     jac, jn = jn, jac
                     res = rn
                     cost = cn
-                    lam = max(lam * 0.2, 1e-12)
+                    # Nielsen's damping update: shrink λ by how well the model predicted
+                    lam = max(lam * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), 1e-12)
+                    if done:
+                        return p, True
                     break
-            lam *= 10.0
+            lam *= nu
+            nu *= 2.0
             if lam > 1e12:
                 return p, True  # no step lowers the cost: the minimum (within rounding)
             if nfev >= max_nfev:
@@ -297,6 +311,7 @@ def aperture_sums(img, x, y, ix, iy, radius, r_in, r_out, subsample):
     stamp = np.empty((side, side))
     wgt = np.empty((side, side))
     r2 = radius**2
+    reach = math.sqrt(2.0) * abs(off[0]) + 1e-6  # farthest sub-sample from a pixel centre
     for t in range(nstar):
         xc, yc = x[t], y[t]
         if not (np.isfinite(xc) and np.isfinite(yc)):
@@ -316,13 +331,20 @@ def aperture_sums(img, x, y, ix, iy, radius, r_in, r_out, subsample):
                 if d >= r_in and d < r_out and np.isfinite(v):
                     ring[nr] = v
                     nr += 1
-                cnt = 0
-                for b in range(subsample):
-                    sy = (gy + off[b]) - yc
-                    for a in range(subsample):
-                        sx = (gx + off[a]) - xc
-                        if sx**2 + sy**2 <= r2:
-                            cnt += 1
+                # sub-samples lie within reach of the pixel centre: far inside or outside
+                # the aperture they all count or none does (the same as testing each)
+                if d + reach < radius:
+                    cnt = subsample * subsample
+                elif d - reach > radius:
+                    cnt = 0
+                else:
+                    cnt = 0
+                    for b in range(subsample):
+                        sy = (gy + off[b]) - yc
+                        for a in range(subsample):
+                            sx = (gx + off[a]) - xc
+                            if sx**2 + sy**2 <= r2:
+                                cnt += 1
                 wgt[j, i] = cnt / (subsample * subsample)
                 if cnt > 0 and not np.isfinite(v):
                     bad = True
@@ -491,15 +513,16 @@ def _bilinear_setup(n, q, m):
 
 
 @njit(cache=True)
-def planes_at_pixels(a0, bx, by, q, h, w, img, bkg, mask, out_h, out_w):
+def planes_at_pixels(a0, bx, by, q, h, w, img, bkg, mask, out):
     """The planes a0 + bx·x + by·y, their coefficients blended bilinearly between the centres
     of q×q blocks (constant beyond the outer centres; cv2.resize INTER_LINEAR of each map),
-    at every pixel of an h×w image. With ``img``/``bkg``/``mask`` of that shape, returns the
-    residual ``(img − bkg) − plane`` on the mask and 0 off it instead. The result is
-    ``out_h``×``out_w`` (≥ h×w), zero beyond the image (padding for an FFT)."""
+    at every pixel of an h×w image. With ``img``/``bkg``/``mask`` of that shape, the residual
+    ``(img − bkg) − plane`` on the mask and 0 off it instead. Written into ``out`` (at least
+    h×w, zero beyond the image: padding for an FFT), which is returned."""
     ny, nx = a0.shape
     resid = img.shape == (h, w)
-    out = np.zeros((out_h, out_w))
+    out[h:, :] = 0.0
+    out[:h, w:] = 0.0
     x0, x1, fx = _bilinear_setup(w, q, nx)
     y0, y1, fy_ = _bilinear_setup(h, q, ny)
     for y in range(h):

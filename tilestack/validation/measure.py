@@ -699,7 +699,8 @@ def _local_plane(values: np.ndarray, weight: np.ndarray, sigma: float) -> np.nda
         np.ascontiguousarray(weight, dtype=np.float64),
         q,
     )
-    return planes_at_pixels(*_block_planes(mom, q, sigma), q, h, w, *_NO_RESIDUAL, h, w)
+    planes = _block_planes(mom, q, sigma)
+    return planes_at_pixels(*planes, q, h, w, *_NO_RESIDUAL, np.empty((h, w)))
 
 
 _NO_RESIDUAL = (np.zeros((0, 0)), np.zeros((0, 0)), _NO_MASK)
@@ -818,11 +819,12 @@ def _autocovariances(images, blank, max_lag: int, *, box=64, kappa=5.0, min_pair
     shape = (fft.next_fast_len(h + L), fft.next_fast_len(w + L, real=True))
     iy = np.arange(-L, L + 1) % shape[0]
     ix = np.arange(-L, L + 1) % shape[1]
-    # The FFT inputs are built zero-padded (no padded copies), the power spectra are formed
-    # in place: image-sized temporaries are few (each one costs page faults).
-    padded = np.zeros(shape)
-    padded[:h, :w] = m
-    den = np.rint(_autocorrelation(padded)[np.ix_(iy, ix)])
+    # The FFT input is built zero-padded in one buffer and the transforms reuse one complex
+    # buffer: image-sized temporaries are few (each new one costs page faults).
+    real = np.zeros(shape)
+    spec = np.empty((shape[0], shape[1] // 2 + 1), dtype=np.complex128)
+    real[:h, :w] = m
+    den = np.rint(_autocorrelation(real, spec)[np.ix_(iy, ix)])
     ok = den >= min_pairs
     sigma = box / 4.0
     q = int(sigma // 2)
@@ -834,28 +836,29 @@ def _autocovariances(images, blank, max_lag: int, *, box=64, kappa=5.0, min_pair
         # lag); n = 0 off the mask.
         if q >= 2:
             planes = _block_planes(residual_moments(img, bg, m, q), q, sigma)
-            n = planes_at_pixels(*planes, q, h, w, img, bg, m, *shape)
+            planes_at_pixels(*planes, q, h, w, img, bg, m, real)
         else:
-            n = np.zeros(shape)
-            n[:h, :w] = np.where(m, img - bg.astype(np.float64), 0.0)
-            n[:h, :w] -= _local_plane(n[:h, :w], m.astype(np.float64), sigma)
-            n[:h, :w][~m] = 0.0
-        num = _autocorrelation(n)[np.ix_(iy, ix)]
+            n = np.where(m, img - bg.astype(np.float64), 0.0)
+            n = np.where(m, n - _local_plane(n, m.astype(np.float64), sigma), 0.0)
+            real[:] = 0.0
+            real[:h, :w] = n
+        num = _autocorrelation(real, spec)[np.ix_(iy, ix)]
         C[ok] = num[ok] / den[ok]
         out.append(C)
     return out, int(m.sum())
 
 
-def _autocorrelation(padded: np.ndarray) -> np.ndarray:
-    """IFFT |FFT(x)|² of a zero-padded real array (circular autocorrelation; ``padded`` is
-    overwritten)."""
-    f = fft.rfft2(padded, overwrite_x=True)
-    power = f.real * f.real
-    power += f.imag * f.imag
-    f.real = power
-    f.imag = 0.0
+def _autocorrelation(real: np.ndarray, spec: np.ndarray) -> np.ndarray:
+    """IFFT |FFT(x)|² of the zero-padded real array ``real`` (circular autocorrelation),
+    returned in ``real``; ``spec`` (complex, rows × (columns/2 + 1)) holds the spectrum."""
+    np.fft.rfft2(real, out=spec)
+    power = spec.real * spec.real
+    power += spec.imag * spec.imag
+    spec.real = power
+    spec.imag = 0.0
     del power
-    return fft.irfft2(f, padded.shape, overwrite_x=True)
+    np.fft.ifft(spec, axis=0, out=spec)
+    return np.fft.irfft(spec, n=real.shape[1], axis=1, out=real)
 
 
 def aperture_noise(

@@ -30,22 +30,26 @@ from tilestack.robust import MAD_TO_SIGMA
 LN2 = math.log(2.0)
 
 
-def _nanmedian(a: np.ndarray, axis: int) -> np.ndarray:
+def _nanmedian(a: np.ndarray, axis: int, overwrite: bool = False) -> np.ndarray:
     """nanmedian without the all-NaN warning (uncovered rows/columns are expected).
 
     ``np.nanmedian`` along an axis loops in Python over the lines; here long finite lines take
     ``np.median``, short lines and lines with NaN a sort (NaN last) and a gather of the middle
-    values: the same medians, much faster.
+    values: the same medians, much faster. ``overwrite``: ``a`` may be reordered (no copy).
     """
     a = np.asarray(a)
     fin = np.isfinite(a)
     if fin.all() and a.shape[axis] > 256:  # short lines: a (vectorised) sort is faster
-        return np.median(a, axis=axis)
+        return np.median(a, axis=axis, overwrite_input=overwrite)
     if np.isinf(a).any():  # ±inf: leave the rare case to numpy
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.nanmedian(a, axis=axis)
-    s = np.sort(a, axis=axis)  # NaN sort last
+    if overwrite and a.flags.writeable:
+        a.sort(axis=axis)  # NaN sort last
+        s = a
+    else:
+        s = np.sort(a, axis=axis)
     n = fin.sum(axis=axis)
     lo = np.expand_dims(np.maximum(n - 1, 0) // 2, axis)
     hi = np.expand_dims(n // 2, axis)
@@ -132,8 +136,9 @@ def _band_step_profile(lines: np.ndarray, stride: int, offset: int) -> np.ndarra
     starts = list(range(int(offset) % stride, h - stride + 1, stride)) or [0]
     # the bands are consecutive: all their medians in one call
     y0 = starts[0]
-    bands = lines[:, y0 : y0 + len(starts) * stride]
-    meds = _nanmedian(bands.reshape(w, len(starts), -1), axis=2)
+    bands = np.array(lines[:, y0 : y0 + len(starts) * stride])  # one copy, sorted in place
+    meds = _nanmedian(bands.reshape(w, len(starts), -1), axis=2, overwrite=True)
+    del bands
     profiles = []
     for k in range(len(starts)):
         prof = meds[:, k]
@@ -168,10 +173,10 @@ def seam_components(
     res = np.asarray(image, dtype=np.float64) - np.asarray(reference_smooth, dtype=np.float64)
     res_t = np.ascontiguousarray(res.T)  # medians along the last axis need no copies
     s = int(round(stride))
-    col_signed = _nanmedian(res_t, axis=1)
-    row_signed = _nanmedian(res, axis=1)
     col_steps = _band_step_profile(res_t, s, offset)
     row_steps = _band_step_profile(res, s, offset)
+    col_signed = _nanmedian(res_t, axis=1, overwrite=True)  # last use: reordered in place
+    row_signed = _nanmedian(res, axis=1, overwrite=True)
     return {
         "columns_signed": profile_score(col_signed, stride, offset=offset),
         "rows_signed": profile_score(row_signed, stride, offset=offset),
@@ -207,9 +212,11 @@ def smooth_reference(image: np.ndarray, stride: float) -> np.ndarray:
     fin = np.isfinite(img)
     if not fin.any():
         return np.zeros_like(img)
-    v = img[fin]
-    med = float(np.median(v))
-    sig = float(MAD_TO_SIGMA * np.median(np.abs(v - med)))  # float32, like v
+    v = img[fin]  # a copy: the medians may reorder it
+    med = float(np.median(v, overwrite_input=True))
+    np.subtract(v, med, out=v)
+    np.abs(v, out=v)
+    sig = float(MAD_TO_SIGMA * np.median(v, overwrite_input=True))  # float32, like v
     clipped = np.clip(np.where(fin, img, med), med - 5 * sig, med + 5 * sig).astype(np.float32)
     # A Gaussian this wide is blurred on a grid `stride / 8` coarser (area-averaged, then
     # linearly interpolated back): the result is the same smooth surface (its structure is
