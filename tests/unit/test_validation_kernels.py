@@ -11,6 +11,7 @@ from scipy.optimize import least_squares
 
 from tilestack.robust import MAD_TO_SIGMA, robust_sigma
 from tilestack.robust import clipped_stats as robust_clipped_stats
+from tilestack.validation.kernels import removed_pair_counts
 from tilestack.validation.measure import (
     _clipped_stats,
     _fit_batch,
@@ -168,3 +169,24 @@ def test_aperture_photometry_equals_the_per_pixel_definition(radius):
         assert npix == pytest.approx(ref_npix, rel=1e-12)
     outside = aperture_photometry(img, np.array([[2.0, 2.0], [np.nan, 50.0]]), radius=radius)
     assert not outside["ok"].any() and outside["flux"].isna().all()
+
+
+def test_pair_counts_after_removing_pixels_are_exact():
+    """The autocovariance's pair counts of a clipped mask from those of the unclipped one."""
+    rng = np.random.default_rng(5)
+    x = rng.random((40, 50)) > 0.2
+    removed = x & (rng.random(x.shape) > 0.9)
+    removed[0, :] = x[0, :]  # removals at the border too
+    lag = 6
+
+    def counts(m):
+        out = np.zeros((2 * lag + 1, 2 * lag + 1))
+        for dy in range(-lag, lag + 1):
+            for dx in range(-lag, lag + 1):
+                a = m[max(0, -dy) : m.shape[0] - max(0, dy), max(0, -dx) : m.shape[1] - max(0, dx)]
+                b = m[max(0, dy) : m.shape[0] + min(0, dy), max(0, dx) : m.shape[1] + min(0, dx)]
+                out[dy + lag, dx + lag] = np.sum(a & b)
+        return out
+
+    got = counts(x) + removed_pair_counts(x, removed, lag)
+    np.testing.assert_array_equal(got, counts(x & ~removed))

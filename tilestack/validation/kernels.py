@@ -547,3 +547,30 @@ def planes_at_pixels(a0, bx, by, q, h, w, img, bkg, mask, out):
             else:
                 out[y, x] = plane
     return out
+
+
+@njit(cache=True)
+def removed_pair_counts(x, removed, lag):
+    """Change of the pair counts Σ_p x(p)·x(p+d) for |dx|, |dy| ≤ ``lag`` when the pixels of
+    ``removed`` (a subset of the mask ``x``) leave it: (2·lag+1)² integers as float64.
+
+    With y = x − a: y⋆y = x⋆x − Σ_{q∈a} x(q+d) − Σ_{q∈a} x(q−d) + Σ_{q∈a} a(q+d)."""
+    h, w = x.shape
+    n = 2 * lag + 1
+    out = np.zeros((n, n))
+    for qy in range(h):
+        for qx in range(w):
+            if not removed[qy, qx]:
+                continue
+            for dy in range(-lag, lag + 1):
+                y1, y2 = qy + dy, qy - dy
+                for dx in range(-lag, lag + 1):
+                    x1, x2 = qx + dx, qx - dx
+                    if 0 <= y1 < h and 0 <= x1 < w:
+                        if x[y1, x1]:
+                            out[dy + lag, dx + lag] -= 1.0
+                        if removed[y1, x1]:
+                            out[dy + lag, dx + lag] += 1.0
+                    if 0 <= y2 < h and 0 <= x2 < w and x[y2, x2]:
+                        out[dy + lag, dx + lag] -= 1.0
+    return out

@@ -28,6 +28,7 @@ from tilestack.validation.kernels import (
     clip_residual,
     fit_stars,
     planes_at_pixels,
+    removed_pair_counts,
     residual_moments,
     residual_values,
 )
@@ -784,38 +785,39 @@ def noise_autocovariance(
     this is what makes C(d ≠ 0) non-zero.
     """
     cs, n = _autocovariances([image], blank, max_lag, box=box, kappa=kappa, min_pairs=min_pairs)
-    return cs[0], n
+    return cs[0], n[0]
 
 
 def _autocovariances(images, blank, max_lag: int, *, box=64, kappa=5.0, min_pairs=200):
-    """:func:`noise_autocovariance` of several images of the same sky on one pixel set: the
-    blank pixels finite in every image and within ``kappa`` σ in every one (each image's
-    background and σ from the blank finite pixels). The pair counts are then common and
-    computed once. Returns ([C per image], pixels used)."""
+    """:func:`noise_autocovariance` of several images of the same sky, each on its own blank
+    pixels (those finite in every image, then within ``kappa`` σ in that image). The pair
+    counts are formed once by FFT for the common pixels and corrected exactly for the few
+    each image clips. Returns ([C per image], [pixels used per image])."""
     imgs = [np.ascontiguousarray(im) for im in images]
     imgs = [im if im.dtype in (np.float32, np.float64) else im.astype(np.float64) for im in imgs]
-    m = np.array(blank, dtype=bool)
+    m0 = np.array(blank, dtype=bool)
     for img in imgs:
-        m &= np.isfinite(img)
+        m0 &= np.isfinite(img)
     L = int(max_lag)
     nan_c = [np.full((2 * L + 1, 2 * L + 1), np.nan) for _ in imgs]
-    if m.sum() < min_pairs:
-        return nan_c, int(m.sum())
-    keep = m.copy()
-    bgs = []
+    n0 = int(m0.sum())
+    if n0 < min_pairs:
+        return nan_c, [n0] * len(imgs)
+    bgs, masks = [], []
     for img in imgs:
         # the background of the blank pixels, the noise n = image − background on them
-        bg = background_map(img, box, valid=m)
-        vals = residual_values(img, bg, m)  # float64, finite: m is, and so is the map
+        bg = background_map(img, box, valid=m0)
+        vals = residual_values(img, bg, m0)  # float64, finite: m0 is, and so is the map
         med = _median_inplace(vals)
         np.subtract(vals, med, out=vals)
         np.abs(vals, out=vals)
         sig = MAD_TO_SIGMA * _median_inplace(vals)  # robust_sigma of the noise
+        m = m0.copy()
         if np.isfinite(sig) and sig > 0:
-            clip_residual(img, bg, keep, med, kappa * sig)  # clipped pixels leave the mask
+            clip_residual(img, bg, m, med, kappa * sig)  # clipped pixels leave the mask
         bgs.append(bg)
-    m = keep
-    h, w = m.shape
+        masks.append(m)
+    h, w = m0.shape
     shape = (fft.next_fast_len(h + L), fft.next_fast_len(w + L, real=True))
     iy = np.arange(-L, L + 1) % shape[0]
     ix = np.arange(-L, L + 1) % shape[1]
@@ -823,13 +825,14 @@ def _autocovariances(images, blank, max_lag: int, *, box=64, kappa=5.0, min_pair
     # buffer: image-sized temporaries are few (each new one costs page faults).
     real = np.zeros(shape)
     spec = np.empty((shape[0], shape[1] // 2 + 1), dtype=np.complex128)
-    real[:h, :w] = m
-    den = np.rint(_autocorrelation(real, spec)[np.ix_(iy, ix)])
-    ok = den >= min_pairs
+    real[:h, :w] = m0
+    den0 = np.rint(_autocorrelation(real, spec)[np.ix_(iy, ix)])
     sigma = box / 4.0
     q = int(sigma // 2)
     out = []
-    for img, bg, C in zip(imgs, bgs, nan_c, strict=True):
+    for img, bg, m, C in zip(imgs, bgs, masks, nan_c, strict=True):
+        den = den0 + removed_pair_counts(m0, m0 & ~m, L)  # pairs on this image's mask
+        ok = den >= min_pairs
         # Refine: subtract a local plane fitted to the clipped residual with Gaussian weights
         # (σ = box/4, :func:`_local_plane`), which follows gradients up to the image edges
         # where the block-median map lags (a residual background would leak into C at every
@@ -845,7 +848,7 @@ def _autocovariances(images, blank, max_lag: int, *, box=64, kappa=5.0, min_pair
         num = _autocorrelation(real, spec)[np.ix_(iy, ix)]
         C[ok] = num[ok] / den[ok]
         out.append(C)
-    return out, int(m.sum())
+    return out, [int(m.sum()) for m in masks]
 
 
 def _autocorrelation(real: np.ndarray, spec: np.ndarray) -> np.ndarray:
@@ -1203,12 +1206,11 @@ def _faint_snr(fin: _Stack, cla: _Stack, footprint, own_c, own_f, faint_xy, aper
         cand = np.asarray(faint_xy, dtype=np.float64).reshape(-1, 2)
     snr_c = snr_f = float("nan")
     n_faint = 0
-    # matched_aperture_snr of each stack, the noise of both from the same blank pixels (those
-    # within κσ in both stacks), so the pair counts of the autocovariance are shared
+    # matched_aperture_snr of each stack (one pass over the blank sky for both)
     lag = 2 * (int(math.ceil(annulus[1])) + 1)
-    (cov_c, cov_f), n_blank = _autocovariances([cla_img, fin_img], blank, lag)
+    (cov_c, cov_f), (n_blank, n_blank_f) = _autocovariances([cla_img, fin_img], blank, lag)
     noise_c = _noise_of_aperture(cov_c, n_blank, rad_c, annulus)
-    noise_f = _noise_of_aperture(cov_f, n_blank, rad_f, annulus)
+    noise_f = _noise_of_aperture(cov_f, n_blank_f, rad_f, annulus)
     sc = _flux_over_noise(cla_img, cand, noise_c, rad_c, annulus)
     sf = _flux_over_noise(fin_img, cand, noise_f, rad_f, annulus)
     # blank sky in units of disjoint aperture + annulus discs (the old count of apertures)
