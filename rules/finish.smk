@@ -65,7 +65,7 @@ rule finish:
         method=config.get("method", "tbqr2"),
     log:
         log_path("finish"),
-    threads: max(WF["threads"], 2)  # the tail of the run: star fits spread over 2 processes
+    threads: max(WF["threads"], 2)  # the tail of the run: OpenCV filters and FFTs of the validation use 2 threads
     resources:
         mem_mb=mem_mb(),
         runtime=runtime_min(),
