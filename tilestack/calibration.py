@@ -475,7 +475,7 @@ def calibrate(
 @njit(cache=True)
 def _calibrate_kernel(raw, off, flat, bad, sat, use, light, valid):
     """One pass of :func:`calibrate`'s arithmetic; ``use`` flags (offset array, flat, bad
-    mask, saturation) say which inputs are real (the others are 1×1 placeholders)."""
+    mask, saturation) say which inputs are real (the others are 1×1 stand-ins)."""
     has_off, has_flat, has_bad, has_sat = use[0], use[1], use[2], use[3]
     min_flat = np.float32(MIN_FLAT)
     h, w = raw.shape
@@ -504,18 +504,18 @@ def _calibrate_fused(raw, exposure, bias, dark, flat, bad, saturation):
     subtraction and division, the saturation compared as float32); None: use those steps."""
     if raw.ndim != 2 or not raw.flags.c_contiguous:
         return None
-    placeholder = np.zeros((1, 1), np.float32)
+    absent = np.zeros((1, 1), np.float32)
     dark_f = dark_factor(dark, exposure, "lights") if dark is not None else 0.0
     off = _offset_rows(bias, dark, dark_f, 0, raw.shape[0])
     if isinstance(off, float):
         if off != 0.0:
             return None
-        off, has_off = placeholder, False
+        off, has_off = absent, False
     else:
         has_off = True
         if off.dtype != np.float32 or not off.flags.c_contiguous:
             return None
-    f = placeholder if flat is None else flat.data
+    f = absent if flat is None else flat.data
     if f.dtype != np.float32 or not f.flags.c_contiguous:
         return None
     b = np.zeros((1, 1), np.uint8) if bad is None else np.asarray(bad)
