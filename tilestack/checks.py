@@ -44,6 +44,7 @@ from tilestack.errors import ConfigError, InputError
 from tilestack.io.frames import read_frame
 from tilestack.io.manifest import build_manifest, list_frames
 from tilestack.robust import mad_sigma
+from tilestack.stars import exact_median
 
 MAX_LISTED = 20
 SOFT_MIN_FRAMES = 800
@@ -257,7 +258,7 @@ def stretch_evidence(data: np.ndarray, full_scale: float | None) -> str | None:
         step = float(np.min(np.diff(levels)))
         if step >= fs / 512:
             return f"only {levels.size} distinct levels, spaced like 8-bit data"
-    bg = float(np.median(vals)) / fs
+    bg = float(exact_median(vals)) / fs
     if bg >= 0.10:
         noise = pixel_noise(sample)
         if noise / fs > 0.03:
@@ -317,7 +318,7 @@ def frame_pixel_stats(data: np.ndarray) -> dict:
         return {"invalid_fraction": 1.0, "median": np.nan, "max": np.nan, "noise": np.nan}
     sample = _grid_sample(data, STATS_SAMPLE)
     sample = sample[np.isfinite(sample)]
-    med = float(np.median(sample)) if sample.size else float(np.nanmedian(data))
+    med = float(exact_median(sample)) if sample.size else float(np.nanmedian(data))
     top = float(np.max(data, where=finite, initial=-np.inf))
     # whole rows, so that neighbours two columns apart stay neighbours
     rows = np.asarray(data[:: max(1, int(np.ceil(n / STATS_SAMPLE)))], dtype=np.float64)
@@ -347,7 +348,7 @@ def level_gaps(data: np.ndarray) -> str | None:
     vals = vals[np.isfinite(vals)]
     if vals.size < 1000 or not np.all(vals == np.round(vals)):
         return None
-    med = float(np.median(vals))
+    med = float(exact_median(vals))
     sigma = mad_sigma(vals, med)
     near = vals[np.abs(vals - med) <= sigma]
     if near.size == 0:
