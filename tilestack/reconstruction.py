@@ -14,8 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from tilestack.errors import ConfigError, InputError
 from tilestack.io.atomic import atomic_path
@@ -281,8 +285,80 @@ BLOCK = 32  # pixels of a row processed together
 _INF = np.inf
 
 
-def _sort_network(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Batcher odd-even merge sort comparators ``(i, j)``, ``i < j``, for ``n`` elements.
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """``a * b + c`` rounded once (the ``llvm.fma`` instruction)."""
+    sig = types.float64(types.float64, types.float64, types.float64)
+
+    def codegen(context, builder, signature, args):
+        d = ir.DoubleType()
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(d, [d, d, d]), "llvm.fma.f64"
+        )
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _fma_row(lrow, right, segs, out):
+    """``out = lrow @ right`` as one chain of fused multiply-adds per element, in the order
+    of ``right``'s rows: what OpenBLAS's dgemm computes for the §5 surfaces' second product
+    (checked against :func:`surface_rows` before it is used, see :class:`_Surfaces`).
+
+    ``segs[i] = (x0, x1, t0, t1)``: on columns ``x0..x1-1`` only rows ``t0..t1-1`` of
+    ``right`` are non-zero (the interpolation taps of one cell); a zero weight adds ``c·0``,
+    which leaves the chain as it is for a finite ``c`` (the caller passes one segment over
+    everything otherwise).
+    """
+    for i in range(segs.shape[0]):
+        x0 = np.uint64(segs[i, 0])  # unsigned: the column loops vectorise
+        x1 = np.uint64(segs[i, 1])
+        t0 = segs[i, 2]
+        if segs[i, 3] - t0 == 4:  # a cubic's four taps, the chain in registers
+            c0, c1, c2, c3 = lrow[t0], lrow[t0 + 1], lrow[t0 + 2], lrow[t0 + 3]
+            r0, r1, r2, r3 = right[t0], right[t0 + 1], right[t0 + 2], right[t0 + 3]
+            for x in range(x0, x1):
+                acc = _fma(c0, r0[x], 0.0)
+                acc = _fma(c1, r1[x], acc)
+                acc = _fma(c2, r2[x], acc)
+                out[x] = _fma(c3, r3[x], acc)
+            continue
+        for x in range(x0, x1):
+            out[x] = 0.0
+        for t in range(t0, segs[i, 3]):
+            c = np.float64(lrow[t])
+            rr = right[t]
+            for x in range(x0, x1):
+                out[x] = _fma(c, rr[x], out[x])
+
+
+@njit(cache=True, nogil=True)
+def _fma_rows(left, right, segs):
+    """``left @ right`` by :func:`_fma_row`, row by row (float64)."""
+    out = np.empty((left.shape[0], right.shape[1]), np.float64)
+    for r in range(left.shape[0]):
+        _fma_row(left[r], right, segs, out[r])
+    return out
+
+
+def _tap_segments(right: np.ndarray) -> np.ndarray:
+    """``(x0, x1, t0, t1)``: runs of columns of ``right`` (taps x columns) whose non-zero rows
+    all lie in ``t0..t1-1`` (the interpolation taps of one cell)."""
+    k, w = right.shape
+    nz = right != 0
+    some = nz.any(0)
+    t0 = np.where(some, nz.argmax(0), 0)
+    t1 = np.where(some, k - nz[::-1].argmax(0), 0)
+    cut = np.flatnonzero((np.diff(t0) != 0) | (np.diff(t1) != 0)) + 1
+    x0 = np.concatenate([[0], cut]).astype(np.int64)
+    x1 = np.concatenate([cut, [w]]).astype(np.int64)
+    return np.ascontiguousarray(np.column_stack([x0, x1, t0[x0], t1[x0]]), np.int64)
+
+
+def _sort_network(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batcher odd-even merge sort comparators ``(i, j)``, ``i < j``, for ``n`` elements, and
+    each one's stage (the size ``p`` of the sorted runs it merges).
 
     Built for the next power of two and pruned to ``j < n``: the elements past ``n`` stand for
     +inf, which a comparator never moves, so the pruned network sorts ``n`` elements (and
@@ -300,24 +376,37 @@ def _sort_network(n: int) -> tuple[np.ndarray, np.ndarray]:
                 for i in range(k):
                     a, b = i + j, i + j + k
                     if a // (2 * p) == b // (2 * p) and b < n:
-                        pairs.append((a, b))
+                        pairs.append((a, b, p))
             k //= 2
         p *= 2
-    arr = np.array(pairs, np.int64).reshape(-1, 2)
-    return np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1])
+    arr = np.array(pairs, np.int64).reshape(-1, 3)
+    return tuple(np.ascontiguousarray(arr[:, c]) for c in range(3))
+
+
+def _sort_plan(n: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(groups, ci, cj)``: the network's first stages sort each aligned group of 8 elements,
+    done in registers for the ``groups = n // 8`` full groups (:func:`_sort_columns`); ``ci,
+    cj``: the comparators left."""
+    ci, cj, stage = _sort_network(n)
+    groups = n // 8
+    rest = ~((stage < 8) & (cj < 8 * groups))
+    return groups, np.ascontiguousarray(ci[rest]), np.ascontiguousarray(cj[rest])
 
 
 @njit(cache=True, nogil=True)
-def _load_frame(raw, swap, valid, f, norm, s, surf, r0, bd, bv):
+def _load_frame(raw, swap, valid, f, norm, s, surf, left, right, segs, r0, bd, bv):
     """Rows of frame ``f`` into the blocked sample buffers at row ``r0``.
 
-    ``raw``: the float32 bits as uint32 (``swap``: big-endian, as stored in FITS). ``norm``:
-    revision 2 ``I = s·X − S`` in float32, as numpy computes ``np.multiply(X, s) - S``
-    (``surf``: the surface rows, float64 or float32, rounded to float32 first).
+    ``raw``: the float32 bits as uint32 (``swap``: big-endian, as stored in FITS). ``norm``
+    (revision 2): ``I = s·X − S`` in float32, as numpy computes ``np.multiply(X, s) - S`` with
+    ``S`` the float32 surface rows; ``norm`` 1: ``S`` = ``surf`` (rows, float32 or float64
+    rounded to float32), 2: ``S = left @ right`` (:func:`_fma_row` with ``segs``, the
+    surface's second product on the fly), 0: ``I = X``.
     """
     m, w = raw.shape
     bits = np.empty(w, np.uint32)
     vals = bits.view(np.float32)
+    srow = np.empty(w, np.float64)
     s8 = np.uint32(8)
     s24 = np.uint32(24)
     lo_mask = np.uint32(0xFF00)
@@ -331,8 +420,12 @@ def _load_frame(raw, swap, valid, f, norm, s, surf, r0, bd, bv):
         else:
             for x in range(w):
                 bits[x] = row[x]
-        if norm:
-            srow = surf[r]
+        if norm == 1:
+            given = surf[r]
+            for x in range(w):
+                vals[x] = vals[x] * s - np.float32(given[x])
+        elif norm == 2:
+            _fma_row(left[r], right, segs, srow)
             for x in range(w):
                 vals[x] = vals[x] * s - np.float32(srow[x])
         out_d = bd[r0 + r]
@@ -362,9 +455,46 @@ def _frame_sums(w_tf):
     return out
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _cx(a, b):
+    """Compare-exchange: ``(min, max)``."""
+    return (a if a < b else b), (b if a < b else a)  # noqa: FURB136  (vectorises)
+
+
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _sort_columns(S, ci, cj):
-    """Sort every column of ``S`` (frames x BLOCK) with the comparators ``ci``, ``cj``."""
+def _sort_columns(S, groups, ci, cj):
+    """Sort every column of ``S`` (frames x BLOCK): the aligned groups of 8 rows in registers
+    (Batcher's 19 comparators), then the comparators ``ci``, ``cj`` (:func:`_sort_plan`)."""
+    for g in range(groups):
+        r = 8 * g
+        for p in range(BLOCK):
+            a0, a1 = _cx(S[r, p], S[r + 1, p])
+            a2, a3 = _cx(S[r + 2, p], S[r + 3, p])
+            a4, a5 = _cx(S[r + 4, p], S[r + 5, p])
+            a6, a7 = _cx(S[r + 6, p], S[r + 7, p])
+            a0, a2 = _cx(a0, a2)
+            a1, a3 = _cx(a1, a3)
+            a4, a6 = _cx(a4, a6)
+            a5, a7 = _cx(a5, a7)
+            a1, a2 = _cx(a1, a2)
+            a5, a6 = _cx(a5, a6)
+            a0, a4 = _cx(a0, a4)
+            a1, a5 = _cx(a1, a5)
+            a2, a6 = _cx(a2, a6)
+            a3, a7 = _cx(a3, a7)
+            a2, a4 = _cx(a2, a4)
+            a3, a5 = _cx(a3, a5)
+            a1, a2 = _cx(a1, a2)
+            a3, a4 = _cx(a3, a4)
+            a5, a6 = _cx(a5, a6)
+            S[r, p] = a0
+            S[r + 1, p] = a1
+            S[r + 2, p] = a2
+            S[r + 3, p] = a3
+            S[r + 4, p] = a4
+            S[r + 5, p] = a5
+            S[r + 6, p] = a6
+            S[r + 7, p] = a7
     for c in range(ci.shape[0]):
         i = ci[c]
         j = cj[c]
@@ -462,7 +592,7 @@ def _window_sum(C, M, wlo, whi, out):
             out[p] += x if inw else 0.0
 
 
-@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _classical_pixel(C, M, SC, p, lo, hi, it0, c_kappa):
     """Passes ``it0..9`` of the classical clipping of pixel ``p`` alone (window: the sorted
     range ``[lo, hi)``): what :func:`_classical_block` does once few pixels are still busy."""
@@ -509,12 +639,12 @@ def _classical_pixel(C, M, SC, p, lo, hi, it0, c_kappa):
     return s1 / (hi - lo)
 
 
-# Below this many busy pixels a classical pass goes pixel by pixel (a block pass costs about as
-# much as eight single pixels).
-_FEW_BUSY = 6
+# At most this many busy pixels: the classical passes go pixel by pixel (a pass over the block
+# costs about as much as a few pixels on their own).
+_FEW_BUSY = 2
 
 
-@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _classical_block(C, M, SC, n_arr, c_kappa, lo_a, hi_a, wlo, whi, s1, s2, mean, act, res):
     """Siril-style clipping (:func:`kernels.classical_clip`, 10 passes) of every pixel of a
     block together; ``res[p]``: the mean of the kept samples (NaN without samples). ``s1``
@@ -590,7 +720,7 @@ def _classical_block(C, M, SC, n_arr, c_kappa, lo_a, hi_a, wlo, whi, s1, s2, mea
                 res[p] = s1[p] / (hi_a[p] - lo_a[p])
 
 
-@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _pixel_generic(
     vals, idx, nk, y, x, w_tf, tile_ok, rowt, roww, rown, colt, colw, coln, ntx,
     tnorm, toff, tscale, labels, n_clusters, syn_mode, g_f, cl_ok,
@@ -680,17 +810,258 @@ def _pixel_generic(
     return acc / wsum, wacc / wsum
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _band_kernel(
-    bd, bv, nrows, r0, width, inv_b, w_tf, tile_ok, den_all,
+@njit(cache=True, nogil=True, error_model="numpy")
+def _band_row(
+    r, bd, bv, r0, width, inv_b, w_tf, tile_ok, den_all,
     rowt, roww, rown, colt, colw, coln, ntx,
     do_reject, klo, khi, max_iter, min_keep, rej_sky, rej_frac,
     tnorm, toff, tscale, restore_a, restore_b, scale,
     labels, n_clusters, syn_mode, g_f, cl_ok,
-    do_classical, shared, c_med, c_fac, c_ref, c_kappa, ci, cj, sort_proto,
+    do_classical, shared, c_med, c_fac, c_ref, c_kappa, groups, ci, cj, sort_proto,
     rec, wmap, cov, kept, syn, cls,
 ):  # fmt: skip
-    """Rows ``0..nrows-1`` of the blocked samples ``bd``/``bv`` into band rows ``r0 + r`` of
+    """Row ``r`` of :func:`_band_kernel` (a function of its own: the loop around all of it
+    in one function ran ~30% slower; helpers used once per block or in rare paths are not
+    inlined, which keeps compiling the kernel under half a minute)."""
+    nblk = bd.shape[1]
+    nf = bd.shape[2]
+    generic = tnorm or syn_mode != 0
+    ck = max(n_clusters, 1)
+    y = r0 + r
+    V = np.empty((nf, BLOCK), np.float64)
+    M = np.empty((nf, BLOCK), np.bool_)
+    SR = np.empty((nf, BLOCK), sort_proto.dtype)
+    C = V if shared else np.empty((nf, BLOCK), np.float64)
+    SC = np.empty((nf, BLOCK), np.float64) if not shared else np.empty((1, BLOCK), np.float64)
+    K = np.empty((nf, BLOCK), np.float64)
+    KF = np.empty((nf, BLOCK), np.float64)
+    n_valid = np.empty(BLOCK, np.int64)
+    n_arr = np.empty(BLOCK, np.int64)
+    nk_arr = np.empty(BLOCK, np.int64)
+    rlo = np.empty(BLOCK, np.float64)
+    rhi = np.empty(BLOCK, np.float64)
+    mean = np.empty(BLOCK, np.float64)
+    acc = np.empty(BLOCK, np.float64)
+    wsum = np.empty(BLOCK, np.float64)
+    wacc = np.empty(BLOCK, np.float64)
+    num = np.empty(BLOCK, np.float64)
+    den = np.empty(BLOCK, np.float64)
+    cw = np.empty(BLOCK, np.float64)
+    lo_a = np.empty(BLOCK, np.int64)
+    hi_a = np.empty(BLOCK, np.int64)
+    wlo = np.empty(BLOCK, np.float64)
+    whi = np.empty(BLOCK, np.float64)
+    s1 = np.empty(BLOCK, np.float64)
+    s1c = np.empty(BLOCK, np.float64)
+    s2 = np.empty(BLOCK, np.float64)
+    act = np.empty(BLOCK, np.bool_)
+    res = np.empty(BLOCK, np.float64)
+    vals = np.empty(nf, np.float64)
+    idx = np.empty(nf, np.int64)
+    num_k = np.zeros(ck, np.float64)
+    den_k = np.zeros(ck, np.float64)
+    sum_k = np.zeros(ck, np.float64)
+    cnt_k = np.zeros(ck, np.int64)
+    acc_k = np.zeros(ck, np.float64)
+    win_k = np.zeros(ck, np.float64)
+    syn_px = np.empty(ck, np.float64)
+    for blk in range(nblk):
+        xb = blk * BLOCK
+        pb = min(BLOCK, width - xb)
+        D = bd[r, blk]
+        Q = bv[r, blk]
+        # samples: valid and finite; none valid: any finite (e.g. saturated everywhere)
+        for p in range(BLOCK):
+            n_valid[p] = 0
+            s1[p] = 0.0
+        for f in range(nf):
+            ib = inv_b[f]
+            for p in range(BLOCK):
+                x = D[f, p]
+                ok = (Q[f, p] != 0) & np.isfinite(x)
+                v = x * ib
+                V[f, p] = v
+                M[f, p] = ok
+                SR[f, p] = v if ok else _INF
+                n_valid[p] += ok
+                s1[p] += v if ok else 0.0  # the classical first pass (shared samples)
+        for p in range(BLOCK):
+            n_arr[p] = n_valid[p]
+            if n_valid[p] == 0:
+                s1[p] = 0.0
+                for f in range(nf):
+                    ok = np.isfinite(D[f, p])
+                    M[f, p] = ok
+                    SR[f, p] = V[f, p] if ok else _INF
+                    n_arr[p] += ok
+                    s1[p] += V[f, p] if ok else 0.0
+        for p in range(BLOCK):
+            s1c[p] = s1[p]
+        _sort_columns(SR, groups, ci, cj)
+        # §9 rejection: the kept samples of a pixel are the values in [rlo, rhi]
+        for p in range(BLOCK):
+            n = n_arr[p]
+            if n == 0:
+                rlo[p] = _INF
+                rhi[p] = -_INF
+                nk_arr[p] = 0
+                continue
+            if do_reject:
+                lo, hi = _reject_range(SR, p, n, klo, khi, max_iter, min_keep, rej_sky, rej_frac)
+            else:
+                lo, hi = 0, n
+            rlo[p] = SR[lo, p]
+            rhi[p] = SR[hi - 1, p]
+            nk_arr[p] = hi - lo
+        if generic:
+            for p in range(pb):
+                x = xb + p
+                cov[y, x] = min(n_valid[p], 65535)
+                nk = nk_arr[p]
+                if nk == 0:
+                    rec[y, x] = np.nan
+                    wmap[y, x] = 0.0
+                    kept[y, x] = 0
+                    for k in range(n_clusters):
+                        syn[k, y, x] = np.nan
+                    continue
+                m = 0
+                for f in range(nf):
+                    v = V[f, p]
+                    if M[f, p] and v >= rlo[p] and v <= rhi[p]:
+                        vals[m] = v
+                        idx[m] = f
+                        m += 1
+                val, wgt = _pixel_generic(
+                    vals, idx, nk, y, x, w_tf, tile_ok, rowt, roww, rown, colt, colw,
+                    coln, ntx, tnorm, toff, tscale, labels, n_clusters, syn_mode, g_f,
+                    cl_ok, num_k, den_k, sum_k, cnt_k, acc_k, win_k, syn_px,
+                )  # fmt: skip
+                if tnorm:
+                    val = val * restore_a + restore_b
+                rec[y, x] = np.float32(val * scale)
+                wmap[y, x] = np.float32(wgt)
+                kept[y, x] = min(nk, 65535)
+                for k in range(n_clusters):
+                    syn[k, y, x] = np.float32(syn_px[k] * scale)
+        else:
+            # kept samples (0.0 elsewhere: adding +0.0 leaves a frame-order sum as it is)
+            for p in range(BLOCK):
+                s1[p] = 0.0
+            for f in range(nf):
+                for p in range(BLOCK):
+                    v = V[f, p]
+                    k_ = M[f, p] & (v >= rlo[p]) & (v <= rhi[p])
+                    K[f, p] = v if k_ else 0.0
+                    KF[f, p] = 1.0 if k_ else 0.0
+                    s1[p] += v if k_ else 0.0
+            for p in range(BLOCK):
+                mean[p] = s1[p] / nk_arr[p] if nk_arr[p] > 0 else 0.0
+                acc[p] = 0.0
+                wsum[p] = 0.0
+                wacc[p] = 0.0
+            # tile-weighted means with the Hann overlap-add: each column tile that
+            # touches the block, over the whole block (the pixels it does not cover skip
+            # it); a pixel meets its tiles in the order of its cover (row, column)
+            full = True  # every frame kept everywhere: the weight sums are den_all
+            for p in range(BLOCK):
+                full = full and (nk_arr[p] == nf or p >= pb)
+            xl = xb + pb - 1
+            for a in range(rown[y]):
+                iy = rowt[y, a]
+                wy = roww[y, a]
+                for c in range(colt[xb, 0], colt[xl, coln[xl] - 1] + 1):
+                    t = iy * ntx + c
+                    for p in range(BLOCK):
+                        cw[p] = -1.0  # not covered
+                    for p in range(pb):
+                        x = xb + p
+                        for b in range(coln[x]):
+                            if colt[x, b] == c:
+                                cw[p] = colw[x, b]
+                    if tile_ok[t]:
+                        wt = w_tf[t]
+                        for p in range(BLOCK):
+                            num[p] = 0.0
+                            den[p] = 0.0
+                        if full:
+                            for f in range(nf):
+                                wf = wt[f]
+                                for p in range(BLOCK):
+                                    num[p] += wf * K[f, p]
+                            for p in range(BLOCK):
+                                den[p] = den_all[t]
+                        else:
+                            for f in range(nf):
+                                wf = wt[f]
+                                for p in range(BLOCK):
+                                    num[p] += wf * K[f, p]
+                                    den[p] += wf * KF[f, p]
+                        for p in range(BLOCK):
+                            if cw[p] >= 0.0:
+                                rt = num[p] / den[p] if den[p] > 0 else mean[p]
+                                win = wy * cw[p]
+                                acc[p] += win * rt
+                                wsum[p] += win
+                                wacc[p] += win * den[p]
+                    else:
+                        for p in range(BLOCK):
+                            if cw[p] >= 0.0:
+                                win = wy * cw[p]
+                                acc[p] += win * mean[p]
+                                wsum[p] += win
+                                wacc[p] += win * float(nk_arr[p])
+            for p in range(pb):
+                x = xb + p
+                cov[y, x] = min(n_valid[p], 65535)
+                if nk_arr[p] == 0:
+                    rec[y, x] = np.nan
+                    wmap[y, x] = 0.0
+                    kept[y, x] = 0
+                else:
+                    val = acc[p] / wsum[p]
+                    if tnorm:
+                        val = val * restore_a + restore_b
+                    rec[y, x] = np.float32(val * scale)
+                    wmap[y, x] = np.float32(wacc[p] / wsum[p])
+                    kept[y, x] = min(nk_arr[p], 65535)
+        if do_classical:
+            for p in range(BLOCK):
+                s1[p] = s1c[p]
+            if shared:
+                _classical_block(
+                    C, M, SR, n_arr, c_kappa, lo_a, hi_a, wlo, whi, s1, s2, mean, act, res
+                )
+            else:
+                for p in range(BLOCK):
+                    s1[p] = 0.0
+                for f in range(nf):
+                    cm = c_med[f]
+                    cf = c_fac[f]
+                    for p in range(BLOCK):
+                        cv = (D[f, p] - cm) * cf + c_ref
+                        C[f, p] = cv
+                        SC[f, p] = cv if M[f, p] else _INF
+                        s1[p] += cv if M[f, p] else 0.0
+                _sort_columns(SC, groups, ci, cj)
+                _classical_block(
+                    C, M, SC, n_arr, c_kappa, lo_a, hi_a, wlo, whi, s1, s2, mean, act, res
+                )
+            for p in range(pb):
+                cls[y, xb + p] = np.float32(res[p])
+
+
+@njit(cache=True, nogil=True)
+def _band_kernel(
+    bd, bv, r_lo, r_hi, r0, width, inv_b, w_tf, tile_ok, den_all,
+    rowt, roww, rown, colt, colw, coln, ntx,
+    do_reject, klo, khi, max_iter, min_keep, rej_sky, rej_frac,
+    tnorm, toff, tscale, restore_a, restore_b, scale,
+    labels, n_clusters, syn_mode, g_f, cl_ok,
+    do_classical, shared, c_med, c_fac, c_ref, c_kappa, groups, ci, cj, sort_proto,
+    rec, wmap, cov, kept, syn, cls,
+):  # fmt: skip
+    """Rows ``r_lo..r_hi-1`` of the blocked samples ``bd``/``bv`` into band rows ``r0 + r`` of
     the outputs (ADU: ``scale``, tile ``restore``; float32 / uint16 as stored).
 
     ``inv_b``: per-frame factors of the §9 samples; ``w_tf[t, f]`` tile weights, ``tile_ok[t]``
@@ -698,239 +1069,35 @@ def _band_kernel(
     rows) and ``col*`` list the tiles covering a row (column) with their window values.
     ``syn_mode`` 0 none, 1 global, 2 tile_weighted. Classical samples: ``(X - c_med) * c_fac
     + c_ref``, or the §9 samples when ``shared``. ``sort_proto``: the dtype to sort the §9
-    samples in (float32 when they are float32 values).
+    samples in (float32 when they are float32 values). Rows are independent: threads may
+    share the rows of a pass (the GIL is released).
     """
-    nblk = bd.shape[1]
-    nf = bd.shape[2]
-    generic = tnorm or syn_mode != 0
-    ck = max(n_clusters, 1)
-    for r in prange(nrows):
-        y = r0 + r
-        V = np.empty((nf, BLOCK), np.float64)
-        M = np.empty((nf, BLOCK), np.bool_)
-        SR = np.empty((nf, BLOCK), sort_proto.dtype)
-        C = V if shared else np.empty((nf, BLOCK), np.float64)
-        SC = np.empty((nf, BLOCK), np.float64) if not shared else np.empty((1, BLOCK), np.float64)
-        K = np.empty((nf, BLOCK), np.float64)
-        KF = np.empty((nf, BLOCK), np.float64)
-        n_valid = np.empty(BLOCK, np.int64)
-        n_arr = np.empty(BLOCK, np.int64)
-        nk_arr = np.empty(BLOCK, np.int64)
-        rlo = np.empty(BLOCK, np.float64)
-        rhi = np.empty(BLOCK, np.float64)
-        mean = np.empty(BLOCK, np.float64)
-        acc = np.empty(BLOCK, np.float64)
-        wsum = np.empty(BLOCK, np.float64)
-        wacc = np.empty(BLOCK, np.float64)
-        num = np.empty(BLOCK, np.float64)
-        den = np.empty(BLOCK, np.float64)
-        lo_a = np.empty(BLOCK, np.int64)
-        hi_a = np.empty(BLOCK, np.int64)
-        wlo = np.empty(BLOCK, np.float64)
-        whi = np.empty(BLOCK, np.float64)
-        s1 = np.empty(BLOCK, np.float64)
-        s1c = np.empty(BLOCK, np.float64)
-        s2 = np.empty(BLOCK, np.float64)
-        act = np.empty(BLOCK, np.bool_)
-        res = np.empty(BLOCK, np.float64)
-        vals = np.empty(nf, np.float64)
-        idx = np.empty(nf, np.int64)
-        num_k = np.zeros(ck, np.float64)
-        den_k = np.zeros(ck, np.float64)
-        sum_k = np.zeros(ck, np.float64)
-        cnt_k = np.zeros(ck, np.int64)
-        acc_k = np.zeros(ck, np.float64)
-        win_k = np.zeros(ck, np.float64)
-        syn_px = np.empty(ck, np.float64)
-        for blk in range(nblk):
-            xb = blk * BLOCK
-            pb = min(BLOCK, width - xb)
-            D = bd[r, blk]
-            Q = bv[r, blk]
-            # samples: valid and finite; none valid: any finite (e.g. saturated everywhere)
-            for p in range(BLOCK):
-                n_valid[p] = 0
-                s1[p] = 0.0
-            for f in range(nf):
-                ib = inv_b[f]
-                for p in range(BLOCK):
-                    x = D[f, p]
-                    ok = (Q[f, p] != 0) & np.isfinite(x)
-                    v = x * ib
-                    V[f, p] = v
-                    M[f, p] = ok
-                    SR[f, p] = v if ok else _INF
-                    n_valid[p] += ok
-                    s1[p] += v if ok else 0.0  # the classical first pass (shared samples)
-            for p in range(BLOCK):
-                n_arr[p] = n_valid[p]
-                if n_valid[p] == 0:
-                    s1[p] = 0.0
-                    for f in range(nf):
-                        ok = np.isfinite(D[f, p])
-                        M[f, p] = ok
-                        SR[f, p] = V[f, p] if ok else _INF
-                        n_arr[p] += ok
-                        s1[p] += V[f, p] if ok else 0.0
-            for p in range(BLOCK):
-                s1c[p] = s1[p]
-            _sort_columns(SR, ci, cj)
-            # §9 rejection: the kept samples of a pixel are the values in [rlo, rhi]
-            for p in range(BLOCK):
-                n = n_arr[p]
-                if n == 0:
-                    rlo[p] = _INF
-                    rhi[p] = -_INF
-                    nk_arr[p] = 0
-                    continue
-                if do_reject:
-                    lo, hi = _reject_range(
-                        SR, p, n, klo, khi, max_iter, min_keep, rej_sky, rej_frac
-                    )
-                else:
-                    lo, hi = 0, n
-                rlo[p] = SR[lo, p]
-                rhi[p] = SR[hi - 1, p]
-                nk_arr[p] = hi - lo
-            if generic:
-                for p in range(pb):
-                    x = xb + p
-                    cov[y, x] = min(n_valid[p], 65535)
-                    nk = nk_arr[p]
-                    if nk == 0:
-                        rec[y, x] = np.nan
-                        wmap[y, x] = 0.0
-                        kept[y, x] = 0
-                        for k in range(n_clusters):
-                            syn[k, y, x] = np.nan
-                        continue
-                    m = 0
-                    for f in range(nf):
-                        v = V[f, p]
-                        if M[f, p] and v >= rlo[p] and v <= rhi[p]:
-                            vals[m] = v
-                            idx[m] = f
-                            m += 1
-                    val, wgt = _pixel_generic(
-                        vals, idx, nk, y, x, w_tf, tile_ok, rowt, roww, rown, colt, colw,
-                        coln, ntx, tnorm, toff, tscale, labels, n_clusters, syn_mode, g_f,
-                        cl_ok, num_k, den_k, sum_k, cnt_k, acc_k, win_k, syn_px,
-                    )  # fmt: skip
-                    if tnorm:
-                        val = val * restore_a + restore_b
-                    rec[y, x] = np.float32(val * scale)
-                    wmap[y, x] = np.float32(wgt)
-                    kept[y, x] = min(nk, 65535)
-                    for k in range(n_clusters):
-                        syn[k, y, x] = np.float32(syn_px[k] * scale)
-            else:
-                # kept samples (0.0 elsewhere: adding +0.0 leaves a frame-order sum as it is)
-                for p in range(BLOCK):
-                    s1[p] = 0.0
-                for f in range(nf):
-                    for p in range(BLOCK):
-                        v = V[f, p]
-                        k_ = M[f, p] & (v >= rlo[p]) & (v <= rhi[p])
-                        K[f, p] = v if k_ else 0.0
-                        KF[f, p] = 1.0 if k_ else 0.0
-                        s1[p] += v if k_ else 0.0
-                for p in range(BLOCK):
-                    mean[p] = s1[p] / nk_arr[p] if nk_arr[p] > 0 else 0.0
-                    acc[p] = 0.0
-                    wsum[p] = 0.0
-                    wacc[p] = 0.0
-                # tile-weighted means with the Hann overlap-add, per run of pixels that are
-                # covered by the same tiles
-                p0 = 0
-                while p0 < pb:
-                    x0 = xb + p0
-                    p1 = p0 + 1
-                    while p1 < pb:
-                        same = coln[xb + p1] == coln[x0]
-                        for b in range(coln[x0]):
-                            same = same and colt[xb + p1, b] == colt[x0, b]
-                        if not same:
-                            break
-                        p1 += 1
-                    full = True  # every frame kept: the weight sums are den_all
-                    for p in range(p0, p1):
-                        full = full and nk_arr[p] == nf
-                    q0 = np.uint64(p0)  # unsigned: the loops below vectorise
-                    q1 = np.uint64(p1)
-                    for a in range(rown[y]):
-                        iy = rowt[y, a]
-                        wy = roww[y, a]
-                        for b in range(coln[x0]):
-                            t = iy * ntx + colt[x0, b]
-                            if tile_ok[t]:
-                                wt = w_tf[t]
-                                for q in range(q0, q1):
-                                    num[q] = 0.0
-                                    den[q] = 0.0
-                                if full:
-                                    for f in range(nf):
-                                        wf = wt[f]
-                                        for q in range(q0, q1):
-                                            num[q] += wf * K[f, q]
-                                    for q in range(q0, q1):
-                                        den[q] = den_all[t]
-                                else:
-                                    for f in range(nf):
-                                        wf = wt[f]
-                                        for q in range(q0, q1):
-                                            num[q] += wf * K[f, q]
-                                            den[q] += wf * KF[f, q]
-                                for p in range(p0, p1):
-                                    rt = num[p] / den[p] if den[p] > 0 else mean[p]
-                                    win = wy * colw[xb + p, b]
-                                    acc[p] += win * rt
-                                    wsum[p] += win
-                                    wacc[p] += win * den[p]
-                            else:
-                                for p in range(p0, p1):
-                                    win = wy * colw[xb + p, b]
-                                    acc[p] += win * mean[p]
-                                    wsum[p] += win
-                                    wacc[p] += win * float(nk_arr[p])
-                    p0 = p1
-                for p in range(pb):
-                    x = xb + p
-                    cov[y, x] = min(n_valid[p], 65535)
-                    if nk_arr[p] == 0:
-                        rec[y, x] = np.nan
-                        wmap[y, x] = 0.0
-                        kept[y, x] = 0
-                    else:
-                        val = acc[p] / wsum[p]
-                        if tnorm:
-                            val = val * restore_a + restore_b
-                        rec[y, x] = np.float32(val * scale)
-                        wmap[y, x] = np.float32(wacc[p] / wsum[p])
-                        kept[y, x] = min(nk_arr[p], 65535)
-            if do_classical:
-                for p in range(BLOCK):
-                    s1[p] = s1c[p]
-                if shared:
-                    _classical_block(
-                        C, M, SR, n_arr, c_kappa, lo_a, hi_a, wlo, whi, s1, s2, mean, act, res
-                    )
-                else:
-                    for p in range(BLOCK):
-                        s1[p] = 0.0
-                    for f in range(nf):
-                        cm = c_med[f]
-                        cf = c_fac[f]
-                        for p in range(BLOCK):
-                            cv = (D[f, p] - cm) * cf + c_ref
-                            C[f, p] = cv
-                            SC[f, p] = cv if M[f, p] else _INF
-                            s1[p] += cv if M[f, p] else 0.0
-                    _sort_columns(SC, ci, cj)
-                    _classical_block(
-                        C, M, SC, n_arr, c_kappa, lo_a, hi_a, wlo, whi, s1, s2, mean, act, res
-                    )
-                for p in range(pb):
-                    cls[y, xb + p] = np.float32(res[p])
+    for r in range(r_lo, r_hi):
+        _band_row(
+            r, bd, bv, r0, width, inv_b, w_tf, tile_ok, den_all,
+            rowt, roww, rown, colt, colw, coln, ntx,
+            do_reject, klo, khi, max_iter, min_keep, rej_sky, rej_frac,
+            tnorm, toff, tscale, restore_a, restore_b, scale,
+            labels, n_clusters, syn_mode, g_f, cl_ok,
+            do_classical, shared, c_med, c_fac, c_ref, c_kappa, groups, ci, cj, sort_proto,
+            rec, wmap, cov, kept, syn, cls,
+        )  # fmt: skip
+
+
+def _run_rows(kernel, m: int, threads: int, args: tuple) -> None:
+    """``kernel(bd, bv, lo, hi, *args)`` over rows ``0..m-1``, split among ``threads``."""
+    bd, bv, *rest = args
+    if threads <= 1 or m < 2:
+        kernel(bd, bv, 0, m, *rest)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    cuts = np.linspace(0, m, min(threads, m) + 1).astype(int).tolist()
+    with ThreadPoolExecutor(len(cuts) - 1) as pool:
+        parts = zip(cuts[:-1], cuts[1:], strict=True)
+        jobs = [pool.submit(kernel, bd, bv, lo, hi, *rest) for lo, hi in parts]
+        for job in jobs:
+            job.result()
 
 
 # Rows per pass of the kernel (at least): the blocked samples of one pass stay small (a few
@@ -940,70 +1107,68 @@ MIN_PASS_ROWS = 16
 
 
 class _Surfaces:
-    """The §5 surfaces ``S_f`` on the rows of a chunk, evaluated in passes of a few rows.
+    """The §5 surfaces ``S_f`` on the rows of a chunk, evaluated row by row in the loader.
 
-    :func:`surface_rows` is ``(Wy @ g) @ Wx.T``; here ``Wy @ g`` is computed for the chunk's
-    rows (as ``surface_rows`` does), the weights once per chunk instead of once per frame, and
-    each pass takes its rows of the second product, left in float64 (the loader rounds to
-    float32 as ``surface_rows`` does). :meth:`check` compares the pieces with ``surface_rows``
-    on the chunk for one frame; where they differ, ``surface_rows`` of the whole chunk is used
-    (and passes are chunks).
+    :func:`surface_rows` is ``(Wy @ g) @ Wx.T`` in float64, rounded to float32. Here
+    ``Wy @ g`` is computed for the chunk's rows as ``surface_rows`` does, the weights once per
+    chunk instead of once per frame, and the second product row by row as the fused
+    multiply-add chain OpenBLAS's dgemm computes (:func:`_fma_row`), without storing it.
+    :meth:`check` compares that with ``surface_rows`` itself (one frame per grid shape);
+    where they differ, ``surface_rows`` of the whole chunk is used (and passes are chunks).
     """
 
     def __init__(self, surfaces):
         self.surfaces = surfaces
-        self.pieces = _cubic_weights is not None
-        self.a = 0
-
-    def _weights(self, sf, a, b):
-        g = np.asarray(sf.grid, np.float64)
-        h, w = int(sf.height), int(sf.width)
-        key = (g.shape, h, w)
-        if key not in self._cache:
-            ny, nx = g.shape
-            py = _node_positions(np.arange(a, b, dtype=np.float64), h, ny)
-            px = _node_positions(np.arange(w, dtype=np.float64), w, nx)
-            self._cache[key] = (_cubic_weights(py, ny), _cubic_weights(px, nx).T)
-        return g, self._cache[key]
+        self.fma = _cubic_weights is not None
+        self.a = self.b = 0
 
     def chunk(self, a: int, b: int) -> None:
-        """Prepare rows ``[a, b)``: ``Wy @ g`` of every frame."""
+        """Prepare rows ``[a, b)``: ``Wy @ g`` of every frame and ``Wx.T``."""
         self.a, self.b = a, b
-        if not self.pieces:
+        if not self.fma:
             return
-        self._cache: dict = {}
-        self.left, self.right = [], []
+        weights: dict = {}
+        segs: dict = {}
+        dense: dict = {}
+        self.left, self.right, self.segs = [], [], []
         for sf in self.surfaces:
-            g, (wy, wxt) = self._weights(sf, a, b)
-            self.left.append(wy @ g)
+            g = np.asarray(sf.grid, np.float64)
+            h, w = int(sf.height), int(sf.width)
+            key = (g.shape, h, w)
+            if key not in weights:
+                ny, nx = g.shape
+                py = _node_positions(np.arange(a, b, dtype=np.float64), h, ny)
+                px = _node_positions(np.arange(w, dtype=np.float64), w, nx)
+                wxt = np.ascontiguousarray(_cubic_weights(px, nx).T)
+                weights[key] = (_cubic_weights(py, ny), wxt)
+                segs[key] = _tap_segments(wxt)
+                dense[key] = np.array([[0, w, 0, nx]], np.int64)
+            wy, wxt = weights[key]
+            left = wy @ g
+            self.left.append(left)
             self.right.append(wxt)
+            # skipping zero taps needs finite factors (inf·0 is NaN in the full chain)
+            self.segs.append(segs[key] if np.isfinite(left).all() else dense[key])
 
-    def check(self, step: int) -> bool:
-        """Do passes of ``step`` rows give ``surface_rows`` of the chunk? (One frame of each
-        surface grid shape.)"""
+    def check(self) -> bool:
+        """Is :func:`_fma_row` ``surface_rows`` on this chunk? (One frame per grid shape.)"""
         seen = set()
         for f, sf in enumerate(self.surfaces):
-            if not self.pieces:
-                break
             shape = np.shape(sf.grid)
-            if shape in seen:
+            if not self.fma or shape in seen:
                 continue
             seen.add(shape)
             whole = sf.rows(self.a, self.b)
-            self.pieces = all(
-                np.array_equal(
-                    self.rows(f, i, min(i + step, self.b)).astype(np.float32),
-                    whole[i - self.a : min(i + step, self.b) - self.a],
-                )
-                for i in range(self.a, self.b, step)
-            )
-        return self.pieces
+            mine = _fma_rows(self.left[f], self.right[f], self.segs[f]).astype(np.float32)
+            self.fma = np.array_equal(mine, whole)
+        return self.fma
 
     def rows(self, f: int, a: int, b: int) -> np.ndarray:
-        if self.pieces:
-            return self.left[f][a - self.a : b - self.a] @ self.right[f]
+        """Rows ``[a, b)`` of ``S_f`` (float32 from ``surface_rows``, float64 by FMA)."""
+        if self.fma:
+            return _fma_rows(self.left[f][a - self.a : b - self.a], self.right[f], self.segs[f])
         if (a, b) != (self.a, self.b):
-            raise AssertionError("surface pieces disabled: passes must be whole chunks")
+            raise AssertionError("surfaces without the FMA rows: passes must be whole chunks")
         return self.surfaces[f].rows(a, b)
 
 
@@ -1020,7 +1185,8 @@ def _read_rows(reader: Reader, n, a, b, p: _Prepared, surf, width, bd, bv) -> No
     m = b - a
     read = getattr(reader, "raw", None) or reader
     one = np.float32(1.0)
-    none = np.zeros((1, 1), np.float32)
+    none = np.zeros((1, 1), np.float64)
+    nosegs = np.zeros((0, 4), np.int64)
     for f in range(n):
         d, v = (np.asarray(x) for x in read(f, a, b))
         if (
@@ -1031,10 +1197,15 @@ def _read_rows(reader: Reader, n, a, b, p: _Prepared, surf, width, bd, bv) -> No
             if v.dtype != np.uint8 or not v.flags.c_contiguous:
                 v = np.ascontiguousarray(v).astype(np.uint8, copy=False)
             raw, swap = d.view(np.uint32), d.dtype == _F32_SWAPPED
-            if p.s_f is not None:
-                _load_frame(raw, swap, v, f, True, p.s_f[f], surf.rows(f, a, b), 0, bd, bv)
+            if p.s_f is None:
+                _load_frame(raw, swap, v, f, 0, one, none, none, none, nosegs, 0, bd, bv)
+            elif surf.fma:
+                left = surf.left[f][a - surf.a : b - surf.a]
+                right, segs = surf.right[f], surf.segs[f]
+                _load_frame(raw, swap, v, f, 2, p.s_f[f], none, left, right, segs, 0, bd, bv)
             else:
-                _load_frame(raw, swap, v, f, False, one, none, 0, bd, bv)
+                sf = surf.rows(f, a, b)
+                _load_frame(raw, swap, v, f, 1, p.s_f[f], sf, none, none, nosegs, 0, bd, bv)
             continue
         x = np.empty((m, width), np.float32)
         if p.s_f is not None:
@@ -1044,7 +1215,7 @@ def _read_rows(reader: Reader, n, a, b, p: _Prepared, surf, width, bd, bv) -> No
             x[:] = d
         vx = np.empty((m, width), np.uint8)
         vx[:] = v
-        _load_frame(x.view(np.uint32), False, vx, f, False, one, none, 0, bd, bv)
+        _load_frame(x.view(np.uint32), False, vx, f, 0, one, none, none, none, nosegs, 0, bd, bv)
 
 
 def reconstruct_band(
@@ -1102,7 +1273,7 @@ def reconstruct_band(
     if p.surfaces is not None:
         surf = _Surfaces(p.surfaces)
         surf.chunk(y0, min(y0 + chunk, y1))
-        if step < chunk and not surf.check(step):
+        if not surf.check():
             step = chunk
     nblk = -(-width // BLOCK)
     bd = np.empty((step, nblk, n, BLOCK), np.float32)
@@ -1111,7 +1282,7 @@ def reconstruct_band(
     if pad:  # columns past the image: no sample
         bd[:, -1, :, BLOCK - pad :] = np.nan
         bv[:, -1, :, BLOCK - pad :] = 0
-    ci, cj = _sort_network(n)
+    groups, ci, cj = _sort_plan(n)
     # the classical samples are the §9 samples (revision 2): one sort serves both clippings
     shared = bool(
         has_cls
@@ -1127,6 +1298,7 @@ def reconstruct_band(
     c_fac = np.ascontiguousarray(p.c_fac, np.float64)
     no_syn = np.empty((1, 1, 1), np.float32)
     no_cls = np.empty((1, 1), np.float32)
+    threads = numba.get_num_threads()  # the job's threads (set_threads): they share the rows
     for a in range(y0, y1, chunk):
         b = min(a + chunk, y1)
         if surf is not None and a != y0:
@@ -1134,19 +1306,24 @@ def reconstruct_band(
         for a2 in range(a, b, step):
             b2 = min(a2 + step, b)
             _read_rows(reader, n, a2, b2, p, surf, width, bd, bv)
-            _band_kernel(
-                bd, bv, b2 - a2, a2 - y0, width, p.inv_b, w_tf, p.tile_ok, den_all,
-                rowt, roww, rown, colt, colw, coln, grid.nx,
-                bool(opts.rejection), float(opts.kappa_low), float(opts.kappa_high),
-                int(opts.max_iter), float(opts.min_keep), float(p.rej_sky),
-                float(opts.signal_tolerance),
-                p.tnorm, p.toff, p.tsc, float(p.restore[0]), float(p.restore[1]),
-                float(p.scale), p.labels, n_clusters, p.syn_mode, p.g_f, p.cl_ok,
-                has_cls, shared, c_med, c_fac, float(p.c_ref), float(opts.classical_kappa),
-                ci, cj, sort_proto,
-                rec, wmap, cov, kept,
-                syn if syn is not None else no_syn,
-                cls if cls is not None else no_cls,
+            _run_rows(
+                _band_kernel,
+                b2 - a2,
+                threads,
+                (
+                    bd, bv, a2 - y0, width, p.inv_b, w_tf, p.tile_ok, den_all,
+                    rowt, roww, rown, colt, colw, coln, grid.nx,
+                    bool(opts.rejection), float(opts.kappa_low), float(opts.kappa_high),
+                    int(opts.max_iter), float(opts.min_keep), float(p.rej_sky),
+                    float(opts.signal_tolerance),
+                    p.tnorm, p.toff, p.tsc, float(p.restore[0]), float(p.restore[1]),
+                    float(p.scale), p.labels, n_clusters, p.syn_mode, p.g_f, p.cl_ok,
+                    has_cls, shared, c_med, c_fac, float(p.c_ref), float(opts.classical_kappa),
+                    groups, ci, cj, sort_proto,
+                    rec, wmap, cov, kept,
+                    syn if syn is not None else no_syn,
+                    cls if cls is not None else no_cls,
+                ),
             )  # fmt: skip
     del bd, bv
 

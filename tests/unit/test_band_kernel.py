@@ -8,6 +8,7 @@ clipping of a whole block per pass, the §5 surfaces evaluated in passes.
 
 import numpy as np
 import pytest
+from numba import njit
 
 from tilestack import kernels
 from tilestack import reconstruction as rc
@@ -186,6 +187,18 @@ def test_block_kernel_is_bit_identical_to_the_per_pixel_kernel(name, monkeypatch
         assert_same(got, ref)
 
 
+def test_threads_share_the_rows_of_a_pass(monkeypatch):
+    n, h, w = 11, 29, 40
+    frames, valid, _ = make_night(n, h, w, seed=9)
+    grid = grid_for(h, w)
+    weights = np.random.default_rng(1).uniform(0.1, 5.0, (n, grid.n_tiles))
+    inputs = BandInputs(classical=(np.zeros(n), np.ones(n)))
+    args = (array_reader(frames, valid), n, 0, h, grid, weights, np.full(n, 150.0), None, inputs)
+    one = reconstruct_band(*args)
+    monkeypatch.setattr(rc.numba, "get_num_threads", lambda: 3)
+    assert_same(reconstruct_band(*args), {k: getattr(one, k) for k in FIELDS})
+
+
 def test_big_endian_rows_through_a_raw_reader():
     n, h, w = 9, 33, 64
     frames, valid, _ = make_night(n, h, w, seed=1)
@@ -209,13 +222,16 @@ def test_big_endian_rows_through_a_raw_reader():
     assert_same(reconstruct_band(Raw(), *args), reference_band(plain, *args))
 
 
-def test_surface_pieces_equal_surface_rows():
+def test_surface_rows_by_fused_multiply_adds_equal_surface_rows():
     rng = np.random.default_rng(8)
     sfs = [Surface(rng.normal(0, 3, (16, 16)), 2048, 2048) for _ in range(3)]
-    sfs.append(Surface(rng.normal(0, 3, (1, 1)), 2048, 2048))
+    sfs += [
+        Surface(rng.normal(0, 3, (1, 1)), 2048, 2048),
+        Surface(rng.normal(0, 3, (3, 5)), 2048, 2048),
+    ]
     s = rc._Surfaces(sfs)
     s.chunk(512, 1024)
-    assert s.check(49)
+    assert s.check()
     for f, sf in enumerate(sfs):
         whole = surface_rows(sf.grid, 2048, 2048, 512, 1024)
         for a in range(512, 1024, 49):
@@ -225,24 +241,55 @@ def test_surface_pieces_equal_surface_rows():
             )
 
 
-@pytest.mark.parametrize("n", [*range(1, 13), 31, 50, 64, 100])
+def test_surfaces_fall_back_to_surface_rows(monkeypatch):
+    """Where the FMA rows differ from surface_rows (another BLAS), the chunk is one pass."""
+    n, h, w = 5, 40, 48
+    frames, valid, _ = make_night(n, h, w, seed=4)
+    grid = grid_for(h, w)
+    weights = np.ones((n, grid.n_tiles))
+    inputs = BandInputs(normalization=(np.ones(n), surfaces(n, h, w, 1)))
+    monkeypatch.setattr(rc, "PASS_BYTES", 1)
+    monkeypatch.setattr(rc, "MIN_PASS_ROWS", 1)
+    monkeypatch.setattr(rc, "_fma_rows", lambda left, right, segs: left @ right + 1e-3)
+    got = reconstruct_band(
+        array_reader(frames, valid), n, 0, h, grid, weights, np.ones(n), None, inputs
+    )
+    ref = reference_band(
+        array_reader(frames, valid), n, 0, h, grid, weights, np.ones(n), None, inputs
+    )
+    assert_same(got, ref)
+
+
+@pytest.mark.parametrize("n", [*range(1, 13), 16, 17, 31, 50, 64, 100])
 def test_sort_network_sorts(n):
-    ci, cj = rc._sort_network(n)
+    ci, cj, stage = rc._sort_network(n)
     assert (ci < cj).all() and (cj < n).all()
     if n <= 12:  # 0-1 principle: every 0/1 input sorted means every input is
-        bits = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
+        x = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).T.astype(np.float32)
     else:
-        bits = np.random.default_rng(n).integers(0, 5, (500, n))
-    x = bits.T.copy()
+        x = np.random.default_rng(n).integers(0, 5, (n, 500)).astype(np.float32)
+    expect = np.sort(x, axis=0)
+    y = x.copy()
     for i, j in zip(ci, cj, strict=True):
-        lo, hi = np.minimum(x[i], x[j]), np.maximum(x[i], x[j])
-        x[i], x[j] = lo, hi
-    assert (np.diff(x, axis=0) >= 0).all()
+        y[i], y[j] = np.minimum(y[i], y[j]), np.maximum(y[i], y[j])
+    np.testing.assert_array_equal(y, expect)
+    # the kernel's plan: groups of 8 sorted in registers, then the later comparators
+    groups, ci, cj = rc._sort_plan(n)
+    cols = np.full((n, rc.BLOCK), np.inf, np.float32)
+    z = np.concatenate([x, np.full((n, -x.shape[1] % rc.BLOCK), np.inf, np.float32)], axis=1)
+    for c in range(0, z.shape[1], rc.BLOCK):
+        cols[:] = z[:, c : c + rc.BLOCK]
+        sort_block(cols, groups, ci, cj)
+        z[:, c : c + rc.BLOCK] = cols
+    np.testing.assert_array_equal(z[:, : x.shape[1]], expect)
+
+
+@njit
+def sort_block(S, groups, ci, cj):
+    rc._sort_columns(S, groups, ci, cj)
 
 
 def test_sorted_mad_is_the_median_deviation():
-    from numba import njit
-
     @njit
     def mad(S, p, lo, m):
         med = rc._sorted_median(S, p, lo, m)

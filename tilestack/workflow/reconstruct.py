@@ -27,18 +27,19 @@ def reconstruct_channel(job, c: str, i: int, grid: TileGrid, prog: Progress) -> 
     band file; returns the number of fallback tiles."""
     p = job.params
     g = pd.read_csv(job.input.global_[i])
-    # only the columns the band needs: the whole per-tile table takes ~100 ms to decode
+    # only the columns the band needs (the whole per-tile table takes ~100 ms to decode), and
+    # without pyarrow's thread pool (starting it costs more than these small tables)
     cols = ["frame", "tile", "W"]
     if p.reconstruction.get("tile_normalization") == "background_scale":
         cols += ["B_local", "S_local"]
-    local = pd.read_parquet(job.input.local[i], columns=cols)
+    local = pd.read_parquet(job.input.local[i], columns=cols, use_threads=False)
     clusters = None
     if "clusters" in job.input.keys():
         cl = pd.read_csv(job.input.clusters)
         clusters = cl[cl["channel"] == c]
     norm = None
     if "normalization" in job.input.keys():
-        norm = pd.read_parquet(job.input.normalization[i])
+        norm = pd.read_parquet(job.input.normalization[i], use_threads=False)
     prog.log(f"{c}: {len(g)} frames, {grid.n_tiles} tiles, mode {p.mode}, method {p.method}")
     result = reconstruct_channel_band(
         [f for f in job.input.registered if Path(f).parent.name == c],
