@@ -11,7 +11,8 @@ import numpy as np
 if sys.argv[1] == "1":
     from tilestack.runtime import keep_freed_memory
     assert keep_freed_memory()
-a = np.ones((2048, 2048), np.float32)  # 16 MB, a 2048² plane
+side = int(sys.argv[2])
+a = np.ones((side, side), np.float32)
 r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):
     b = a * 2.0
@@ -21,9 +22,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
 """
 
 
-def _faults(tuned: bool) -> int:
+def _faults(tuned: bool, side: int = 2048) -> int:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, "1" if tuned else "0"],
+        [sys.executable, "-c", PROBE, "1" if tuned else "0", str(side)],
         capture_output=True,
         text=True,
         check=True,
@@ -35,5 +36,14 @@ def _faults(tuned: bool) -> int:
 def test_frame_sized_temporaries_stop_faulting_once_freed_memory_is_kept():
     # 40 temporaries of 16 MB: ~4000 page faults each when glibc unmaps them on free
     untuned, tuned = _faults(False), _faults(True)
+    assert untuned > 10_000
+    assert tuned < untuned / 5
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator only")
+def test_buffers_above_the_mmap_threshold_are_kept_too():
+    # 64 MB temporaries (a 4096² plane; 24 MP frames are 100 MB): above the largest mmap
+    # threshold glibc accepts, so only disabling mmap keeps them
+    untuned, tuned = _faults(False, 4096), _faults(True, 4096)
     assert untuned > 10_000
     assert tuned < untuned / 5
