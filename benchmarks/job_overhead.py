@@ -33,6 +33,9 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import snakemake_base  # noqa: E402
+
 FINISHED = re.compile(r"finished .* in ([0-9.]+) s")
 TARGET = 0.15
 
@@ -49,13 +52,7 @@ def run_workflow(
         cfg.write_text(f"workflow:\n  frames_per_job: {int(frames_per_job)}\n")
         extra = ["--configfile", str(cfg)]
     cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
+        *snakemake_base(workdir),
         "--cores",
         str(cores),
         *extra,

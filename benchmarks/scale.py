@@ -52,6 +52,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import code_state, run_env, snakemake_cmd, snakemake_version  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "scale.md"
 WORKDIR = ROOT / "benchmarks" / "data" / "scale"
 
@@ -79,6 +82,7 @@ FINISHED = re.compile(
     r"(?:, peak memory (?P<peak>[0-9.]+) MB)?(?:: (?P<msg>.*))?$"
 )
 PLAN_LINE = re.compile(r"tilestack plan: .*")
+CODE_SECTIONS = ("workflow", "assumptions")  # the config sections recorded with each run
 
 
 # ----------------------------------------------------------------------------- data
@@ -181,29 +185,6 @@ def sources() -> dict[str, int]:
 
 def changed_sources(before: dict[str, int], after: dict[str, int]) -> list[str]:
     return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-
-
-def run_env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("PYTHONHASHSEED", "0")
-    return env
-
-
-def snakemake_cmd(wd: Path, cores: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(wd),
-        "--configfile",
-        str(wd / "bench_config.yaml"),
-        "--cores",
-        str(cores),
-    ]
 
 
 def parse_set(items: list[str]) -> dict:
@@ -429,7 +410,7 @@ def do_run(point: dict, args, overrides: dict) -> dict:
         "config": cfg,
         "workdir": str(wd),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "code": code_state(),
+        "code": code_state(*CODE_SECTIONS),
         **r,
         "plan": plan_line(wd),
         **plan_fields(plan_line(wd)),
@@ -633,19 +614,6 @@ def check_memory_limit(runs: list[dict]) -> dict:
 # ----------------------------------------------------------------------------- report
 
 
-def code_state() -> dict:
-    git = ["git", "-C", str(ROOT)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    return {
-        "head": head.stdout.strip() or "?",
-        "changed_files": len([ln for ln in dirty.stdout.splitlines() if ln.strip()]),
-        "workflow": cfg.get("workflow", {}),
-        "assumptions": cfg.get("assumptions", {}),
-    }
-
-
 def machine() -> dict:
     mem = "?"
     try:
@@ -662,15 +630,12 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    smk = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--version"], capture_output=True, text=True
-    ).stdout.strip()
     return {
         "cpus": os.cpu_count(),
         "cpu": cpu,
         "mem": mem,
         "python": platform.python_version(),
-        "snakemake": smk,
+        "snakemake": snakemake_version(),
         "load": os.getloadavg(),
     }
 
@@ -746,6 +711,30 @@ def run_section(r: dict) -> list[str]:
             "```",
             "",
         ]
+    return lines
+
+
+def check_block(
+    title: str,
+    check: dict,
+    header: list[str],
+    row: Callable[[dict], str],
+    otherwise: str,
+    note: str | None = None,
+    after: Callable[[dict], list[str]] | None = None,
+) -> list[str]:
+    """One goal of the report: its title and verdict, then a table of the check's rows
+    (``header``, then ``row(x)`` each, then ``after(check)``) or ``otherwise`` without rows."""
+    lines = [title + verdict(check["ok"]), ""]
+    if note:
+        lines += [note + ".", ""]
+    if check["rows"]:
+        lines += [*header, *(row(x) for x in check["rows"])]
+        if after:
+            lines += after(check)
+    else:
+        lines.append(otherwise)
+    lines.append("")
     return lines
 
 
@@ -851,86 +840,72 @@ def markdown(rep: dict) -> str:
     lines += ["", "## Checks against the goals", ""]
 
     # 1. per frame
-    lines += [
+    lines += check_block(
         f"**1. Frame count: wall time per frame constant within {PER_FRAME_TOL:.0%}** (each N "
-        "against the median over N): " + verdict(pf["ok"]),
-        "",
-    ]
-    if pf["rows"]:
-        lines += [
+        "against the median over N): ",
+        pf,
+        [
             "| N | mode | wall/frame (s) | vs median | CPU/frame (s) | vs median | within |",
             "|---:|---|---:|---:|---:|---:|---|",
-        ]
-        for x in pf["rows"]:
-            lines.append(
-                f"| {x['n']} | {x['mode']} | {x['wall_frame']:.3f} | {pct(x['dev'])} | "
-                f"{x['cpu_frame']:.3f} | {pct(x['cpu_dev'])} | {'yes' if x['ok'] else 'no'} |"
-            )
-        lines.append("")
-        lines.append(
-            f"Median wall/frame {pf['median']:.3f} s, CPU/frame {pf['cpu_median']:.3f} s."
+        ],
+        lambda x: (
+            f"| {x['n']} | {x['mode']} | {x['wall_frame']:.3f} | {pct(x['dev'])} | "
+            f"{x['cpu_frame']:.3f} | {pct(x['cpu_dev'])} | {'yes' if x['ok'] else 'no'} |"
+        ),
+        pf.get("why", ""),
+        after=lambda c: [
+            "",
+            f"Median wall/frame {c['median']:.3f} s, CPU/frame {c['cpu_median']:.3f} s."
             + (
                 " The runs differ in mode ("
-                + ", ".join(f"N={x['n']} {x['mode']}" for x in pf["rows"])
+                + ", ".join(f"N={x['n']} {x['mode']}" for x in c["rows"])
                 + "): from `assumptions.full_mode_min_frames` on, the workflow adds clustering "
                 "and synthetic frames (§10-11), so part of a step between modes is extra work, "
                 "not a scaling loss."
-                if len({x["mode"] for x in pf["rows"]}) > 1
+                if len({x["mode"] for x in c["rows"]}) > 1
                 else ""
-            )
-        )
-    else:
-        lines.append(pf.get("why", ""))
-    lines.append("")
+            ),
+        ],
+    )
 
     # 2. memory vs N
-    lines += [
+    modes = mn.get("modes", ("?", "?"))  # there with the rows, which alone show the header
+    lines += check_block(
         f"**2. Frame count: peak memory of every rule (max over its jobs) within "
-        f"{MEMORY_TOL:.0%} between N={mn.get('low', '?')} and N={mn.get('high', '?')}**: "
-        + verdict(mn["ok"]),
-        "",
-    ]
-    if mn.get("note"):
-        lines += [mn["note"] + ".", ""]
-    if mn["rows"]:
-        lines += [
-            f"| rule | N={mn['low']} ({mn['modes'][0]}) MB | N={mn['high']} ({mn['modes'][1]}) MB "
+        f"{MEMORY_TOL:.0%} between N={mn.get('low', '?')} and N={mn.get('high', '?')}**: ",
+        mn,
+        [
+            f"| rule | N={mn['low']} ({modes[0]}) MB | N={mn['high']} ({modes[1]}) MB "
             "| change | within |",
             "|---|---:|---:|---:|---|",
-        ]
-        for x in mn["rows"]:
-            within = {True: "yes", False: "no", None: "n/a (one run only)"}[x["ok"]]
-            lines.append(
-                f"| {x['rule']} | {fmt(x['low'], '.0f')} | {fmt(x['high'], '.0f')} | "
-                f"{pct(x['change'])} | {within} |"
-            )
-    else:
-        lines.append(mn.get("why", ""))
-    lines.append("")
+        ],
+        lambda x: (
+            f"| {x['rule']} | {fmt(x['low'], '.0f')} | {fmt(x['high'], '.0f')} | "
+            f"{pct(x['change'])} | "
+            + {True: "yes", False: "no", None: "n/a (one run only)"}[x["ok"]]
+            + " |"
+        ),
+        mn.get("why", ""),
+        note=mn.get("note"),
+    )
 
     # 3. per pixel
-    lines += [
+    lines += check_block(
         f"**3. Frame size: wall time per megapixel-frame of the big frames within "
-        f"{PER_PIXEL_TOL:.0%} of the {rep['size']}² run with the same N**: " + verdict(pp["ok"]),
-        "",
-    ]
-    if pp["rows"]:
-        lines += [
+        f"{PER_PIXEL_TOL:.0%} of the {rep['size']}² run with the same N**: ",
+        pp,
+        [
             "| run | against | wall/MP-frame (s) | reference (s) | change | CPU/MP-frame change "
             "| within | counts for the goal |",
             "|---|---|---:|---:|---:|---:|---|---|",
-        ]
-        for x in pp["rows"]:
-            lines.append(
-                f"| {x['run']} | {x['ref']} | {x['big']:.4f} | {x['small']:.4f} | "
-                f"{pct(x['change'])} | {pct(x['cpu_change'])} | {'yes' if x['ok'] else 'no'} | "
-                f"{'yes' if x['counts'] else 'no (for information)'} |"
-            )
-    else:
-        lines.append(
-            "Not run (needs `--big` and a frame count equal to `--big-frames` in `--counts`)."
-        )
-    lines.append("")
+        ],
+        lambda x: (
+            f"| {x['run']} | {x['ref']} | {x['big']:.4f} | {x['small']:.4f} | "
+            f"{pct(x['change'])} | {pct(x['cpu_change'])} | {'yes' if x['ok'] else 'no'} | "
+            f"{'yes' if x['counts'] else 'no (for information)'} |"
+        ),
+        "Not run (needs `--big` and a frame count equal to `--big-frames` in `--counts`).",
+    )
 
     # 4. memory limit
     lines += [
@@ -958,6 +933,17 @@ def markdown(rep: dict) -> str:
     for r in runs:
         lines += run_section(r)
     return "\n".join(lines) + "\n"
+
+
+def finish_axes(ax, xlabel: str, ylabel: str, title: str, legend: dict | None) -> None:
+    """Labels and title of one panel, both axes from 0, its legend (None: drawn by the caller)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
+    ax.set_title(title)
+    if legend is not None:
+        ax.legend(**legend)
 
 
 def plot(rep: dict, path: Path) -> None:
@@ -997,11 +983,7 @@ def plot(rep: dict, path: Path) -> None:
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
-    ax.set_xlabel(f"frames N ({rep['size']}² mono)")
-    ax.set_ylabel("seconds")
-    ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
-    ax.set_title("time against N")
+    finish_axes(ax, f"frames N ({rep['size']}² mono)", "seconds", "time against N", None)
 
     ax = axes[0, 1]
     for rule in rules:
@@ -1010,12 +992,13 @@ def plot(rep: dict, path: Path) -> None:
         if pts:
             ax.plot(*zip(*pts, strict=True), "o-", color=colour[rule], label=rule)
     ax.axhline(MEMORY_LIMIT_MB, color="red", ls="--", lw=1, label="2.5 GB")
-    ax.set_xlabel(f"frames N ({rep['size']}² mono)")
-    ax.set_ylabel("peak memory of the rule's largest job (MB)")
-    ax.set_ylim(bottom=0)
-    ax.set_xlim(left=0)
-    ax.set_title("peak memory per rule against N")
-    ax.legend(fontsize=7, ncol=2)
+    finish_axes(
+        ax,
+        f"frames N ({rep['size']}² mono)",
+        "peak memory of the rule's largest job (MB)",
+        "peak memory per rule against N",
+        {"fontsize": 7, "ncol": 2},
+    )
 
     if nrow == 2:
         ax = axes[1, 0]
@@ -1041,12 +1024,13 @@ def plot(rep: dict, path: Path) -> None:
                 ax.axhspan(
                     ref * (1 - PER_PIXEL_TOL), ref * (1 + PER_PIXEL_TOL), color=col, alpha=0.08
                 )
-        ax.set_xlabel(f"megapixels per frame (N = {size_runs[0]['n']})")
-        ax.set_ylabel("seconds per megapixel-frame")
-        ax.set_ylim(bottom=0)
-        ax.set_xlim(left=0)
-        ax.set_title("time per pixel against frame size")
-        ax.legend(fontsize=8)
+        finish_axes(
+            ax,
+            f"megapixels per frame (N = {size_runs[0]['n']})",
+            "seconds per megapixel-frame",
+            "time per pixel against frame size",
+            {"fontsize": 8},
+        )
 
         ax = axes[1, 1]
         for rule in rules:
@@ -1062,12 +1046,13 @@ def plot(rep: dict, path: Path) -> None:
                         label=f"{rule} ({kind})",
                     )
         ax.axhline(MEMORY_LIMIT_MB, color="red", ls="--", lw=1, label="2.5 GB")
-        ax.set_xlabel(f"megapixels per frame (N = {size_runs[0]['n']})")
-        ax.set_ylabel("peak memory of the rule's largest job (MB)")
-        ax.set_ylim(bottom=0)
-        ax.set_xlim(left=0)
-        ax.set_title("peak memory per rule against frame size")
-        ax.legend(fontsize=6, ncol=2)
+        finish_axes(
+            ax,
+            f"megapixels per frame (N = {size_runs[0]['n']})",
+            "peak memory of the rule's largest job (MB)",
+            "peak memory per rule against frame size",
+            {"fontsize": 6, "ncol": 2},
+        )
 
     fig.suptitle(f"tilestack scaling, --cores {rep['cores']} ({rep['date']})", fontsize=10)
     fig.tight_layout()
@@ -1234,7 +1219,7 @@ def main(argv: list[str] | None = None) -> int:
         "night_n": max(args.counts) if args.counts else 0,
         "overrides": overrides,
         "machine": machine(),
-        "code": code_state(),
+        "code": code_state(*CODE_SECTIONS),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "argv": shlex.join(a for a in argv_shown if a != "--report-only"),
         "png": png.name,

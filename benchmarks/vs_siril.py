@@ -56,6 +56,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import code_state, run_env, snakemake_cmd, snakemake_version  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "vs_siril.md"
 MARKER = "<!-- reading: kept when the script rewrites the figures above -->"
 GOAL = 1.0
@@ -99,42 +101,6 @@ def children_cpu() -> float:
     """User + system CPU seconds of all waited-for descendants so far (Snakemake's jobs too)."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
-
-
-def code_state() -> dict:
-    """The commit and workflow defaults the runs used (the working tree may be uncommitted)."""
-    git = ["git", "-C", str(ROOT)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    return {
-        "head": head.stdout.strip() or "?",
-        "changed_files": len([ln for ln in dirty.stdout.splitlines() if ln.strip()]),
-        "workflow": cfg.get("workflow", {}),
-    }
-
-
-def run_env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("PYTHONHASHSEED", "0")
-    return env
-
-
-def snakemake_cmd(wd: Path, cores: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(wd),
-        "--configfile",
-        str(wd / "bench_config.yaml"),
-        "--cores",
-        str(cores),
-    ]
 
 
 def run_tilestack(wd: Path, lights: Path, cores: int, retries: int, wait: float) -> dict:
@@ -697,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
             "failures": failures,
             "loads": loads,
             "reps": args.reps,
-            "code": code_state(),
+            "code": code_state("workflow"),
             "ts_runs": [{k: r[k] for k in keep if k in r} for r in ts_runs],
             "siril_runs": [{k: r[k] for k in keep if k in r} for r in siril_runs],
         }
@@ -723,9 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         ts_runs[i_med]["workdir"], ts_runs[i_med]["t_launch"], ts_runs[i_med]["t_exit"]
     )
     pinfo["run"] = f"T{i_med}"
-    smk = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--version"], capture_output=True, text=True
-    ).stdout.strip()
+    smk = snakemake_version()
     siril_v = subprocess.run(["siril-cli", "--version"], capture_output=True, text=True)
     report = {
         "reps": args.reps,
