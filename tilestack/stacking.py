@@ -11,7 +11,6 @@ import pandas as pd
 
 from tilestack.errors import ConfigError, InputError
 from tilestack.io.batch import RegisteredReader
-from tilestack.metrics.local import weight_matrix
 from tilestack.normalization import Surface
 from tilestack.reconstruction import (
     BandInputs,
@@ -25,7 +24,7 @@ from tilestack.reconstruction import (
     save_band,
 )
 from tilestack.synthetic import cluster_labels, cluster_quality_weights
-from tilestack.tiles import TileGrid, band_ranges
+from tilestack.tiles import TileGrid, band_ranges, weight_matrix
 
 __all__ = [
     "BandInputs",

@@ -252,3 +252,22 @@ def band_ranges(height: int, band_rows: int) -> list[tuple[int, int]]:
     ``height`` rows (the last band may be shorter): the units of the reconstruction jobs."""
     step = max(1, int(band_rows))
     return [(a, min(a + step, height)) for a in range(0, height, step)]
+
+
+def weight_matrix(table, frames, n_tiles: int, column: str = "W") -> np.ndarray:
+    """``(N, T)`` float64 matrix of a per-tile column (``frame``, ``tile``, ``column``) in the
+    order of ``frames``; NaN where a frame has no row for a tile, rows of other frames ignored.
+
+    Here rather than beside the local metrics so the reconstruction jobs need neither pandas
+    indexing nor the metrics' imports (scipy, the star detector) for it.
+    """
+    frames = list(frames)
+    position = {f: i for i, f in enumerate(frames)}
+    idx = np.fromiter(
+        (position.get(f, -1) for f in table["frame"]), dtype=np.int64, count=len(table)
+    )
+    keep = idx >= 0
+    m = np.full((len(frames), n_tiles), np.nan)
+    tiles = np.asarray(table["tile"], dtype=np.int64)[keep]
+    m[idx[keep], tiles] = np.asarray(table[column], dtype=np.float64)[keep]
+    return m

@@ -20,7 +20,7 @@ from tilestack.kernels import median_inplace
 from tilestack.metrics.global_metrics import global_metrics_and_maps, robust_energy
 from tilestack.robust import MAD_TO_SIGMA, Z_FLOOR, diff_noise, mad_sigma
 from tilestack.stars import detect_frame_stars
-from tilestack.tiles import TileGrid
+from tilestack.tiles import TileGrid, weight_matrix  # noqa: F401  (re-exported)
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 RAW_COLUMNS = ("star_count", "FWHM", "R", "C", "E", "sigma", "E_sigma", "B_local", "S_local")
@@ -507,18 +507,6 @@ def local_weights(
     gf = np.array([gmap[f] for f in out["frame"]], np.float64)
     out["W"] = gf * out["L"].to_numpy()
     return out
-
-
-def weight_matrix(local_df: pd.DataFrame, frames, n_tiles: int, column: str = "W") -> np.ndarray:
-    """``(N, T)`` matrix of a local column in the given frame order (reconstruction input)."""
-    idx = pd.Index(list(frames)).get_indexer(local_df["frame"])
-    if (idx < 0).any():
-        idx_ok = idx >= 0
-        local_df = local_df[idx_ok]
-        idx = idx[idx_ok]
-    m = np.full((len(frames), n_tiles), np.nan)
-    m[idx, local_df["tile"].to_numpy(int)] = local_df[column].to_numpy(np.float64)
-    return m
 
 
 def frame_metrics(
