@@ -272,10 +272,11 @@ def _prepare(n, grid, weights, background, opts: BandOptions, inputs: BandInputs
 #    sorting network, all pixels of the block at once;
 # 2. both clippings keep a contiguous range of the sorted samples (a value window), so their
 #    medians are read off the range and the MAD is found by bisection between the two sides
-#    of the median: the very values :func:`tilestack.kernels.reject_mad` and
-#    ``classical_clip`` compute by selection;
+#    of the median: the very values :func:`tilestack.kernels.reject_mad` computes by
+#    selection;
 # 3. every sum runs over the frames in frame order, excluded samples adding ``+0.0``, so means,
-#    standard deviations and tile-weighted means are bit-identical to the per-pixel kernels.
+#    standard deviations and tile-weighted means are those of a per-pixel computation
+#    (tests/unit/test_band_kernel.py checks them against one, bit for bit).
 #
 # The classical stack is clipped for all pixels of a block in the same pass (a pixel done
 # early just stops changing), and it shares the sorted samples with the §9 rejection when its
@@ -592,6 +593,19 @@ def _window_sum(C, M, wlo, whi, out):
             out[p] += x if inw else 0.0
 
 
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _classical_cut(SC, p, lo, hi, med, thr):
+    """One classical pass on the kept sorted range ``SC[lo:hi, p]``: the range without the
+    samples farther than ``thr`` from the median ``med`` (they lie at its two ends)."""
+    if thr < 0.0:
+        lo = hi
+    while lo < hi and SC[lo, p] < med and abs(SC[lo, p] - med) > thr:
+        lo += 1
+    while hi > lo and SC[hi - 1, p] > med and abs(SC[hi - 1, p] - med) > thr:
+        hi -= 1
+    return lo, hi
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _classical_pixel(C, M, SC, p, lo, hi, it0, c_kappa):
     """Passes ``it0..9`` of the classical clipping of pixel ``p`` alone (window: the sorted
@@ -618,15 +632,9 @@ def _classical_pixel(C, M, SC, p, lo, hi, it0, c_kappa):
         med = _sorted_median(SC, p, lo, m)
         if not sd > 0.0:
             return s1 / m
-        thr = c_kappa * sd
         lo0 = lo
         hi0 = hi
-        if thr < 0.0:
-            lo = hi
-        while lo < hi and SC[lo, p] < med and abs(SC[lo, p] - med) > thr:
-            lo += 1
-        while hi > lo and SC[hi - 1, p] > med and abs(SC[hi - 1, p] - med) > thr:
-            hi -= 1
+        lo, hi = _classical_cut(SC, p, lo, hi, med, c_kappa * sd)
         if lo == lo0 and hi == hi0:
             return s1 / m
         wlo = SC[lo, p] if hi > lo else _INF
@@ -646,7 +654,7 @@ _FEW_BUSY = 2
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _classical_block(C, M, SC, n_arr, c_kappa, lo_a, hi_a, wlo, whi, s1, s2, mean, act, res):
-    """Siril-style clipping (:func:`kernels.classical_clip`, 10 passes) of every pixel of a
+    """Siril-style clipping (median ± ``c_kappa`` × stddev, 10 passes) of every pixel of a
     block together; ``res[p]``: the mean of the kept samples (NaN without samples). ``s1``
     holds the sums of every pixel's samples (the first pass) on entry."""
     for p in range(BLOCK):
@@ -695,13 +703,7 @@ def _classical_block(C, M, SC, n_arr, c_kappa, lo_a, hi_a, wlo, whi, s1, s2, mea
                 res[p] = s1[p] / m
                 act[p] = False
                 continue
-            thr = c_kappa * sd
-            if thr < 0.0:
-                lo = hi
-            while lo < hi and SC[lo, p] < med and abs(SC[lo, p] - med) > thr:
-                lo += 1
-            while hi > lo and SC[hi - 1, p] > med and abs(SC[hi - 1, p] - med) > thr:
-                hi -= 1
+            lo, hi = _classical_cut(SC, p, lo, hi, med, c_kappa * sd)
             if lo == lo_a[p] and hi == hi_a[p]:
                 res[p] = s1[p] / m
                 act[p] = False
@@ -727,7 +729,7 @@ def _pixel_generic(
     num_k, den_k, sum_k, cnt_k, acc_k, win_k, out_syn,
 ):  # fmt: skip
     """One pixel's §9 tile means with the v3 tile normalization or §11 synthetic frames
-    (``out_syn[k]``): the per-pixel code of :func:`kernels.band_kernel`. Returns
+    (``out_syn[k]``), from its kept samples ``vals`` (frames ``idx``). Returns
     ``(value, weight)`` in normalized units."""
     mean_all = 0.0
     for j in range(nk):
@@ -1052,17 +1054,10 @@ def _band_row(
 
 
 @njit(cache=True, nogil=True)
-def _band_kernel(
-    bd, bv, r_lo, r_hi, r0, width, inv_b, w_tf, tile_ok, den_all,
-    rowt, roww, rown, colt, colw, coln, ntx,
-    do_reject, klo, khi, max_iter, min_keep, rej_sky, rej_frac,
-    tnorm, toff, tscale, restore_a, restore_b, scale,
-    labels, n_clusters, syn_mode, g_f, cl_ok,
-    do_classical, shared, c_med, c_fac, c_ref, c_kappa, groups, ci, cj, sort_proto,
-    rec, wmap, cov, kept, syn, cls,
-):  # fmt: skip
+def _band_kernel(bd, bv, r_lo, r_hi, *args):
     """Rows ``r_lo..r_hi-1`` of the blocked samples ``bd``/``bv`` into band rows ``r0 + r`` of
-    the outputs (ADU: ``scale``, tile ``restore``; float32 / uint16 as stored).
+    the outputs (ADU: ``scale``, tile ``restore``; float32 / uint16 as stored); ``args``: the
+    parameters of :func:`_band_row` after ``bd, bv`` (``r0, width, inv_b, ...``).
 
     ``inv_b``: per-frame factors of the §9 samples; ``w_tf[t, f]`` tile weights, ``tile_ok[t]``
     False: unweighted mean, ``den_all[t]``: ``sum_f w_tf[t, f]``. ``rowt/roww/rown`` (band
@@ -1073,15 +1068,7 @@ def _band_kernel(
     share the rows of a pass (the GIL is released).
     """
     for r in range(r_lo, r_hi):
-        _band_row(
-            r, bd, bv, r0, width, inv_b, w_tf, tile_ok, den_all,
-            rowt, roww, rown, colt, colw, coln, ntx,
-            do_reject, klo, khi, max_iter, min_keep, rej_sky, rej_frac,
-            tnorm, toff, tscale, restore_a, restore_b, scale,
-            labels, n_clusters, syn_mode, g_f, cl_ok,
-            do_classical, shared, c_med, c_fac, c_ref, c_kappa, groups, ci, cj, sort_proto,
-            rec, wmap, cov, kept, syn, cls,
-        )  # fmt: skip
+        _band_row(r, bd, bv, *args)
 
 
 def _run_rows(kernel, m: int, threads: int, args: tuple) -> None:
