@@ -778,9 +778,9 @@ def noise_autocovariance(
     every blank pixel; returns (C as a (2L+1)² array centred on lag 0, blank pixels used).
 
     Noise n = image − :func:`background_map` of the blank pixels, kept on the ``blank`` mask
-    m and clipped at ``kappa`` × its robust σ (clipped pixels leave the mask). By FFT,
-    zero-padded by ``max_lag`` so nothing wraps: C = IFFT|FFT(n·m)|² / IFFT|FFT(m)|², i.e. the
-    mean of n(p)·n(p+d) over the pixel pairs both on the mask. Lags with fewer than
+    m and clipped at ``kappa`` × its robust σ (clipped pixels leave the mask). C is the ratio
+    of the lag sums (:func:`lag_sums`, by FFT) of n·m and of m, i.e. the mean of n(p)·n(p+d)
+    over the pixel pairs both on the mask. Lags with fewer than
     ``min_pairs`` pairs are NaN. Interpolation or smoothing correlates neighbouring pixels;
     this is what makes C(d ≠ 0) non-zero.
     """
@@ -803,8 +803,15 @@ def _autocovariances(images, blank, max_lag: int, *, box=64, kappa=5.0, min_pair
     n0 = int(m0.sum())
     if n0 < min_pairs:
         return nan_c, [n0] * len(imgs)
-    bgs, masks = [], []
-    for img in imgs:
+    h, w = m0.shape
+    den0 = np.rint(lag_sums(m0, L))
+    # one image at a time: its background map and mask, and the noise image (0 off the
+    # mask) that the lag sums read one strip of rows at a time
+    noise = np.empty((h, w))
+    sigma = box / 4.0
+    q = int(sigma // 2)
+    out, used = [], []
+    for img, C in zip(imgs, nan_c, strict=True):
         # the background of the blank pixels, the noise n = image − background on them
         bg = background_map(img, box, valid=m0)
         vals = residual_values(img, bg, m0)  # float64, finite: m0 is, and so is the map
@@ -812,25 +819,10 @@ def _autocovariances(images, blank, max_lag: int, *, box=64, kappa=5.0, min_pair
         np.subtract(vals, med, out=vals)
         np.abs(vals, out=vals)
         sig = MAD_TO_SIGMA * _median_inplace(vals)  # robust_sigma of the noise
+        del vals
         m = m0.copy()
         if np.isfinite(sig) and sig > 0:
             clip_residual(img, bg, m, med, kappa * sig)  # clipped pixels leave the mask
-        bgs.append(bg)
-        masks.append(m)
-    h, w = m0.shape
-    shape = (fft.next_fast_len(h + L), fft.next_fast_len(w + L, real=True))
-    iy = np.arange(-L, L + 1) % shape[0]
-    ix = np.arange(-L, L + 1) % shape[1]
-    # The FFT input is built zero-padded in one buffer and the transforms reuse one complex
-    # buffer: image-sized temporaries are few (each new one costs page faults).
-    real = np.zeros(shape)
-    spec = np.empty((shape[0], shape[1] // 2 + 1), dtype=np.complex128)
-    real[:h, :w] = m0
-    den0 = np.rint(_autocorrelation(real, spec)[np.ix_(iy, ix)])
-    sigma = box / 4.0
-    q = int(sigma // 2)
-    out = []
-    for img, bg, m, C in zip(imgs, bgs, masks, nan_c, strict=True):
         den = den0 + removed_pair_counts(m0, m0 & ~m, L)  # pairs on this image's mask
         ok = den >= min_pairs
         # Refine: subtract a local plane fitted to the clipped residual with Gaussian weights
@@ -839,29 +831,50 @@ def _autocovariances(images, blank, max_lag: int, *, box=64, kappa=5.0, min_pair
         # lag); n = 0 off the mask.
         if q >= 2:
             planes = _block_planes(residual_moments(img, bg, m, q), q, sigma)
-            planes_at_pixels(*planes, q, h, w, img, bg, m, real)
+            planes_at_pixels(*planes, q, h, w, img, bg, m, noise)
         else:
             n = np.where(m, img - bg.astype(np.float64), 0.0)
-            n = np.where(m, n - _local_plane(n, m.astype(np.float64), sigma), 0.0)
-            real[:] = 0.0
-            real[:h, :w] = n
-        num = _autocorrelation(real, spec)[np.ix_(iy, ix)]
+            noise[:] = np.where(m, n - _local_plane(n, m.astype(np.float64), sigma), 0.0)
+        num = lag_sums(noise, L)
         C[ok] = num[ok] / den[ok]
         out.append(C)
-    return out, [int(m.sum()) for m in masks]
+        used.append(int(m.sum()))
+    return out, used
 
 
-def _autocorrelation(real: np.ndarray, spec: np.ndarray) -> np.ndarray:
-    """IFFT |FFT(x)|² of the zero-padded real array ``real`` (circular autocorrelation),
-    returned in ``real``; ``spec`` (complex, rows × (columns/2 + 1)) holds the spectrum."""
-    np.fft.rfft2(real, out=spec)
-    power = spec.real * spec.real
-    power += spec.imag * spec.imag
-    spec.real = power
-    spec.imag = 0.0
-    del power
-    np.fft.ifft(spec, axis=0, out=spec)
-    return np.fft.irfft(spec, n=real.shape[1], axis=1, out=real)
+LAG_STRIP_ROWS = 512
+
+
+def lag_sums(x: np.ndarray, max_lag: int, rows: int = LAG_STRIP_ROWS) -> np.ndarray:
+    """``S[dy + L, dx + L] = Σ x(y, x)·x(y + dy, x + dx)`` over the image (zero outside it)
+    for |dy|, |dx| ≤ L = ``max_lag``, in float64.
+
+    By FFT cross-correlation of one strip of ``rows`` rows against the same strip widened by
+    L rows on each side, summed over the strips: the same sums as one zero-padded FFT of the
+    whole image, with FFT buffers of a strip instead of several image-sized ones (a 24 MP
+    stack needed about 1.2 GB more for the whole-image transform).
+    """
+    L = int(max_lag)
+    h, w = x.shape
+    n = max(1, min(int(rows), h))
+    hs = fft.next_fast_len(n + 2 * L, real=True)
+    ws = fft.next_fast_len(w + L, real=True)
+    iy = np.arange(-L, L + 1) % hs
+    ix = np.arange(-L, L + 1) % ws
+    strip = np.zeros((hs, ws))  # rows y0 - L + k of the image at row k
+    wide = np.zeros((hs, ws))
+    total = np.zeros((2 * L + 1, 2 * L + 1))
+    for y0 in range(0, h, n):
+        y1 = min(h, y0 + n)
+        lo, hi = max(0, y0 - L), min(h, y1 + L)
+        strip[:] = 0.0
+        wide[:] = 0.0
+        strip[L : L + y1 - y0, :w] = x[y0:y1]
+        wide[lo - y0 + L : hi - y0 + L, :w] = x[lo:hi]
+        spec = np.fft.rfft2(wide)
+        spec *= np.conj(np.fft.rfft2(strip))
+        total += np.fft.irfft2(spec, s=(hs, ws))[np.ix_(iy, ix)]
+    return total
 
 
 def aperture_noise(
@@ -1084,10 +1097,15 @@ def compare_stacks(
     radius = snr["aperture_radius_classical"]
     flux_ratio = _flux_ratio(fin_img, cla_img, fw["ref"], radius)
     aperture_keys = list(snr)[4:]  # after snr_final, snr_classical, snr_ratio, n_faint_stars
+    rms_f, rms_c = fin.rms, cla.rms
+    # The stacks' cached maps (background, residuals, masks: about eight image-sized arrays)
+    # are not needed for the seams; freeing them first keeps the job's peak at 24 MP near
+    # that of the other whole-frame jobs.
+    del fin, cla
     return {
         **{k: v for k, v in fw.items() if k not in ("ref", "both")},
-        "bg_rms_final": fin.rms / flux_ratio,  # in the classical's units
-        "bg_rms_classical": cla.rms,
+        "bg_rms_final": rms_f / flux_ratio,  # in the classical's units
+        "bg_rms_classical": rms_c,
         "flux_ratio": flux_ratio,
         **{k: snr[k] for k in list(snr)[:4]},
         "aperture_radius": radius,  # the classical stack's (kept for older readers)

@@ -121,7 +121,9 @@ def profile_score(
     return float(sig / bg)
 
 
-def _band_step_profile(lines: np.ndarray, stride: int, offset: int) -> np.ndarray:
+def _band_step_profile(
+    lines: np.ndarray, stride: int, offset: int, overwrite: bool = False
+) -> np.ndarray:
     """Squared local step along x, per band of tile rows, median over bands (length W).
 
     ``lines`` is the residual transposed (W×H, C-contiguous: line x holds column x), so each
@@ -129,14 +131,17 @@ def _band_step_profile(lines: np.ndarray, stride: int, offset: int) -> np.ndarra
     per-tile offset is constant along y, so the band's median profile along x shows it as a
     step at each tile boundary. The step is measured as the difference of box means of width
     w = stride/4 on either side of x, squared so that steps of either sign add up at the
-    boundary positions.
+    boundary positions. ``overwrite``: the values inside each band of each line may be
+    reordered in place (no copy of the image).
     """
     w, h = lines.shape
     box = max(2, stride // 4)
     starts = list(range(int(offset) % stride, h - stride + 1, stride)) or [0]
     # the bands are consecutive: all their medians in one call
     y0 = starts[0]
-    bands = np.array(lines[:, y0 : y0 + len(starts) * stride])  # one copy, sorted in place
+    bands = lines[:, y0 : y0 + len(starts) * stride]
+    if not (overwrite and bands.flags.writeable):
+        bands = np.array(bands)  # one copy, sorted in place
     meds = _nanmedian(bands.reshape(w, len(starts), -1), axis=2, overwrite=True)
     del bands
     profiles = []
@@ -170,11 +175,14 @@ def seam_components(
     image: np.ndarray, reference_smooth: np.ndarray, stride: float, offset: int = 0
 ) -> dict:
     """The four profile scores (signed/steps × columns/rows) of the residual."""
-    res = np.asarray(image, dtype=np.float64) - np.asarray(reference_smooth, dtype=np.float64)
+    # float64 difference without float64 copies of the inputs (cast chunk by chunk)
+    res = np.subtract(image, reference_smooth, dtype=np.float64)
     res_t = np.ascontiguousarray(res.T)  # medians along the last axis need no copies
     s = int(round(stride))
-    col_steps = _band_step_profile(res_t, s, offset)
-    row_steps = _band_step_profile(res, s, offset)
+    # The band medians may reorder each line in place: a line's median below (the signed
+    # profile) does not depend on the order of its values.
+    col_steps = _band_step_profile(res_t, s, offset, overwrite=True)
+    row_steps = _band_step_profile(res, s, offset, overwrite=True)
     col_signed = _nanmedian(res_t, axis=1, overwrite=True)  # last use: reordered in place
     row_signed = _nanmedian(res, axis=1, overwrite=True)
     return {
