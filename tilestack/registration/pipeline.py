@@ -466,6 +466,22 @@ def image_fallback(
     """
     if image.shape != reference.shape:
         raise SizeMismatch(f"frame {image.shape} and reference {reference.shape} differ in size")
+    f = fallback_bin_factor(image.shape)
+    if f > 1:
+        return _binned_fallback(
+            f,
+            image,
+            reference,
+            valid=valid,
+            ref_valid=ref_valid,
+            model=model,
+            initial=initial,
+            delta_ncc=delta_ncc,
+            min_ncc=min_ncc,
+            stars_xy=stars_xy,
+            ref_xy=ref_xy,
+            match_radius=match_radius,
+        )
     img_hp = remove_background(image, valid).astype(np.float32)
     if valid is not None:
         img_hp[np.asarray(valid) == 0] = np.nan
@@ -524,6 +540,66 @@ def image_fallback(
     return None, "none", why, details
 
 
+# Image-based fallbacks on frames above this many pixels run on a binned copy: phase
+# correlation, ECC and the NCC checks hold several image-sized float64 and complex buffers
+# (a 24 MP frame needed 4.5 GB and about 40 s per fallback; binned 2×2, a quarter of both).
+FALLBACK_MAX_PIXELS = 8_000_000
+
+
+def fallback_bin_factor(shape) -> int:
+    """Bin factor f (f×f pixels into one) that brings a frame to ≤ FALLBACK_MAX_PIXELS."""
+    return max(1, math.ceil(math.sqrt(shape[0] * shape[1] / FALLBACK_MAX_PIXELS)))
+
+
+def _bin_mean(a, f: int) -> np.ndarray:
+    """f×f block means (float32; the last partial rows/columns are dropped)."""
+    h, w = (a.shape[0] // f) * f, (a.shape[1] // f) * f
+    blocks = np.asarray(a)[:h, :w].reshape(h // f, f, w // f, f)
+    return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
+
+
+def _bin_valid(v, f: int) -> np.ndarray | None:
+    """A binned pixel is valid when all its f×f pixels are."""
+    if v is None:
+        return None
+    h, w = (v.shape[0] // f) * f, (v.shape[1] // f) * f
+    blocks = np.asarray(v)[:h, :w].reshape(h // f, f, w // f, f) != 0
+    return blocks.all(axis=(1, 3)).astype(np.uint8)
+
+
+def _to_binned(f: int) -> np.ndarray:
+    """Full-resolution pixel coordinates → binned ones (pixel centres: x_f = f·x_b + (f−1)/2)."""
+    c = -(f - 1) / (2.0 * f)
+    return np.array([[1.0 / f, 0.0, c], [0.0, 1.0 / f, c], [0.0, 0.0, 1.0]])
+
+
+def _binned_fallback(f: int, image, reference, **kw):
+    """:func:`image_fallback` on f×f-binned copies; the transform back in full-resolution
+    pixels (S⁻¹·T·S with S the binning map, the same in frame and reference)."""
+    s = _to_binned(f)
+    s_inv = np.linalg.inv(s)
+    initial = kw.pop("initial")
+    if initial is not None:
+        init_t = initial if isinstance(initial, Transform) else Transform(initial)
+        initial = Transform(s @ init_t.matrix @ s_inv, init_t.model)
+    for key in ("stars_xy", "ref_xy"):
+        if kw[key] is not None and len(kw[key]):
+            kw[key] = Transform(s).apply(np.asarray(kw[key], dtype=np.float64).reshape(-1, 2))
+    kw["match_radius"] = kw["match_radius"] / f
+    t, method, why, details = image_fallback(
+        _bin_mean(image, f),
+        _bin_mean(reference, f),
+        valid=_bin_valid(kw.pop("valid"), f),
+        ref_valid=_bin_valid(kw.pop("ref_valid"), f),
+        initial=initial,
+        **kw,
+    )
+    details["bin"] = f
+    if t is not None:
+        t = Transform(s_inv @ t.matrix @ s, t.model)
+    return t, method, why, details
+
+
 def _fallback_candidates(image, reference, valid, model, initial):
     """``([(name, matrix, refine with ECC)], phase-correlation confidence, its error)``."""
     cands = []
@@ -575,9 +651,13 @@ def fallback_strength(details: dict) -> str:
     """
     votes = int(details.get("star_votes", 0) or 0)
     gain = float(details.get("ncc_after", np.nan)) - float(details.get("ncc_before", np.nan))
+    binned = f" ({details['bin']}×{details['bin']}-binned images)" if details.get("bin") else ""
     if votes >= MIN_STAR_VOTES:
-        return f"strong fallback: {votes} stars coincide, NCC +{gain:.3f}"
-    return f"weak fallback: {votes} stars coincide, only the NCC gain +{gain:.3f} supports it"
+        return f"strong fallback: {votes} stars coincide, NCC +{gain:.3f}{binned}"
+    return (
+        f"weak fallback: {votes} stars coincide, only the NCC gain +{gain:.3f} supports it"
+        f"{binned}"
+    )
 
 
 def _probe(shape):
