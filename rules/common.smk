@@ -65,6 +65,12 @@ def mem_mb(factor=1.0):
     return int(WF["memory_mb"] * factor)
 
 
+def frame_mem_mb():
+    """mem_mb of the jobs that hold whole frames: at least their measured need at this
+    frame size (workflow.memory_mb is the floor)."""
+    return tsplan.frame_job_mem_mb(PLAN.width, PLAN.height, WF["memory_mb"])
+
+
 def runtime_min():
     return int(WF["runtime_min"])
 

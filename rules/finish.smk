@@ -67,7 +67,7 @@ rule finish:
         log_path("finish"),
     threads: max(WF["threads"], 2)  # the tail of the run: OpenCV filters and FFTs of the validation use 2 threads
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=frame_mem_mb(),
         runtime=runtime_min(),
     conda:
         ENV

@@ -23,7 +23,7 @@ rule prepare:
         log_path("prepare/{batch}"),
     threads: WF["threads"]
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=frame_mem_mb(),
         runtime=runtime_min(),
     conda:
         ENV

@@ -49,7 +49,7 @@ if not ONE_BAND:
             log_path("assemble"),
         threads: 1
         resources:
-            mem_mb=mem_mb(),
+            mem_mb=frame_mem_mb(),
             runtime=runtime_min(),
         conda:
             ENV

@@ -24,7 +24,7 @@ rule reference:
         log_path("reference"),
     threads: 1
     resources:
-        mem_mb=mem_mb(0.5),
+        mem_mb=frame_mem_mb(),
         runtime=runtime_min(),
     conda:
         ENV
@@ -93,7 +93,7 @@ rule align:
         log_path("align/{batch}"),
     threads: WF["threads"]
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=frame_mem_mb(),
         runtime=runtime_min(),
     conda:
         ENV

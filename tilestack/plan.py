@@ -66,6 +66,22 @@ class Plan:
         )
 
 
+# Declared memory of the jobs that hold whole frames (prepare, reference, align, assemble,
+# finish): their measured peak is about a fixed part (interpreter, libraries, compiled kernels)
+# plus a few frame-sized buffers per megapixel of the sensor (benchmarks/results/scale.md:
+# 0.7 GB at 2048², 2.0-2.1 GB at 24 MP mono and OSC); the margin covers brighter or busier
+# fields than the benchmark's.
+FRAME_JOB_BASE_MB = 500
+FRAME_JOB_MB_PER_MP = 70
+
+
+def frame_job_mem_mb(width: int, height: int, floor_mb: float) -> int:
+    """``mem_mb`` to declare for a whole-frame job: ``workflow.memory_mb`` or, for frames
+    large enough to need more, their measured need (a cluster kills a job that exceeds it)."""
+    need = FRAME_JOB_BASE_MB + FRAME_JOB_MB_PER_MP * (int(width) * int(height) / 1e6)
+    return int(math.ceil(max(float(floor_mb), need)))
+
+
 def cluster_count(n: int) -> int:
     """K = clip(floor(N/10), 5, 30), never more than N (METHODOLOGY §10)."""
     return int(min(max(n // 10, 5), 30, n))
