@@ -262,15 +262,16 @@ def _mtf(m: float, x: np.ndarray) -> np.ndarray:
     return ((m - 1.0) * x) / ((2.0 * m - 1.0) * x - m)
 
 
-def _stretch_channel(x: np.ndarray, target: float, shadows_sigma: float) -> np.ndarray:
-    """Auto-stretch one channel to [0, 1]: shadows clip below the background, MTF to target.
+def _channel_map(x: np.ndarray, target: float, shadows_sigma: float):
+    """``(lo, span, m)`` of one channel's auto-stretch (None: nothing to show).
 
-    Background is neutralised per channel because each channel's black point and midtone
-    come from its own median and MAD.
+    Shadows clip below the background, then the MTF puts the background on ``target``; each
+    channel's black point and midtone come from its own median and MAD (background
+    neutralised per channel).
     """
     finite = np.isfinite(x)
     if not finite.any():
-        return np.zeros(x.shape, dtype=np.float64)
+        return None
     v = x[finite].astype(np.float64)
     if v.size > 2_000_000:  # statistics on a deterministic subsample are enough
         v = v[:: v.size // 1_000_000]
@@ -281,34 +282,82 @@ def _stretch_channel(x: np.ndarray, target: float, shadows_sigma: float) -> np.n
     lo = max(lo, float(np.min(v)))
     span = hi - lo
     if not np.isfinite(span) or span <= 0:
-        return np.zeros(x.shape, dtype=np.float64)
-    y = np.clip((np.where(finite, x, lo).astype(np.float64) - lo) / span, 0.0, 1.0)
+        return None
     bg = min(max((med - lo) / span, 1e-9), 1.0)
     # Choose the midtone m so that the background lands on ``target``: MTF(m, bg) = target.
     m = bg * (target - 1.0) / (2.0 * bg * target - bg - target)
-    m = float(np.clip(m, 1e-6, 1.0 - 1e-6))
+    return lo, span, float(np.clip(m, 1e-6, 1.0 - 1e-6))
+
+
+def _apply_channel(x: np.ndarray, params) -> np.ndarray:
+    if params is None:
+        return np.zeros(x.shape, dtype=np.float64)
+    lo, span, m = params
+    y = np.clip((np.where(np.isfinite(x), x, lo).astype(np.float64) - lo) / span, 0.0, 1.0)
     return _mtf(m, y)
 
 
-def _stretch_linked(rgb: np.ndarray, target: float, shadows_sigma: float) -> np.ndarray:
-    """One stretch for all three channels after subtracting each channel's background.
+def _stretch_channel(x: np.ndarray, target: float, shadows_sigma: float) -> np.ndarray:
+    """Auto-stretch one channel to [0, 1] (:func:`_channel_map`)."""
+    return _apply_channel(x, _channel_map(x, target, shadows_sigma))
+
+
+def _linked_map(rgb: np.ndarray, target: float, shadows_sigma: float):
+    """``(sky medians, lo, hi, m)`` of the linked RGB stretch (None: stretch per channel).
 
     Subtracting the per-channel median neutralises the sky colour; the common scale and the
     common midtone keep the colour ratios of everything above the sky (star colours).
     """
     stats = [sky_stats(c) for c in rgb]
     if not all(np.isfinite(s[0]) for s in stats):
-        return np.stack([_stretch_channel(c, target, shadows_sigma) for c in rgb])
-    y = np.stack([np.asarray(c, dtype=np.float64) - s[0] for c, s in zip(rgb, stats, strict=True)])
+        return None
+    sky = [s[0] for s in stats]
     noise = float(np.mean([s[1] for s in stats]))
-    lo = -shadows_sigma * noise if noise > 0 else min(float(np.nanmin(c)) for c in y)
+    if noise > 0:
+        lo = -shadows_sigma * noise
+    else:
+        lo = min(
+            float(np.nanmin(np.asarray(c, dtype=np.float64) - s))
+            for c, s in zip(rgb, sky, strict=True)
+        )
     hi = max(s[2] - s[0] for s in stats)
     if not hi > lo:
-        return np.zeros(y.shape, dtype=np.float64)
-    z = np.clip((np.where(np.isfinite(y), y, lo) - lo) / (hi - lo), 0.0, 1.0)
+        return sky, lo, hi, None
     bg = min(max(-lo / (hi - lo), 1e-9), 1.0)
     m = bg * (target - 1.0) / (2.0 * bg * target - bg - target)
-    return _mtf(float(np.clip(m, 1e-6, 1.0 - 1e-6)), z)
+    return sky, lo, hi, float(np.clip(m, 1e-6, 1.0 - 1e-6))
+
+
+def _apply_linked(rgb: np.ndarray, params) -> np.ndarray:
+    sky, lo, hi, m = params
+    if m is None:
+        return np.zeros(rgb.shape, dtype=np.float64)
+    y = np.stack([np.asarray(c, dtype=np.float64) - s for c, s in zip(rgb, sky, strict=True)])
+    z = np.clip((np.where(np.isfinite(y), y, lo) - lo) / (hi - lo), 0.0, 1.0)
+    return _mtf(m, z)
+
+
+def _stretch_linked(rgb: np.ndarray, target: float, shadows_sigma: float) -> np.ndarray:
+    """One stretch for all three channels after subtracting each channel's background."""
+    return _stretch_map(rgb, target, shadows_sigma, True)(rgb)
+
+
+def _stretch_map(arr: np.ndarray, target: float, shadows_sigma: float, linked: bool):
+    """The display stretch of ``arr`` as a function of any block of its rows (``arr[..., a:b,
+    :]``): parameters from the whole image, the same values block by block, so a large image
+    can be stretched a few rows at a time."""
+    if arr.ndim == 2:
+        p = _channel_map(arr, target, shadows_sigma)
+        return lambda block: _apply_channel(block, p)
+    if arr.ndim == 3 and arr.shape[0] == 3:
+        lp = _linked_map(arr, target, shadows_sigma) if linked else None
+        if lp is not None:
+            return lambda block: _apply_linked(block, lp)
+        ps = [_channel_map(c, target, shadows_sigma) for c in arr]
+        return lambda block: np.stack(
+            [_apply_channel(c, p) for c, p in zip(block, ps, strict=True)]
+        )
+    raise InputError(f"preview: expected a (H, W) or (3, H, W) image, got shape {arr.shape}")
 
 
 def stretch(
@@ -323,13 +372,10 @@ def stretch(
     RGB is stretched ``linked`` (neutral sky, star colours kept) or per channel.
     """
     arr = np.asarray(image)
-    if arr.ndim == 2:
-        return _stretch_channel(arr, target, shadows_sigma)
-    if arr.ndim == 3 and arr.shape[0] == 3:
-        if linked:
-            return _stretch_linked(arr, target, shadows_sigma)
-        return np.stack([_stretch_channel(c, target, shadows_sigma) for c in arr])
-    raise InputError(f"preview: expected a (H, W) or (3, H, W) image, got shape {arr.shape}")
+    return _stretch_map(arr, target, shadows_sigma, linked)(arr)
+
+
+PREVIEW_BLOCK_ROWS = 256
 
 
 def preview_png(
@@ -347,8 +393,14 @@ def preview_png(
     Row 0 of the array is the top row of the PNG (``flip_vertical`` shows it FITS-viewer
     style instead). ``max_size`` shrinks the longer side (area averaging) for large images.
     """
-    s = stretch(image_or_rgb, target=target, shadows_sigma=shadows_sigma, linked=linked)
-    img8 = np.round(np.clip(s, 0.0, 1.0) * 255.0).astype(np.uint8)
+    arr = np.asarray(image_or_rgb)
+    stretch_rows = _stretch_map(arr, target, shadows_sigma, linked)
+    # a few rows at a time: the float64 stretch of a 24 MP RGB image is 0.6 GB per temporary
+    img8 = np.empty(arr.shape, dtype=np.uint8)
+    for y0 in range(0, arr.shape[-2], PREVIEW_BLOCK_ROWS):
+        rows = (..., slice(y0, y0 + PREVIEW_BLOCK_ROWS), slice(None))
+        s = stretch_rows(arr[rows])
+        img8[rows] = np.round(np.clip(s, 0.0, 1.0) * 255.0).astype(np.uint8)
     if img8.ndim == 3:
         img8 = np.ascontiguousarray(np.moveaxis(img8, 0, -1)[..., ::-1])  # RGB → BGR for cv2
     if flip_vertical:
