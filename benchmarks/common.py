@@ -68,3 +68,18 @@ def code_state(*sections: str) -> dict:
         "changed_files": len([ln for ln in dirty.stdout.splitlines() if ln.strip()]),
         **{s: cfg.get(s, {}) for s in sections},
     }
+
+
+READING_MARKER = "<!-- reading: kept when the script rewrites the figures above -->"
+
+
+def write_report(path: Path, text: str) -> str:
+    """Write a generated report, keeping the hand-written reading below READING_MARKER of the
+    file already there (the reading explains the figures; a rerun must not delete it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.is_file() else ""
+    tail = old.split(READING_MARKER, 1)[1] if READING_MARKER in old else "\n"
+    text = text.rstrip("\n") + "\n\n" + READING_MARKER + tail
+    path.write_text(text)
+    return text

@@ -60,7 +60,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import code_state, run_env, snakemake_cmd, snakemake_version  # noqa: E402
+from common import code_state, run_env, snakemake_cmd, snakemake_version, write_report  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scale.md"
 WORKDIR = ROOT / "benchmarks" / "data" / "scale"
@@ -1234,9 +1234,7 @@ def main(argv: list[str] | None = None) -> int:
         check_per_pixel(counts, big, osc_ref),
         check_memory_limit([*counts, *big, *([osc_ref] if osc_ref else [])]),
     )
-    text = markdown(rep)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_report(out, markdown(rep))
     plot(rep, png)
     (args.workdir / "scale.json").write_text(json.dumps(rep, indent=1, default=str))
     print(f"wrote {out} and {png}", flush=True)

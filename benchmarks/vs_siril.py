@@ -56,10 +56,15 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import code_state, run_env, snakemake_cmd, snakemake_version  # noqa: E402
+from common import (  # noqa: E402
+    code_state,
+    run_env,
+    snakemake_cmd,
+    snakemake_version,
+    write_report,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "vs_siril.md"
-MARKER = "<!-- reading: kept when the script rewrites the figures above -->"
 GOAL = 1.0
 SIRIL_REF_SECONDS = 23.0  # the figure for Siril on its machine
 
@@ -718,13 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         "code": saved.get("code", {}),
     }
     text = markdown(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.is_file() and MARKER in out.read_text():
-        text += "\n" + MARKER + out.read_text().split(MARKER, 1)[1]
-    else:
-        text += "\n" + MARKER + "\n"
-    out.write_text(text)
+    text = write_report(Path(args.out), text)
     raw = {k: v for k, v in report.items() if k not in ("phases",)}
     raw["phases"] = phases.to_dict(orient="records")
     (workdir / "vs_siril.json").write_text(json.dumps(raw, indent=2, default=str))
