@@ -13,7 +13,7 @@ import pandas as pd
 from tilestack.io.atomic import write_table
 from tilestack.io.frames import write_fits
 from tilestack.provenance import provenance_header
-from tilestack.reconstruction import assemble_bands
+from tilestack.reconstruction import assemble_bands, synthetic_frame
 
 
 def assemble_channel(
@@ -33,7 +33,9 @@ def assemble_channel(
     optionally ``synthetic`` to the K synthetic-frame paths (full mode). Every FITS carries the
     provenance header (``config`` is hashed, not stored). Returns (fallback tiles, frames used).
     """
-    out = assemble_bands(list(band_paths), height=int(channel_height))
+    bands = list(band_paths)
+    # the synthetic frames are joined one at a time below (K of them would be K full frames)
+    out = assemble_bands(bands, height=int(channel_height), synthetic=False)
     meta = out["meta"]
     n_used = int(meta.get("n_frames", n_frames))
 
@@ -53,12 +55,13 @@ def assemble_channel(
     if classical is None:
         classical = np.full_like(out["stack"], np.nan)
     write_fits(outputs["classical"], classical, header=header("classical stack"))
-    syn = out["synthetic"]
+    n_syn = int(meta.get("n_clusters", 0) or 0)
     for k, path in enumerate(outputs.get("synthetic") or []):
-        plane = (
-            syn[k] if syn is not None and k < syn.shape[0] else np.full_like(out["stack"], np.nan)
-        )
+        plane = synthetic_frame(bands, k) if k < n_syn else None
+        if plane is None:
+            plane = np.full_like(out["stack"], np.nan)
         write_fits(path, plane, header=header(f"synthetic frame k={k}"))
+        del plane
     flags = pd.DataFrame(
         {
             "tile": np.arange(grid.n_tiles),

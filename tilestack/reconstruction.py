@@ -1378,35 +1378,93 @@ _ARRAYS = ("stack", "recon", "weight", "coverage", "kept", "fallback")
 _OPTIONAL = ("classical", "synthetic", "cluster_fallback")
 
 
+def _synthetic_key(k: int) -> str:
+    return f"synthetic_{k:03d}"
+
+
 def save_band(path, result: BandResult) -> None:
-    """Write a band result as an uncompressed ``.npz`` (atomic)."""
+    """Write a band result as an uncompressed ``.npz`` (atomic).
+
+    Each synthetic frame is a member of its own (``synthetic_000``…), so that assembling reads
+    one synthetic frame of every band at a time instead of all K (K ≤ 30 full frames).
+    """
     arrays = {k: getattr(result, k) for k in _ARRAYS}
-    arrays.update({k: getattr(result, k) for k in _OPTIONAL if getattr(result, k) is not None})
+    arrays.update(
+        {
+            k: getattr(result, k)
+            for k in _OPTIONAL
+            if k != "synthetic" and getattr(result, k) is not None
+        }
+    )
+    if result.synthetic is not None:
+        arrays.update({_synthetic_key(k): plane for k, plane in enumerate(result.synthetic)})
+        arrays["n_synthetic"] = np.array(len(result.synthetic), np.int64)
     arrays["rows"] = np.array([result.y0, result.y1], np.int64)
     arrays["meta"] = np.array(json.dumps(result.meta, sort_keys=True))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
 
 
-def load_band(path) -> BandResult:
+def _read_synthetic(z, k: int | None = None) -> np.ndarray | None:
+    """All synthetic frames ``(K, rows, W)`` of an open band file, or frame ``k``; None if none."""
+    if "n_synthetic" in z.files:
+        n = int(z["n_synthetic"])
+        if k is not None:
+            return z[_synthetic_key(k)]
+        return np.stack([z[_synthetic_key(i)] for i in range(n)]) if n else None
+    if "synthetic" in z.files:  # band files written before the split
+        return z["synthetic"] if k is None else z["synthetic"][k]
+    return None
+
+
+def load_band(path, synthetic: bool = True) -> BandResult:
+    """A band result from its file (``synthetic=False``: without the synthetic frames)."""
     try:
         with np.load(Path(path), allow_pickle=False) as z:
             y0, y1 = (int(v) for v in z["rows"])
             kw = {k: z[k] for k in _ARRAYS}
-            kw.update({k: z[k] for k in _OPTIONAL if k in z.files})
+            kw.update({k: z[k] for k in _OPTIONAL if k != "synthetic" and k in z.files})
+            if synthetic:
+                kw["synthetic"] = _read_synthetic(z)
             meta = json.loads(str(z["meta"]))
     except (OSError, ValueError, KeyError) as err:
         raise InputError(f"{path}: not a band result ({err})") from err
     return BandResult(y0=y0, y1=y1, meta=meta, **kw)
 
 
-def assemble_bands(bands: Sequence[BandResult | str | Path], height: int | None = None) -> dict:
+def synthetic_frame(bands: Sequence[BandResult | str | Path], k: int) -> np.ndarray | None:
+    """Synthetic frame ``k`` of a channel, joined from its bands (in row order), reading only
+    that frame from each band file; None when the bands have no synthetic frames."""
+    parts = []
+    for b in bands:
+        if isinstance(b, BandResult):
+            part = None if b.synthetic is None else b.synthetic[k]
+            y0 = b.y0
+        else:
+            try:
+                with np.load(Path(b), allow_pickle=False) as z:
+                    y0 = int(z["rows"][0])
+                    part = _read_synthetic(z, k)
+            except (OSError, ValueError, KeyError, IndexError) as err:
+                raise InputError(f"{b}: no synthetic frame {k} ({err})") from err
+        if part is None:
+            return None
+        parts.append((y0, part))
+    parts.sort(key=lambda p: p[0])
+    return np.concatenate([p for _, p in parts], axis=0)
+
+
+def assemble_bands(
+    bands: Sequence[BandResult | str | Path], height: int | None = None, synthetic: bool = True
+) -> dict:
     """Stack band results into full images; checks the bands tile ``[0, height)`` exactly.
 
     Returns ``stack, recon, weight, coverage, kept, classical (or None), synthetic (K,H,W or
-    None), fallback`` (tile flags, OR over bands — identical in every band).
+    None), fallback`` (tile flags, OR over bands — identical in every band). With
+    ``synthetic=False`` the synthetic frames are not read (``synthetic`` is None): take them
+    one at a time with :func:`synthetic_frame`.
     """
-    res = [b if isinstance(b, BandResult) else load_band(b) for b in bands]
+    res = [b if isinstance(b, BandResult) else load_band(b, synthetic=synthetic) for b in bands]
     res.sort(key=lambda r: r.y0)
     if not res:
         raise InputError("assemble: no band results")
@@ -1425,7 +1483,7 @@ def assemble_bands(bands: Sequence[BandResult | str | Path], height: int | None 
         return np.concatenate(parts, axis=axis)
 
     out = {k: cat(k) for k in ("stack", "recon", "weight", "coverage", "kept", "classical")}
-    out["synthetic"] = cat("synthetic", axis=1)
+    out["synthetic"] = cat("synthetic", axis=1) if synthetic else None
     out["fallback"] = np.logical_or.reduce([r.fallback for r in res])
     out["cluster_fallback"] = res[0].cluster_fallback
     out["meta"] = res[0].meta

@@ -12,6 +12,7 @@ from tilestack.reconstruction import (
     reconstruct_band,
     rows_per_chunk,
     save_band,
+    synthetic_frame,
 )
 from tilestack.stacking import stack_frames
 from tilestack.synthetic import synthetic_global
@@ -290,7 +291,22 @@ def test_save_load_assemble(tmp_path, data):
     back = assemble_bands(paths[::-1], height=H)
     np.testing.assert_array_equal(back["stack"], out["stack"])
     assert back["synthetic"].shape == (2, H, W)
+    np.testing.assert_array_equal(back["synthetic"], out["synthetic"])
     assert load_band(paths[0]).meta["n_clusters"] == 2
+    # one synthetic frame at a time, each band file read for that frame only
+    lean = assemble_bands(paths, height=H, synthetic=False)
+    assert lean["synthetic"] is None
+    np.testing.assert_array_equal(lean["stack"], out["stack"])
+    for k in range(2):
+        np.testing.assert_array_equal(synthetic_frame(paths[::-1], k), out["synthetic"][k])
+    # band files of the earlier layout (all K frames in one member) still read the same
+    old = tmp_path / "old_band.npz"
+    with np.load(paths[0]) as z:
+        members = {m: z[m] for m in z.files if not m.startswith(("synthetic_", "n_synthetic"))}
+        members["synthetic"] = np.stack([z["synthetic_000"], z["synthetic_001"]])
+    np.savez(old, **members)
+    np.testing.assert_array_equal(load_band(old).synthetic, load_band(paths[0]).synthetic)
+    np.testing.assert_array_equal(synthetic_frame([old], 1), load_band(paths[0]).synthetic[1])
     with pytest.raises(InputError, match="missing"):
         assemble_bands(paths[1:])
     with pytest.raises(InputError):
