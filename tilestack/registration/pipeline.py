@@ -655,8 +655,7 @@ def fallback_strength(details: dict) -> str:
     if votes >= MIN_STAR_VOTES:
         return f"strong fallback: {votes} stars coincide, NCC +{gain:.3f}{binned}"
     return (
-        f"weak fallback: {votes} stars coincide, only the NCC gain +{gain:.3f} supports it"
-        f"{binned}"
+        f"weak fallback: {votes} stars coincide, only the NCC gain +{gain:.3f} supports it{binned}"
     )
 
 
