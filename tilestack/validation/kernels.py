@@ -433,6 +433,21 @@ def clip_residual(img, bkg, keep, centre, limit):
                 keep[y, x] = False
 
 
+@njit(inline="always")
+def _add_moments(o, wt, vw, dx, dy):
+    """Add one pixel (weight ``wt``, weighted value ``vw``, offset dx, dy) to a block's nine
+    moments (:func:`block_moments`)."""
+    o[0] += wt
+    o[1] += wt * dx
+    o[2] += wt * dy
+    o[3] += wt * dx * dx
+    o[4] += wt * dy * dy
+    o[5] += wt * dx * dy
+    o[6] += vw
+    o[7] += vw * dx
+    o[8] += vw * dy
+
+
 @njit(cache=True)
 def residual_moments(img, bkg, mask, q):
     """:func:`block_moments` of the values ``img − bkg`` with weight 1 on ``mask``, 0 off it."""
@@ -449,17 +464,7 @@ def residual_moments(img, bkg, mask, q):
                 continue
             i = x // q
             dx = x - i * q - c
-            v = float(img[y, x]) - float(bkg[y, x])
-            o = out[j, i]
-            o[0] += 1.0
-            o[1] += dx
-            o[2] += dy
-            o[3] += dx * dx
-            o[4] += dy * dy
-            o[5] += dx * dy
-            o[6] += v
-            o[7] += v * dx
-            o[8] += v * dy
+            _add_moments(out[j, i], 1.0, float(img[y, x]) - float(bkg[y, x]), dx, dy)
     return out
 
 
@@ -482,17 +487,7 @@ def block_moments(values, weight, q):
                 continue
             i = x // q
             dx = x - i * q - c
-            vw = values[y, x] * wt
-            o = out[j, i]
-            o[0] += wt
-            o[1] += wt * dx
-            o[2] += wt * dy
-            o[3] += wt * dx * dx
-            o[4] += wt * dy * dy
-            o[5] += wt * dx * dy
-            o[6] += vw
-            o[7] += vw * dx
-            o[8] += vw * dy
+            _add_moments(out[j, i], wt, values[y, x] * wt, dx, dy)
     return out
 
 
