@@ -449,9 +449,12 @@ def _add_moments(o, wt, vw, dx, dy):
 
 
 @njit(cache=True)
-def residual_moments(img, bkg, mask, q):
-    """:func:`block_moments` of the values ``img − bkg`` with weight 1 on ``mask``, 0 off it."""
-    h, w = img.shape
+def _moments(values, weight, bkg, mask, q):
+    """The loop of :func:`block_moments` and :func:`residual_moments`: with ``bkg`` of the
+    image's shape the values are ``values − bkg`` with weight 1 on ``mask`` (as
+    :func:`planes_at_pixels` tells its two uses apart), else ``values`` weighted by ``weight``."""
+    h, w = values.shape
+    resid = bkg.shape == (h, w)
     ny = (h + q - 1) // q
     nx = (w + q - 1) // q
     out = np.zeros((ny, nx, 9))
@@ -460,35 +463,35 @@ def residual_moments(img, bkg, mask, q):
         j = y // q
         dy = y - j * q - c
         for x in range(w):
-            if not mask[y, x]:
-                continue
+            if resid:
+                if not mask[y, x]:
+                    continue
+                wt = 1.0
+                v = float(values[y, x]) - float(bkg[y, x])
+            else:
+                wt = weight[y, x]
+                if wt == 0.0:
+                    continue
+                v = values[y, x]
             i = x // q
-            dx = x - i * q - c
-            _add_moments(out[j, i], 1.0, float(img[y, x]) - float(bkg[y, x]), dx, dy)
+            _add_moments(out[j, i], wt, v * wt, x - i * q - c, dy)
     return out
 
 
-@njit(cache=True)
+def residual_moments(img, bkg, mask, q):
+    """:func:`block_moments` of the values ``img − bkg`` with weight 1 on ``mask``, 0 off it."""
+    return _moments(img, _NO_WEIGHT, bkg, mask, q)
+
+
 def block_moments(values, weight, q):
     """Per q×q block (i, j) of the images: Σw, Σw·dx, Σw·dy, Σw·dx², Σw·dy², Σw·dx·dy,
     Σw·v, Σw·v·dx, Σw·v·dy with (dx, dy) the pixel's offset from the block centre; blocks
     past the image edge count only the pixels inside. Returns (ny, nx, 9) float64."""
-    h, w = values.shape
-    ny = (h + q - 1) // q
-    nx = (w + q - 1) // q
-    out = np.zeros((ny, nx, 9))
-    c = (q - 1) / 2.0
-    for y in range(h):
-        j = y // q
-        dy = y - j * q - c
-        for x in range(w):
-            wt = weight[y, x]
-            if wt == 0.0:
-                continue
-            i = x // q
-            dx = x - i * q - c
-            _add_moments(out[j, i], wt, values[y, x] * wt, dx, dy)
-    return out
+    return _moments(values, weight, _NO_WEIGHT, _NO_MASK_2D, q)
+
+
+_NO_WEIGHT = np.zeros((0, 0))
+_NO_MASK_2D = np.zeros((0, 0), dtype=np.bool_)
 
 
 @njit(cache=True)
