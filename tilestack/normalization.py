@@ -41,6 +41,13 @@ SCALE_SNR_MIN = 10.0
 # Systematic floor of one star's log flux ratio (PSF shape, crowding, seeing-dependent blends):
 # no star dominates, the brightest stars vote about equally.
 SCALE_SYS_FLOOR = 0.03
+# Median/MAD passes of an annulus's sky (each pass but the last clips at 3 sigma for the next).
+ANNULUS_SKY_PASSES = 2
+# Clip passes of a background cell's median (median and MAD of the star-masked cell, then this
+# many 3-sigma clips). The stars are masked already, so one pass removes what is left (cosmic
+# rays, faint sources); iterating to convergence moved the cell medians by 0.02 of their
+# standard error (rms, 2048² frames) and cost twice the time.
+SURFACE_CLIP_PASSES = 1
 
 
 @njit(cache=True, nogil=True)
@@ -91,7 +98,7 @@ def _aperture_kernel(img, valid, xs, ys, r, r_in, r_out, out):
         # Medians by quickselect on a scratch copy (the same values a full sort gives).
         bkg = 0.0
         noise = 0.0
-        for _ in range(4):
+        for _ in range(ANNULUS_SKY_PASSES):
             for j in range(m):
                 work[j] = buf[j]
             bkg = median_inplace(work, m)
@@ -373,9 +380,9 @@ def _cell_clipped_medians(diff, ok, ey, ex, min_pixels, kappa, max_iter, grid, c
     """Per cell: the sigma-clipped median of ``diff`` over ``ok`` pixels (in ``grid``) and the
     number of such pixels (in ``count``); cells with fewer than ``min_pixels`` stay NaN.
 
-    The same iteration as :func:`tilestack.robust.sigma_clipped_stats` (median/MAD, clipping
-    only ever removes, stop when nothing changes), with quickselect medians in one compiled
-    pass instead of a few numpy calls per cell and iteration.
+    The iteration of :func:`tilestack.robust.sigma_clipped_stats` (median/MAD, clipping only
+    ever removes, stop when nothing changes) for at most ``max_iter`` clips, with quickselect
+    medians in one compiled pass instead of a few numpy calls per cell and iteration.
     """
     maxn = 0
     for i in range(ey.size - 1):
@@ -403,7 +410,7 @@ def _cell_clipped_medians(diff, ok, ey, ex, min_pixels, kappa, max_iter, grid, c
                 work[k] = abs(vals[k] - med)
             sig = MAD_TO_SIGMA * median_inplace(work, n)
             kept = n
-            for _ in range(max_iter):
+            for it in range(max_iter):
                 if sig <= 0.0:
                     break
                 lo = med - kappa * sig
@@ -424,6 +431,8 @@ def _cell_clipped_medians(diff, ok, ey, ex, min_pixels, kappa, max_iter, grid, c
                             keep[k] = False
                 kept = m
                 med = median_inplace(work, m)
+                if it + 1 == max_iter:
+                    break  # the last pass's MAD would bound no further clip
                 m = 0
                 for k in range(n):
                     if keep[k]:
@@ -468,7 +477,7 @@ def fit_background(
         ex,
         int(min_pixels),
         3.0,
-        10,
+        SURFACE_CLIP_PASSES,
         grid,
         count,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 
 MAD_TO_SIGMA = 1.4826
 Z_FLOOR = 1e-6
@@ -21,6 +22,35 @@ def subsample(x: np.ndarray, max_samples: int = MAX_SAMPLES) -> np.ndarray:
     """Deterministic strided subsample: robust statistics of 1M pixels are as good as of 16M."""
     step = max(1, int(np.ceil(x.size / max_samples)))
     return x[::step]
+
+
+@njit(cache=True, nogil=True)
+def _every_kth_masked(values, mask, step, out):
+    n = 0
+    i = 0
+    for y in range(values.shape[0]):
+        for x in range(values.shape[1]):
+            if mask[y, x]:
+                if i % step == 0:
+                    out[n] = values[y, x]
+                    n += 1
+                i += 1
+    return n
+
+
+def masked_subsample(
+    values: np.ndarray, mask: np.ndarray, max_samples: int = MAX_SAMPLES
+) -> np.ndarray:
+    """``subsample(values[mask])`` without the full masked copy of a frame (same values)."""
+    values = np.ascontiguousarray(values)
+    mask = np.ascontiguousarray(mask, np.bool_)
+    if values.ndim != 2:
+        return subsample(values[mask], max_samples)
+    count = int(np.count_nonzero(mask))
+    step = max(1, int(np.ceil(count / max_samples)))
+    out = np.empty((count + step - 1) // step, values.dtype)
+    n = _every_kth_masked(values, mask, step, out)
+    return out[:n]
 
 
 def mad(x, axis=None) -> np.ndarray | float:

@@ -209,3 +209,33 @@ def test_added_noise_does_not_raise_energy(deep_field):
     assert plain_energy(deep_frame(deep_field, noise=10.0)) > 1.2 * plain_energy(
         deep_frame(deep_field)
     )
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (2, 3), (3, 3), (9, 14), (128, 77)])
+@pytest.mark.parametrize("cap", [None, 1.05])
+def test_sobel_energy_equals_opencv_sobel_of_the_filled_capped_image(shape, cap):
+    """The fused kernel = fill invalid with 1, cap, Sobel /8 with reflected borders, squared."""
+    import cv2
+
+    from tilestack.metrics.global_metrics import sobel_energy
+
+    rng = np.random.default_rng(sum(shape))
+    img = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+    mask = rng.random(shape) > 0.15
+    ref = np.where(mask, img if cap is None else np.minimum(img, np.float32(cap)), 1.0)
+    ref = ref.astype(np.float32)
+    kw = {"ksize": 3, "scale": 0.125, "borderType": cv2.BORDER_REFLECT}
+    gx = cv2.Sobel(ref, cv2.CV_32F, 1, 0, **kw)
+    gy = cv2.Sobel(ref, cv2.CV_32F, 0, 1, **kw)
+    want = gx * gx + gy * gy
+    got, inner = sobel_energy(img, mask, cap=cap)
+    assert got.dtype == np.float32 and got.shape == shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(want.max() + 1e-12))
+    # inner: the whole 3x3 neighbourhood lies inside the image and is valid
+    pad = np.pad(mask, 1, constant_values=False)
+    h, w = shape
+    want_inner = np.ones(shape, bool)
+    for dy in range(3):
+        for dx in range(3):
+            want_inner &= pad[dy : dy + h, dx : dx + w]
+    np.testing.assert_array_equal(inner, want_inner)

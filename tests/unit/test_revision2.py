@@ -277,3 +277,27 @@ def test_star_mask_is_the_union_of_discs_drawn_per_star():
         if np.isfinite(x) and np.isfinite(y) and -r <= x < shape[1] + r and -r <= y < shape[0] + r:
             cv2.circle(expected, (round(x), round(y)), r, 1, -1)
     assert np.array_equal(star_mask(shape, xy, radius), expected > 0)
+
+
+@pytest.mark.parametrize("passes", [1, 2, 10])
+def test_background_cells_are_clipped_medians_with_the_given_passes(passes):
+    """Each cell's value is sigma_clipped_stats' median after the same number of 3σ clips."""
+    from tilestack.normalization import _cell_clipped_medians, cell_edges
+    from tilestack.robust import sigma_clipped_stats
+
+    rng = np.random.default_rng(passes)
+    diff = rng.normal(5.0, 2.0, (96, 64)).astype(np.float32)
+    diff[rng.random(diff.shape) < 0.03] += 40.0  # faint sources and cosmic rays left unmasked
+    ok = rng.random(diff.shape) > 0.2
+    ey, ex = cell_edges(96, 3), cell_edges(64, 2)
+    grid = np.full((3, 2), np.nan)
+    count = np.zeros((3, 2), np.int64)
+    _cell_clipped_medians(diff, ok, ey, ex, 64, 3.0, passes, grid, count)
+    for i in range(3):
+        for j in range(2):
+            cell = (slice(ey[i], ey[i + 1]), slice(ex[j], ex[j + 1]))
+            vals = diff[cell][ok[cell]].astype(np.float64)
+            assert count[i, j] == vals.size
+            want = sigma_clipped_stats(vals, max_iter=passes)[0]
+            assert grid[i, j] == pytest.approx(want, rel=1e-12)
+    assert abs(np.median(grid) - 5.0) < 0.3  # the clipped medians ignore the +40 outliers

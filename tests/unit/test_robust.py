@@ -27,3 +27,17 @@ def test_sigma_clipped_median_ignores_bright_outliers():
     assert abs(sigma_clipped_median(x) - 100.0) < 0.1
     med, sig, keep = sigma_clipped_stats(x)
     assert abs(sig - 2.0) < 0.1 and keep[:20000].mean() > 0.98 and not keep[20000:].any()
+
+
+def test_masked_subsample_equals_the_masked_copy_strided():
+    from tilestack.robust import masked_subsample, subsample
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(301, 257)).astype(np.float32)
+    for frac in (0.0, 0.01, 0.5, 1.0):
+        mask = rng.random(values.shape) < frac
+        for max_samples in (7, 1000, 10**6):
+            got = masked_subsample(values, mask, max_samples)
+            want = subsample(values[mask], max_samples)
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from tilestack.errors import ConfigError
 from tilestack.robust import (
     diff_noise,
+    masked_subsample,
     robust_z,
     sigma_clipped_stats,
-    subsample,
 )
 
 B_FLOOR = 1e-6
@@ -48,29 +49,90 @@ def usable_mask(raw: np.ndarray, valid: np.ndarray | None, border: int = 0) -> n
 
 def background_level(raw: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """Masked robust background (sigma-clipped median) and clipped sigma of the raw channel."""
-    vals = subsample(raw[mask])  # float32 sorts faster; the statistics are float64
+    vals = masked_subsample(raw, mask)  # float32 sorts faster; the statistics are float64
     if vals.size == 0:
         return float("nan"), float("nan")
     med, sig, _ = sigma_clipped_stats(vals, kappa_low=3.0, kappa_high=3.0, max_iter=10)
     return med, sig
 
 
+@njit(cache=True, nogil=True)
+def _sobel_energy(img, mask, cap, out):
+    """``out = (Gx/8)^2 + (Gy/8)^2`` of ``v = min(img, cap)`` where ``mask``, 1 elsewhere.
+
+    One pass for what was a fill, a cap, two Sobel filters and three array operations (each a
+    full-frame buffer): the 3x3 Sobel taps with the border reflected (``BORDER_REFLECT``: the
+    row or column beyond the edge is the edge itself), float32 like the filters it replaces.
+    """
+    h, w = img.shape
+    rows = np.empty((3, w), np.float32)
+    one = np.float32(1.0)
+    two = np.float32(2.0)
+    eighth = np.float32(0.125)
+    # slot (j + 1) % 3 holds row j (reflected at the edges) for j = y - 1, y, y + 1
+    for r in range(3):
+        y = min(max(r - 1, 0), h - 1)
+        for x in range(w):
+            rows[r, x] = min(img[y, x], cap) if mask[y, x] else one
+    for y in range(h):
+        top = rows[y % 3]
+        mid = rows[(y + 1) % 3]
+        bot = rows[(y + 2) % 3]
+        o = out[y]
+        for x in range(1, w - 1):  # branch-free, so it vectorizes
+            gx = (top[x + 1] + two * mid[x + 1] + bot[x + 1]) - (
+                top[x - 1] + two * mid[x - 1] + bot[x - 1]
+            )
+            gy = (bot[x - 1] + two * bot[x] + bot[x + 1]) - (top[x - 1] + two * top[x] + top[x + 1])
+            gx *= eighth
+            gy *= eighth
+            o[x] = gx * gx + gy * gy
+        for x in (0, w - 1):  # the edge columns, reflected
+            xm = x - 1 if x > 0 else 0
+            xp = x + 1 if x + 1 < w else w - 1
+            gx = (top[xp] + two * mid[xp] + bot[xp]) - (top[xm] + two * mid[xm] + bot[xm])
+            gy = (bot[xm] + two * bot[x] + bot[xp]) - (top[xm] + two * top[x] + top[xp])
+            gx *= eighth
+            gy *= eighth
+            o[x] = gx * gx + gy * gy
+        # row y - 1's slot takes row y + 2, the next step's bottom row
+        src = min(y + 2, h - 1)
+        row = img[src]
+        ok = mask[src]
+        for x in range(w):
+            top[x] = min(row[x], cap) if ok[x] else one
+
+
+@njit(cache=True, nogil=True)
+def _masked_mean(values, mask):
+    """Mean of ``values`` over ``mask`` (float64 sum) and the number of pixels."""
+    s = 0.0
+    n = 0
+    for y in range(values.shape[0]):
+        for x in range(values.shape[1]):
+            if mask[y, x]:
+                s += values[y, x]
+                n += 1
+    return (s / n if n else np.nan), n
+
+
 def sobel_energy(
-    norm: np.ndarray, mask: np.ndarray, inner: np.ndarray | None = None
+    norm: np.ndarray,
+    mask: np.ndarray,
+    inner: np.ndarray | None = None,
+    cap: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel ``|grad I|^2`` (Sobel /8, float32 buffers) and the mask of pixels it is valid on.
 
     Invalid pixels are filled with 1 (the normalized background) before filtering and every
     pixel whose 3x3 neighbourhood touches an invalid one is excluded by eroding the mask
-    (``inner``: that eroded mask when the caller already has it).
+    (``inner``: that eroded mask when the caller already has it). ``cap``: ``I`` is capped
+    there first.
     """
-    img = np.where(mask, norm, np.float32(1.0)).astype(np.float32, copy=False)
-    # the 1/8 is a power of two: scaling inside the filter gives the same floats as after it
-    energy = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3, scale=0.125, borderType=cv2.BORDER_REFLECT)
-    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3, scale=0.125, borderType=cv2.BORDER_REFLECT)
-    np.multiply(energy, energy, out=energy)
-    np.multiply(gy, gy, out=gy)
-    energy += gy
+    img = np.ascontiguousarray(norm, np.float32)
+    energy = np.empty(img.shape, np.float32)
+    top = np.float32(np.inf if cap is None else cap)
+    _sobel_energy(img, np.ascontiguousarray(mask, np.bool_), top, energy)
     if inner is None:
         inner = inner_mask(mask)
     return energy, inner
@@ -92,14 +154,30 @@ class EnergyInputs:
     background: np.ndarray | None  # star-free background pixels for k (None: no sigma)
 
 
+@njit(cache=True, nogil=True)
+def _fill_and_background(norm, mask, thr, filled, bg):
+    """``filled = norm`` where ``mask`` else 1; ``bg = mask & |filled - 1| < thr``."""
+    one = np.float32(1.0)
+    for y in range(norm.shape[0]):
+        for x in range(norm.shape[1]):
+            m = mask[y, x]
+            v = norm[y, x] if m else one
+            filled[y, x] = v
+            bg[y, x] = m and abs(v - one) < thr
+
+
 def energy_inputs(norm: np.ndarray, mask: np.ndarray, sigma: float) -> EnergyInputs:
     """The shared inputs of :func:`robust_energy` for one normalized image."""
-    filled = np.where(mask, norm, np.float32(1.0)).astype(np.float32, copy=False)
+    norm = np.ascontiguousarray(norm, np.float32)
+    mask = np.ascontiguousarray(mask, np.bool_)
+    filled = np.empty(norm.shape, np.float32)
+    bg = np.empty(norm.shape, np.uint8)
+    have_sigma = bool(np.isfinite(sigma) and sigma > 0)
+    _fill_and_background(norm, mask, np.float32(3.0 * sigma if have_sigma else 0.0), filled, bg)
     inner = inner_mask(mask)
     background = None
-    if np.isfinite(sigma) and sigma > 0:
-        bg = (np.abs(filled - np.float32(1.0)) < np.float32(3.0 * sigma)) & mask
-        bg = cv2.erode(bg.astype(np.uint8), np.ones((7, 7), np.uint8), borderValue=0) > 0
+    if have_sigma:
+        bg = cv2.erode(bg, np.ones((7, 7), np.uint8), borderValue=0) > 0
         background = bg & inner
     return EnergyInputs(filled, mask, inner, float(sigma), background)
 
@@ -128,14 +206,15 @@ def robust_energy(
         inputs = energy_inputs(norm, mask, sigma)
     img = cv2.medianBlur(inputs.filled, 3) if median else inputs.filled
     ok_sigma = np.isfinite(sigma) and sigma > 0
+    top = None
     if ok_sigma and cap is not None and np.isfinite(cap) and cap > 0:
-        img = np.minimum(img, np.float32(1.0 + cap * sigma))
-    energy, inner = sobel_energy(img, mask, inputs.inner)
+        top = float(np.float32(1.0 + cap * sigma))
+    energy, inner = sobel_energy(img, mask, inputs.inner, top)
     k = 0.0
     if inputs.background is not None:
-        sel = inputs.background
-        if np.count_nonzero(sel) >= 64:
-            k = float(np.mean(energy[sel], dtype=np.float64)) / (sigma * sigma)
+        mean, n = _masked_mean(energy, inputs.background)
+        if n >= 64:
+            k = float(mean) / (sigma * sigma)
     return energy, inner, k
 
 
@@ -298,7 +377,7 @@ def global_metrics_and_maps(
     sigma = diff_noise(norm, bg)
     inputs = energy_inputs(norm, full, sigma)
     e = global_energy(norm, full, mask, sigma, stars_xy, fwhm, cap, stars_flux, inputs)
-    vals = subsample(raw[mask].astype(np.float64))
+    vals = masked_subsample(raw, mask).astype(np.float64)
     med = float(np.median(vals))
     metrics = {
         "B": float(b),
