@@ -158,6 +158,13 @@ def _sigma(df: pd.DataFrame | None, n: int) -> np.ndarray:
     return sig
 
 
+def _saturated(df: pd.DataFrame | None, n: int) -> np.ndarray:
+    """Per star: is its centroid from a clipped core (``saturated`` column; False when absent)."""
+    if df is None or "saturated" not in df:
+        return np.zeros(n, bool)
+    return df["saturated"].to_numpy(bool)
+
+
 def _median_fwhm(df: pd.DataFrame | None) -> float | None:
     if df is None or "fwhm" not in df or len(df) == 0:
         return None
@@ -231,7 +238,8 @@ def _robust(src, dst, rmodel, mirrored, opts):
 # --- star registration -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class _StarSets:
-    """A frame's and the reference's stars (brightest first), their centroid errors and sizes."""
+    """A frame's and the reference's stars (brightest first), their centroid errors, saturation
+    flags and sizes."""
 
     fxy: np.ndarray
     fdf: pd.DataFrame | None
@@ -241,6 +249,8 @@ class _StarSets:
     fwhm: float
     shape: tuple
     ref_shape: tuple
+    fsat: np.ndarray
+    rsat: np.ndarray
 
 
 def register_stars(
@@ -261,7 +271,18 @@ def register_stars(
     ref_shape = ref_shape or shape or _shape_from(rxy)
     shape = shape or ref_shape
     fsig, rsig = _sigma(fdf, len(fxy)), _sigma(rdf, len(rxy))
-    s = _StarSets(fxy, fdf, fsig, rxy, rsig, _median_fwhm(fdf), shape, ref_shape)
+    s = _StarSets(
+        fxy,
+        fdf,
+        fsig,
+        rxy,
+        rsig,
+        _median_fwhm(fdf),
+        shape,
+        ref_shape,
+        _saturated(fdf, len(fxy)),
+        _saturated(rdf, len(rxy)),
+    )
     err: RegistrationError | None = None
     best_failed: RegistrationResult | None = None
     tried = set()
@@ -363,10 +384,14 @@ def _star_quality(s: _StarSets, pm, t: Transform, fi, rj, res, opts: Options) ->
     """Quality of a star solution from its inlier matches ``fi``/``rj`` and residuals ``res``."""
     q = measure(res, s.rxy[rj], len(pm.frame_idx), s.ref_shape, t, s.shape)
     # residual figures on the brightest stars: faint recovered stars add weight to the
-    # fit but their centroid noise would make RMS a statement about SNR, not alignment
-    bright = fi < opts.max_stars
-    if s.fdf is not None and "saturated" in s.fdf:
-        bright &= ~s.fdf["saturated"].to_numpy(bool)[fi]
+    # fit but their centroid noise would make RMS a statement about SNR, not alignment.
+    # Saturated stars are no yardstick either, on either side: a clipped core's centroid is off
+    # by up to a pixel or two (the fit weighs them down for it). A star clipped in the
+    # reference (often the sharpest frame) but not in this frame is common, so the figures take
+    # the ``max_stars`` brightest pairs with both centroids unclipped, not the brightest stars.
+    clean = np.flatnonzero(~s.fsat[fi] & ~s.rsat[rj])
+    bright = np.zeros(len(fi), bool)
+    bright[clean[np.argsort(fi[clean], kind="stable")[: opts.max_stars]]] = True
     if bright.sum() >= 5:
         rb = res[bright]
         q.rms = float(np.sqrt(np.mean(rb * rb)))
