@@ -51,13 +51,10 @@ def _measure(img, valid, xs, ys, sigma0, half, out):
                 if abs(y - cy0) >= half - 1 or abs(x - cx0) >= half - 1:
                     ring[m] = img[y, x]
                     m += 1
-        r = ring[:m].copy()
-        r.sort()
-        bkg = 0.5 * (r[(m - 1) // 2] + r[m // 2])
+        bkg = median_inplace(ring, m)  # quickselect: the sorted run's median, without a sort
         for j in range(m):
-            r[j] = abs(r[j] - bkg)
-        r.sort()
-        noise = MAD_TO_SIGMA * 0.5 * (r[(m - 1) // 2] + r[m // 2])
+            ring[j] = abs(ring[j] - bkg)
+        noise = MAD_TO_SIGMA * median_inplace(ring, m)
         cx = xs[i]
         cy = ys[i]
         a = sigma0 * sigma0
@@ -81,9 +78,18 @@ def _measure(img, valid, xs, ys, sigma0, half, out):
             sxx = 0.0
             sxy = 0.0
             syy = 0.0
-            for y in range(cy0 - half, cy0 + half + 1):
+            # Only the bounding box of the weight's q <= 16 ellipse (|dx| <= 4 sqrt(a),
+            # |dy| <= 4 sqrt(c)), one pixel wider for rounding: the pixels left out are the
+            # ones the q test below would skip, so the sums are the same.
+            ex = 4.0 * np.sqrt(a) + 1.0
+            ey = 4.0 * np.sqrt(c) + 1.0
+            ylo = max(cy0 - half, int(np.floor(cy - ey)))
+            yhi = min(cy0 + half, int(np.ceil(cy + ey)))
+            xlo = max(cx0 - half, int(np.floor(cx - ex)))
+            xhi = min(cx0 + half, int(np.ceil(cx + ex)))
+            for y in range(ylo, yhi + 1):
                 dy = y - cy
-                for x in range(cx0 - half, cx0 + half + 1):
+                for x in range(xlo, xhi + 1):
                     dx = x - cx
                     q = ia * dx * dx + 2.0 * ib * dx * dy + ic * dy * dy
                     if q > 16.0:
