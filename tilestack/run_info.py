@@ -43,14 +43,24 @@ overflow:auto}.verdict{font-size:1.3em;font-weight:bold;padding:.2em .6em;border
 """
 
 
-def versions() -> list[tuple[str, str]]:
+def uses_siril(config: dict) -> bool:
+    """Whether siril-cli did part of this run (registration or stacking engine)."""
+    return any(
+        str((config.get(section) or {}).get("engine", "tilestack")) == "siril"
+        for section in ("registration", "stacking")
+    )
+
+
+def versions(with_siril: bool = True) -> list[tuple[str, str]]:
+    """Software that made the run. siril-cli only when it took part (``with_siril``): asking
+    it for its version costs about a second, and a run that did not use it owes it nothing."""
     out = [("python", platform.python_version())]
     for name in PACKAGES:
         try:
             out.append((name, metadata.version(name)))
         except metadata.PackageNotFoundError:
             continue
-    siril = shutil.which("siril-cli")
+    siril = shutil.which("siril-cli") if with_siril else None
     if siril:
         try:
             res = subprocess.run([siril, "--version"], capture_output=True, text=True, timeout=30)
@@ -138,7 +148,7 @@ def page(validation: dict, config: dict) -> str:
         parts += ["<h2>Per channel</h2>", channel_table(per_channel)]
     parts += [
         "<h2>Software</h2>",
-        table(versions()),
+        table(versions(uses_siril(config))),
         "<h2>Configuration</h2>",
         f"<pre>{html.escape(yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=True))}</pre>",
         "</body></html>",
