@@ -12,6 +12,7 @@ from tilestack.checks import (
     decide_mode,
     frame_pixel_stats,
     noise_elasticity,
+    pixel_noise,
     run_hard_checks,
     scan_lights,
     soft_checks,
@@ -353,3 +354,31 @@ def test_noise_elasticity_of_photon_noise_is_one():
     stats = _night_stats(lambda x: x, RISING_SKY, read_e=1.0)
     slope, se, _ = noise_elasticity(stats["median"].to_numpy(), stats["noise"].to_numpy())
     assert abs(slope - 1.0) < 0.1 and se < 0.05
+
+
+@pytest.mark.parametrize("scale", [1, 16], ids=["12-bit-native", "12-bit-scaled-by-16"])
+def test_noise_scaling_passes_integer_counts_with_noise_of_one_count(scale):
+    """Raw 12-bit counts at a dark sky (noise ≈ 1 count) and a sky that changes by 7 %: the
+    plain MAD of integer differences is the same for every frame (slope 0 ± 0, which had been
+    refused as a stretch); interpolated within the counts, the noise still follows the sky."""
+    stats = _night_stats(
+        lambda x: np.round(x) * scale,
+        np.linspace(380.0, 460.0, 24),
+        read_e=3.0,
+        pedestal=31.0,
+        gain=16.0,
+    )
+    slope, se, span = noise_elasticity(stats["median"].to_numpy(), stats["noise"].to_numpy())
+    assert span > 0.03 and slope - 2.0 * se > 0.1
+    check_noise_scaling(stats)
+
+
+def test_pixel_noise_of_integer_counts_follows_the_noise():
+    """Integer data: the noise figure rises smoothly with σ (no steps of half a count) and
+    equals the plain figure where the counts are fine compared with the noise."""
+    rng = np.random.default_rng(5)
+    sig = np.array([0.8, 0.9, 1.0, 1.1, 1.2, 1.3])
+    noise = [pixel_noise(np.round(rng.normal(100.0, s, (256, 256)))) for s in sig]
+    assert np.all(np.diff(noise) > 0)
+    big = np.round(rng.normal(1000.0, 20.0, (256, 256)))
+    assert abs(pixel_noise(big) / pixel_noise(big + 0.25) - 1.0) < 0.01
