@@ -383,15 +383,16 @@ def _star_attempt(s: _StarSets, nf: int, nr: int, opts: Options):
 def _star_quality(s: _StarSets, pm, t: Transform, fi, rj, res, opts: Options) -> Quality:
     """Quality of a star solution from its inlier matches ``fi``/``rj`` and residuals ``res``."""
     q = measure(res, s.rxy[rj], len(pm.frame_idx), s.ref_shape, t, s.shape)
-    # residual figures on the brightest stars: faint recovered stars add weight to the
+    # Residual figures on the frame's brightest stars: faint recovered stars add weight to the
     # fit but their centroid noise would make RMS a statement about SNR, not alignment.
     # Saturated stars are no yardstick either, on either side: a clipped core's centroid is off
-    # by up to a pixel or two (the fit weighs them down for it). A star clipped in the
-    # reference (often the sharpest frame) but not in this frame is common, so the figures take
-    # the ``max_stars`` brightest pairs with both centroids unclipped, not the brightest stars.
-    clean = np.flatnonzero(~s.fsat[fi] & ~s.rsat[rj])
-    bright = np.zeros(len(fi), bool)
-    bright[clean[np.argsort(fi[clean], kind="stable")[: opts.max_stars]]] = True
+    # by up to a pixel or two (the fit weighs them down for it). So: the frame's ``max_stars``
+    # brightest unclipped stars, those of them that are inliers, and of those the ones whose
+    # reference partner is unclipped too (a star clipped in the sharp reference but not in this
+    # frame is common). Without saturation flags this is the frame's ``max_stars`` brightest.
+    fclean = ~s.fsat
+    top = fclean & (np.cumsum(fclean) <= opts.max_stars)
+    bright = top[fi] & ~s.rsat[rj]
     if bright.sum() >= 5:
         rb = res[bright]
         q.rms = float(np.sqrt(np.mean(rb * rb)))
