@@ -663,6 +663,11 @@ def detect_stars(
     var = npix * noise**2 + (np.clip(flux, 0, None) / gain if gain else 0.0)
     cols["snr"] = flux / np.sqrt(var)
     sat = cols["peak"] >= saturation if saturation is not None else np.zeros(len(flux), bool)
+    if vmask is not None:
+        # Calibration marks clipped pixels invalid, so a clipped core no longer reaches the
+        # clip level here: a star with an unusable pixel within its FWHM of the centroid has a
+        # core that was cut out, and a centroid (and width) that cannot be trusted.
+        sat |= _core_touches_invalid(vmask, cols["x"], cols["y"], cols["fwhm"])
     cols["saturated"] = sat
     order = _flux_order(flux)
     cols = _dedupe_columns({c: v[order] for c, v in cols.items()})
@@ -671,6 +676,40 @@ def detect_stars(
         cols = {c: table[c].to_numpy() for c in COLUMNS}
     order = _flux_order(cols["flux"])
     return pd.DataFrame({c: cols[c][order] for c in COLUMNS})
+
+
+@njit(cache=True, nogil=True)
+def _core_touches_invalid_kernel(usable, xs, ys, fwhm, out):
+    h, w = usable.shape
+    for i in range(xs.shape[0]):
+        r = max(2.0, fwhm[i]) if np.isfinite(fwhm[i]) else 2.0
+        r2 = r * r
+        x0 = max(0, int(np.floor(xs[i] - r)))
+        x1 = min(w - 1, int(np.ceil(xs[i] + r)))
+        y0 = max(0, int(np.floor(ys[i] - r)))
+        y1 = min(h - 1, int(np.ceil(ys[i] + r)))
+        hit = False
+        for y in range(y0, y1 + 1):
+            dy = y - ys[i]
+            for x in range(x0, x1 + 1):
+                dx = x - xs[i]
+                if dx * dx + dy * dy <= r2 and not usable[y, x]:
+                    hit = True
+        out[i] = hit
+
+
+def _core_touches_invalid(usable: np.ndarray, x, y, fwhm) -> np.ndarray:
+    """Per star: does an unusable pixel lie within ``max(2, FWHM)`` px of its centroid."""
+    out = np.zeros(len(x), np.bool_)
+    if len(x):
+        _core_touches_invalid_kernel(
+            np.ascontiguousarray(usable, np.bool_),
+            np.ascontiguousarray(x, np.float64),
+            np.ascontiguousarray(y, np.float64),
+            np.ascontiguousarray(fwhm, np.float64),
+            out,
+        )
+    return out
 
 
 def _flux_order(flux: np.ndarray) -> np.ndarray:

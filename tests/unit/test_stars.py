@@ -205,3 +205,24 @@ def test_exact_median_is_np_median_bit_for_bit():
             a = v.astype(dt)
             got, want = exact_median(a), np.median(a)
             assert got == want and type(got) is type(want)
+
+
+def test_stars_with_an_invalid_core_are_flagged_saturated():
+    """Calibration marks clipped pixels invalid, so the clip level is gone from the usable
+    pixels: a star whose core holds invalid pixels is flagged instead, a star near none is not
+    (a lone defect pixel far from stars flags nothing)."""
+    xy, rng = grid_field(n_side=5, seed=4)
+    flux = np.full(len(xy), 5e3)
+    flux[:3] = 5e5
+    img = render((512, 512), xy, flux, 3.0) + 100.0 + rng.normal(0, 3.0, (512, 512))
+    valid = np.ones(img.shape, np.uint8)
+    valid[img > 20000.0] = 0  # the clipped cores, as calibration leaves them
+    valid[5, 500] = 0  # a sensor defect on empty sky
+    img = np.minimum(img, 20000.0).astype(np.float32)
+    df = detect_stars(img, min_stars=0, valid=valid)
+    d, i = nearest(df, xy)
+    found = d < 1.0
+    sat = df["saturated"].to_numpy()
+    assert {0, 1, 2} <= set(i[found])
+    assert set(i[sat & found]) == {0, 1, 2}
+    assert not sat[found & (d < 0.2)][~np.isin(i[found & (d < 0.2)], [0, 1, 2])].any()
