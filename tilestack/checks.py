@@ -43,7 +43,7 @@ from tilestack.cfa import channels_for
 from tilestack.errors import ConfigError, InputError
 from tilestack.io.frames import read_frame
 from tilestack.io.manifest import build_manifest, list_frames
-from tilestack.robust import MAD_TO_SIGMA, mad_sigma
+from tilestack.robust import difference_sigma, mad_sigma
 from tilestack.stars import exact_median
 
 MAX_LISTED = 20
@@ -236,60 +236,18 @@ def _grid_sample(data: np.ndarray, max_pixels: int) -> np.ndarray:
     return np.asarray(data[::step, ::step], dtype=np.float64)
 
 
-MAX_LATTICE_LEVELS = 1 << 20  # integer differences spanning more levels: plain MAD
-
-
-def _lattice_step(diff: np.ndarray) -> tuple[int, int, np.ndarray] | None:
-    """``(step, lowest level, counts per level)`` of integer-valued differences, else None.
-
-    Raw counts differ by whole ADU (or by a fixed multiple: 12-bit data scaled by 16); the
-    counts hold every step of ``step`` from the lowest difference on.
-    """
-    if not np.all(diff == np.round(diff)):
-        return None
-    lo, hi = float(diff.min()), float(diff.max())
-    if hi - lo >= MAX_LATTICE_LEVELS:
-        return None
-    ints = (diff - lo).astype(np.int64)
-    occupied = np.flatnonzero(np.bincount(ints))
-    step = int(np.gcd.reduce(occupied)) if occupied.size > 1 else 0
-    if step < 1:
-        return None
-    return step, int(lo), np.bincount(ints // step)
-
-
-def _lattice_sigma(step: int, lo: int, counts: np.ndarray) -> float:
-    """Robust σ (1.4826·MAD of a symmetric distribution: IQR / 1.349) of lattice data, each
-    level spread evenly over its step, so that the figure changes smoothly with the noise.
-
-    The plain MAD of integer differences can only take multiples of half a step: with a noise
-    of about one step every frame of a night gets the same figure, which says nothing about
-    how the noise follows the sky."""
-    cum = np.cumsum(counts, dtype=np.float64)
-    n = cum[-1]
-    q = []
-    for p in (0.25, 0.75):
-        t = p * n
-        j = int(np.searchsorted(cum, t))  # first level with cum >= t (counts[j] > 0)
-        below = cum[j - 1] if j > 0 else 0.0
-        q.append(lo + step * (j - 0.5 + (t - below) / counts[j]))
-    return 0.5 * (q[1] - q[0]) * MAD_TO_SIGMA
-
-
 def pixel_noise(data: np.ndarray) -> float:
     """White pixel noise: 1.4826·MAD of differences between same-CFA-phase pixels two
     columns apart, / √2. Gradients, nebulosity and most of the stars cancel; NaN ignored.
 
     Integer-valued data (raw counts) take the MAD from quantiles interpolated within each
-    count (:func:`_lattice_sigma`): a noise of one or two counts is still resolved."""
+    count (:func:`tilestack.robust.difference_sigma`): a noise of one or two counts is
+    still resolved."""
     diff = (data[:, 2:] - data[:, :-2]).ravel()
     diff = diff[np.isfinite(diff)]
     if diff.size == 0:
         return float("nan")
-    lattice = _lattice_step(diff)
-    if lattice is not None:
-        return _lattice_sigma(*lattice) / np.sqrt(2.0)
-    return mad_sigma(diff) / np.sqrt(2.0)
+    return difference_sigma(diff) / np.sqrt(2.0)
 
 
 def stretch_evidence(data: np.ndarray, full_scale: float | None) -> str | None:

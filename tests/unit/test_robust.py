@@ -41,3 +41,27 @@ def test_masked_subsample_equals_the_masked_copy_strided():
             want = subsample(values[mask], max_samples)
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
+
+
+def test_diff_noise_of_raw_counts_follows_the_noise_smoothly():
+    """Whole-count frames: the noise figure must resolve changes far below one count (the
+    plain MAD of integer differences moves in steps of half a count)."""
+    from tilestack.robust import diff_noise
+
+    rng = np.random.default_rng(5)
+    mask = np.ones((256, 256), bool)
+    sigmas = np.linspace(19.5, 21.0, 7)
+    got = []
+    for s in sigmas:
+        frame = np.round(1000.0 + rng.normal(0.0, s, mask.shape)).astype(np.float32)
+        got.append(diff_noise(frame, mask))
+    got = np.array(got)
+    assert len(np.unique(got)) == len(sigmas)
+    assert np.all(np.diff(got) > 0)  # 0.25-count steps are resolved, in order
+    np.testing.assert_allclose(got, sigmas, rtol=0.02)
+    # float data keep the plain MAD figure
+    flt = rng.normal(0.0, 3.0, mask.shape).astype(np.float32)
+    d = flt[:, 1:].astype(np.float64) - flt[:, :-1]
+    from tilestack.robust import mad_sigma, subsample
+
+    assert diff_noise(flt, mask) == mad_sigma(subsample(d.ravel())) / np.sqrt(2.0)
