@@ -114,11 +114,17 @@ def lattice_sigma(step: int, lo: int, counts: np.ndarray) -> float:
 
 def difference_sigma(diff: np.ndarray) -> float:
     """Robust σ of a sample of pixel differences: ``lattice_sigma`` when they are whole
-    multiples of one step (raw counts), else ``mad_sigma``."""
+    multiples of one step (raw counts), else ``mad_sigma``.
+
+    Counts averaged in pairs or fours (the green plane of a colour sensor is the mean of its
+    two green pixels, a 2x2 bin the mean of four) sit on a lattice of half or quarter counts,
+    and are read on it the same way."""
     diff = np.asarray(diff, dtype=np.float64)
-    lattice = lattice_levels(diff) if diff.size else None
-    if lattice is not None:
-        return lattice_sigma(*lattice)
+    if diff.size:
+        for k in (1, 2, 4):
+            lattice = lattice_levels(diff * k)
+            if lattice is not None:
+                return lattice_sigma(*lattice) / k
     return mad_sigma(diff)
 
 

@@ -65,3 +65,19 @@ def test_diff_noise_of_raw_counts_follows_the_noise_smoothly():
     from tilestack.robust import mad_sigma, subsample
 
     assert diff_noise(flt, mask) == mad_sigma(subsample(d.ravel())) / np.sqrt(2.0)
+
+
+def test_difference_sigma_of_averaged_counts_is_read_on_their_half_count_lattice():
+    """The green plane of a colour sensor averages two whole counts: half-count steps."""
+    from tilestack.robust import difference_sigma
+
+    rng = np.random.default_rng(8)
+    got = []
+    sigmas = np.linspace(10.0, 10.6, 4)
+    for s in sigmas:
+        pairs = np.round(rng.normal(0.0, s * np.sqrt(2.0), (2, 200_000)))
+        d = pairs.mean(axis=0)  # differences of two-pixel means: a half-count lattice
+        got.append(difference_sigma(d))
+    got = np.array(got)
+    assert np.all(np.diff(got) > 0)
+    np.testing.assert_allclose(got, sigmas, rtol=0.02)
