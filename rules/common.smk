@@ -15,6 +15,10 @@ def _stop(line):
     sys.exit(1)
 
 
+# Values nested in `--config key={...}` arrive as text: read them as the schema's types first.
+tsplan.coerce_config_strings(
+    config, tsplan.load_schema(os.path.join(workflow.basedir, "config", "schema.yaml"))
+)
 try:
     validate(config, "../config/schema.yaml")
 except WorkflowError as err:

@@ -208,6 +208,62 @@ def make_plan(config: dict) -> Plan:
     )
 
 
+def load_schema(path) -> dict:
+    """The config schema (``config/schema.yaml``) as a dict."""
+    import yaml
+
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+_TRUE = {"true", "yes", "on"}
+_FALSE = {"false", "no", "off"}
+
+
+def _from_text(value: str, schema: dict):
+    """``value`` converted to the schema's type when the text reads as one; else unchanged."""
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    if "string" in types or not types:
+        return value
+    text = value.strip()
+    if "boolean" in types and text.lower() in _TRUE | _FALSE:
+        return text.lower() in _TRUE
+    if "integer" in types:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    if "number" in types:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    if "null" in types and text.lower() in ("null", "~", "none"):
+        return None
+    return value
+
+
+def coerce_config_strings(config: dict, schema: dict) -> None:
+    """Convert, in place, text values that read as the schema's integer, number or boolean.
+
+    Snakemake parses ``--config workflow={frames_per_job: 20}`` with YAML's base loader, so
+    every value nested in such a mapping arrives as text (``'20'``); a value whose text is not
+    of the schema's type is left for the validation to report.
+    """
+    props = schema.get("properties", {}) if isinstance(schema, dict) else {}
+    for key, sub in props.items():
+        if key not in config or not isinstance(sub, dict):
+            continue
+        value = config[key]
+        if isinstance(value, dict):
+            coerce_config_strings(value, sub)
+        elif isinstance(value, list) and isinstance(sub.get("items"), dict):
+            config[key] = [_from_text(v, sub["items"]) if isinstance(v, str) else v for v in value]
+        elif isinstance(value, str):
+            config[key] = _from_text(value, sub)
+
+
 def config_error_line(err) -> str:
     """One line for a jsonschema ValidationError: the key, the value and what is allowed."""
     path = ".".join(str(p) for p in err.absolute_path)
@@ -229,6 +285,8 @@ def config_error_line(err) -> str:
         return f"config error: {path} = {value!r} is not one of: {allowed}"
     if validator == "type":
         extra = f" in range {_range_text(schema)}" if _has_range(schema) else ""
+        if isinstance(value, str):
+            extra += " (a value nested in --config is read as text; or set it in a --configfile)"
         return f"config error: {path} = {value!r} must be of type {schema.get('type')}{extra}"
     return f"config error: {path or '(top level)'}: {err.message}"
 
