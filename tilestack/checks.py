@@ -339,19 +339,9 @@ def check_finite(stats: dict, name: str) -> None:
         )
 
 
-def level_gaps(data: np.ndarray) -> str | None:
-    """Integer-valued data whose levels around the sky leave gaps a linear ADC cannot leave.
-
-    A linear camera steps by one count (or a fixed multiple: 12-bit data scaled by 16) and,
-    over the sky's ±1σ range, every step is occupied by many pixels. A stretch (square root,
-    asinh, curves) saved as integers spreads neighbouring input counts several output counts
-    apart, so most levels near the sky never occur. Inconclusive (None) when the levels are
-    too few or too thinly populated to tell.
-    """
-    vals = _grid_sample(data, STATS_SAMPLE).ravel()
-    vals = vals[np.isfinite(vals)]
-    if vals.size < 1000 or not np.all(vals == np.round(vals)):
-        return None
+def _level_occupancy(vals: np.ndarray) -> float | None:
+    """Share of the possible levels within ±1σ of the median of integer ``vals`` that occur;
+    None when the levels are too few or too thinly populated to tell."""
     med = float(exact_median(vals))
     sigma = mad_sigma(vals, med)
     near = vals[np.abs(vals - med) <= sigma]
@@ -366,13 +356,52 @@ def level_gaps(data: np.ndarray) -> str | None:
     span = (levels[-1] - levels[0]) / max(quantum, 1) + 1
     if near.size / span < 10:  # too few pixels per possible level to judge gaps
         return None
-    occupancy = levels.size / span
-    if occupancy < MIN_LEVEL_OCCUPANCY:
-        return (
-            f"only {100 * occupancy:.0f}% of the levels around the sky occur (gaps like a "
-            "display stretch saved as integers)"
-        )
-    return None
+    return float(levels.size / span)
+
+
+LEVEL_REGIONS = 4  # level gaps are judged again in LEVEL_REGIONS × LEVEL_REGIONS regions
+
+
+def level_gaps(data: np.ndarray) -> str | None:
+    """Integer-valued data whose levels around the sky leave gaps a linear ADC cannot leave.
+
+    A linear camera steps by one count (or a fixed multiple: 12-bit data scaled by 16) and,
+    over the sky's ±1σ range, every step is occupied by many pixels. A stretch (square root,
+    asinh, curves) saved as integers spreads neighbouring input counts several output counts
+    apart, so most levels near the sky never occur. Inconclusive (None) when the levels are
+    too few or too thinly populated to tell.
+
+    A frame of two populations (a dome or a tree blocking part of it: bias and read noise
+    there, sky elsewhere) has a bimodal histogram whose ±1σ range spans empty levels between
+    the two; so gaps over the whole frame are confirmed region by region (each region around
+    its own median): the frame is refused only when the median occupancy of the conclusive
+    regions is low as well (or no region is conclusive).
+    """
+    sample = _grid_sample(data, STATS_SAMPLE)
+    vals = sample.ravel()
+    vals = vals[np.isfinite(vals)]
+    if vals.size < 1000 or not np.all(vals == np.round(vals)):
+        return None
+    occupancy = _level_occupancy(vals)
+    if occupancy is None or occupancy >= MIN_LEVEL_OCCUPANCY:
+        return None
+    h, w = sample.shape
+    ys = np.linspace(0, h, LEVEL_REGIONS + 1).astype(int)
+    xs = np.linspace(0, w, LEVEL_REGIONS + 1).astype(int)
+    local = []
+    for i in range(LEVEL_REGIONS):
+        for j in range(LEVEL_REGIONS):
+            part = sample[ys[i] : ys[i + 1], xs[j] : xs[j + 1]].ravel()
+            part = part[np.isfinite(part)]
+            occ = _level_occupancy(part) if part.size >= 100 else None
+            if occ is not None:
+                local.append(occ)
+    if local and float(np.median(local)) >= MIN_LEVEL_OCCUPANCY:
+        return None  # gaps only between populations (a blocked part), not within any
+    return (
+        f"only {100 * occupancy:.0f}% of the levels around the sky occur (gaps like a "
+        "display stretch saved as integers)"
+    )
 
 
 def check_frame_linearity(data: np.ndarray, full_scale: float | None, name: str) -> None:
@@ -390,6 +419,13 @@ def check_value_range(manifest: pd.DataFrame, names: Sequence[str] | None = None
     by more than ``SCALE_FACTOR``, or when it is float data with maximum ≤ 1 while most frames
     are integer counts. The maximum alone decides nothing: a frame under thick cloud has no
     saturated star and a far lower maximum than its neighbours, yet is on the same scale.
+
+    A frame far brighter than the night is not rescaled when its noise follows its sky: with
+    the per-frame ``noise`` column, the other frames' relation σ² = a + b·median (photon noise
+    on a pedestal, :func:`noise_relation`) predicts its variance; within a factor
+    ``BRIGHT_NOISE_FACTOR`` it is a bright frame (dawn, moon, a light), linear, and it is
+    accepted (its weight says the rest). A frame whose median is its maximum is saturated
+    everywhere, and the line says so.
     """
     if not {"median", "max"} <= set(manifest.columns) or len(manifest) < 2:
         return
@@ -399,21 +435,70 @@ def check_value_range(manifest: pd.DataFrame, names: Sequence[str] | None = None
     ref_med = np.nanmedian(med)
     dtypes = [str(d) for d in manifest["dtype"]] if "dtype" in manifest else ["?"] * len(med)
     integer_night = _majority(["int" in d for d in dtypes]) is True
-    bad = []
+    off = np.array([_off_scale(m, ref_med) for m in med], dtype=bool)
+    bright_ok = _follows_sky_noise(manifest, med, off)
+    bad, saturated = [], []
     for i in range(len(med)):
-        why = None
-        if integer_night and dtypes[i].startswith("float") and top[i] <= 1.0:
-            why = f"float data with maximum {top[i]:.3g} among integer counts"
-        elif _off_scale(med[i], ref_med):
-            why = f"median {med[i]:.4g}, night's median {ref_med:.4g}"
-        if why:
-            bad.append(f"{names[i]} ({why})")
+        if off[i] and med[i] > ref_med and med[i] >= top[i]:
+            saturated.append(
+                f"{names[i]} (saturated everywhere: its median {med[i]:.4g} is its maximum)"
+            )
+        elif integer_night and dtypes[i].startswith("float") and top[i] <= 1.0:
+            bad.append(f"{names[i]} (float data with maximum {top[i]:.3g} among integer counts)")
+        elif off[i] and not bright_ok[i]:
+            bad.append(f"{names[i]} (median {med[i]:.4g}, night's median {ref_med:.4g})")
     if bad:
+        also = f"; also {len(saturated)} saturated everywhere" if saturated else ""
         raise InputError(
             f"frames on another scale: {len(bad)} of {len(med)} frames differ from the night's "
-            f"values by more than a factor {SCALE_FACTOR:g}; rescale or remove them: "
-            f"{_names(bad)}"
+            f"values by more than a factor {SCALE_FACTOR:g} (their noise does not follow their "
+            f"sky as in the other frames){also}; rescale or remove them: {_names(bad + saturated)}"
         )
+    if saturated:
+        raise InputError(
+            f"saturated frames: {_n_of(len(saturated), len(med))} saturated everywhere (no "
+            f"sky, no stars: an exposure into daylight or a light); remove them: "
+            f"{_names(saturated)}"
+        )
+
+
+BRIGHT_NOISE_FACTOR = 2.0  # a bright frame's σ² within this factor of the night's relation
+BRIGHT_MAX_SLOPE_ERROR = 0.25  # the relation's slope b known to 25 % (standard error)
+
+
+def noise_relation(level: np.ndarray, noise: np.ndarray) -> tuple[float, float] | None:
+    """The frames' σ² = a + b·level (least squares, one pass of 3σ residual clipping), or None
+    when the frames do not determine a rising relation (b ≤ 0, or known worse than
+    ``BRIGHT_MAX_SLOPE_ERROR``: the sky level hardly changes)."""
+    ok = np.isfinite(level) & np.isfinite(noise) & (noise > 0)
+    x, y = level[ok].astype(np.float64), noise[ok].astype(np.float64) ** 2
+    fit = _line_fit(x, y)
+    if fit is None:
+        return None
+    resid = y - fit[0] - fit[1] * x
+    keep = np.abs(resid) <= 3.0 * max(mad_sigma(resid), 1e-12)
+    fit = _line_fit(x[keep], y[keep])
+    if fit is None or fit[1] <= 0 or fit[2] > BRIGHT_MAX_SLOPE_ERROR * fit[1]:
+        return None
+    return fit[0], fit[1]
+
+
+def _follows_sky_noise(manifest: pd.DataFrame, med: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """Per frame: is an off-scale frame's variance what the in-scale frames' σ²(median)
+    relation predicts at its median (a bright linear frame, not a rescaled one)?"""
+    out = np.zeros(len(med), dtype=bool)
+    if "noise" not in manifest or not off.any():
+        return out
+    noise = pd.to_numeric(manifest["noise"], errors="coerce").to_numpy(float)
+    rel = noise_relation(med[~off], noise[~off])
+    if rel is None:
+        return out
+    a, b = rel
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = noise**2 / (a + b * med)
+    good = np.isfinite(ratio) & (ratio > 0) & (a + b * med > 0)
+    good &= (ratio <= BRIGHT_NOISE_FACTOR) & (ratio >= 1.0 / BRIGHT_NOISE_FACTOR)
+    return off & good
 
 
 NOISE_MIN_FRAMES = 10  # fewer frames with a noise figure: the night test is not run

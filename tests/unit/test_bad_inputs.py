@@ -54,7 +54,7 @@ def workflow_checks(lights, n_frames=None) -> list[str]:
         checks.check_finite(st, name)
         checks.check_frame_linearity(frame.data, frame.full_scale, name)
         stats.append(st)
-    for key in ("invalid_fraction", "median", "max"):
+    for key in ("invalid_fraction", "median", "max", "noise"):  # as `prepare` records them
         manifest[key] = [st[key] for st in stats]
     return checks.run_hard_checks(manifest, config, sample_pixels=False).warnings
 
@@ -118,6 +118,30 @@ def in_subfolders(folder):
     for p in lights_of(folder)[30:]:
         rewrite(p, fn=lambda x: x[:, :300], dtype=np.uint16)
         p.rename(sub / p.name)
+
+
+def dawn(folder, top=50.0, n=20):
+    """The sky of the last ``n`` frames rising linearly to ``top`` times the night's sky, with
+    its photon noise (gain 1 e-/ADU, as simulated): linear frames, only brighter."""
+    paths = lights_of(folder)
+    sky = 400.0  # the simulator's sky level (ADU)
+    for k, p in enumerate(paths[-n:]):
+        extra = (top - 1.0) * sky * (k + 1) / n
+        rng = np.random.default_rng(1000 + k)
+        rewrite(p, fn=lambda x, e=extra, r=rng: x + r.poisson(e, x.shape), dtype=np.uint16)
+
+
+def blocked_right_half(folder):
+    """Frames 40-44: a dome or a tree blocks the right half (bias + read noise there)."""
+    rng = np.random.default_rng(7)
+
+    def block(x):
+        x = x.copy()
+        w = x.shape[1]
+        x[:, w // 2 :] = np.round(500.0 + rng.normal(0.0, 3.0, (x.shape[0], w - w // 2)))
+        return x
+
+    each(folder, slice(40, 45), fn=block, dtype=np.uint16)
 
 
 def too_few(folder):
@@ -197,6 +221,22 @@ CASES = [
         "refused",
         ["light_0003.fits: stretched"],
     ),
+    ("dawn: the last 20 frames' sky rising to 50x", None, dawn, "accepted", []),
+    (
+        "one frame multiplied by 25 (counts, noise scaled too)",
+        None,
+        lambda f: each(f, slice(50, 51), fn=lambda x: np.clip(x * 25, 0, 65535), dtype=np.uint16),
+        "refused",
+        ["frames on another scale", "light_0050.fits (median"],
+    ),
+    (
+        "a frame saturated everywhere",
+        None,
+        lambda f: each(f, slice(33, 34), fn=lambda x: np.full_like(x, 65535.0), dtype=np.uint16),
+        "refused",
+        ["light_0033.fits (saturated everywhere", "1 of 56 frames"],
+    ),
+    ("five frames with the right half blocked", None, blocked_right_half, "accepted", []),
     (
         "second session folder at another size",
         None,
