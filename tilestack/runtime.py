@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from tilestack.errors import TilestackError
+from tilestack.errors import TilestackError, disk_error
 
 _THREAD_VARS = (
     "OMP_NUM_THREADS",
@@ -87,12 +87,22 @@ def keep_freed_memory() -> bool:
 
 
 def run_script(main: Callable[[], None]) -> None:
-    """Run a workflow script's ``main``; expected failures exit with one line, no traceback."""
+    """Run a workflow script's ``main``; expected failures exit with one line, no traceback.
+
+    Expected: a :class:`TilestackError`, or a disk that is full, over quota or read-only
+    wherever the job was writing (its outputs are written atomically, so none is left).
+    """
     keep_freed_memory()
     try:
         main()
     except TilestackError as err:
         print(f"tilestack: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as err:
+        full = disk_error(err)
+        if full is None:
+            raise
+        print(f"tilestack: error: {full}", file=sys.stderr)
         sys.exit(1)
 
 
@@ -155,8 +165,9 @@ def peak_memory_mb() -> float | None:
 def logged(main, log_path):
     """Wrap a script's ``main`` so a failure is also written to the rule's log file.
 
-    Expected failures (TilestackError) get their one line, anything else its traceback; the
-    exception is re-raised for :func:`tilestack.runtime.run_script` to report.
+    Expected failures (TilestackError, a full disk) get their one line, anything else its
+    traceback; the exception is re-raised for :func:`tilestack.runtime.run_script` to report.
+    A log that cannot be written (the disk is full) is left as it is.
     """
 
     def wrapped():
@@ -164,12 +175,14 @@ def logged(main, log_path):
             main()
         except BaseException as err:
             if log_path:
-                Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-                with open(log_path, "a") as fh:
-                    if isinstance(err, TilestackError):
-                        fh.write(f"tilestack: error: {err}\n")
-                    else:
-                        fh.write(traceback.format_exc())
+                expected = err if isinstance(err, TilestackError) else disk_error(err)
+                text = f"tilestack: error: {expected}\n" if expected else traceback.format_exc()
+                try:
+                    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+                    with open(log_path, "a") as fh:
+                        fh.write(text)
+                except OSError:
+                    pass
             raise
 
     return wrapped

@@ -61,3 +61,98 @@ def test_text_that_is_not_a_number_still_gets_one_line():
     line = validation_error_line(err.value)
     assert line.startswith("config error: workflow.frames_per_job = 'twenty' must be of type")
     assert "--configfile" in line and "\n" not in line
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+class Named(dict):
+    """Snakemake's named lists as far as the job functions use them."""
+
+    __getattr__ = dict.__getitem__
+
+
+def prepare_job(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from tilestack.simulate import simulate_night
+
+    simulate_night(tmp_path / "n", n_frames=3, width=96, height=80, seed=2)
+    lights = sorted(str(p) for p in (tmp_path / "n" / "lights").iterdir())
+    res = tmp_path / "results"
+    return SimpleNamespace(
+        input=Named(lights=lights),
+        output=Named(
+            manifest=str(res / "scan/batches/b000.csv"),
+            calibrated=str(res / "calibrated/b000.fits"),
+            stars=str(res / "stars/b000.parquet"),
+        ),
+        params=Named(
+            first_light=lights[0],
+            exposure_tolerance=0.05,
+            detect_sigma=5.0,
+            bayer="",
+            defects_from_lights=True,
+            bad_pixel_sigma=5.0,
+        ),
+        wildcards=Named(batch="b000"),
+        log=[str(res / "logs/prepare/b000.log")],
+        threads=1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("writer", "error", "output", "says"),
+    [
+        # the star table (pandas -> pyarrow: its OSError carries the text, not errno)
+        (
+            "to_parquet",
+            OSError("Error writing bytes to file. Detail: [errno 28] No space left on device"),
+            "stars",
+            "no space left on device",
+        ),
+        ("to_csv", "ENOSPC", "manifest", "no space left on device"),
+        ("to_csv", "EDQUOT", "manifest", "disk quota exceeded"),
+        ("fits", "ENOSPC", "calibrated", "no space left on device"),
+        ("fits", "EROFS", "calibrated", "read-only file system"),
+    ],
+)
+def test_a_full_disk_in_a_job_is_one_line_naming_the_output(
+    tmp_path, monkeypatch, capsys, writer, error, output, says
+):
+    """OSError ENOSPC (EDQUOT, EROFS) while a job writes: one ``tilestack: error:`` line
+    naming the output, no traceback, no output or temporary file left behind."""
+    import errno
+    import os
+
+    import pandas as pd
+    from astropy.io import fits
+
+    from tilestack.runtime import logged, run_script
+    from tilestack.workflow.prepare import prepare
+
+    job = prepare_job(tmp_path)
+    if isinstance(error, str):
+        code = getattr(errno, error)
+        error = OSError(code, os.strerror(code))
+
+    def fail(*args, **kwargs):
+        raise error
+
+    if writer == "fits":
+        monkeypatch.setattr(fits.HDUList, "writeto", fail)
+    else:
+        monkeypatch.setattr(pd.DataFrame, writer, fail)
+    with pytest.raises(SystemExit) as stop:
+        run_script(logged(lambda: prepare(job), job.log[0]))
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    target = job.output[output]
+    assert lines[0].startswith(f"tilestack: error: cannot write {target}: {says}"), lines[0]
+    assert not Path(target).exists()
+    leftovers = [p for p in (tmp_path / "results").rglob("*") if p.name.endswith(".part")]
+    assert leftovers == []
+    assert Path(job.log[0]).read_text().splitlines()[-1] == lines[0]

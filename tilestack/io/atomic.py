@@ -15,12 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
+from tilestack.errors import disk_error
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched; a full,
+    over-quota or read-only disk becomes one :class:`~tilestack.errors.OutputError` line
+    naming ``path``.
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -29,7 +33,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     for stale in dest.parent.glob(f".{dest.name}.*.part"):
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as err:
+        raise (disk_error(err, path) or err) from err
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -37,9 +44,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # mkstemp creates owner-only files; outputs should be readable like any other file.
         os.chmod(tmp_path, 0o644 & ~_umask())
         os.replace(tmp_path, dest)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        full = disk_error(err, path)
+        if full is not None:
+            raise full from err
         raise
 
 
