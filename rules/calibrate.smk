@@ -14,6 +14,10 @@ if HAS_CALIB:
         params:
             calibration=config["calibration"],
             bayer=PLAN.bayer or "",
+            # the sets are checked against the first batch's lights (it stays put when
+            # frames are added) and named by their folders in refusals
+            lights=[str(p) for p in PLAN.frames[: len(PLAN.batches[BATCHES[0]])]],
+            folders={"bias": CALIB["bias"], "dark": CALIB["darks"], "flat": CALIB["flats"]},
         log:
             log_path("masters"),
         threads: 1

@@ -34,7 +34,7 @@ from tilestack.robust import MAD_TO_SIGMA, sigma_clipped_mean
 from tilestack.stars import exact_median
 
 KINDS = ("bias", "dark", "flat")
-MIN_FLAT = 0.05  # flat values below this (5 % of the phase median) cannot be corrected
+MIN_FLAT = 0.1  # flat values below this (10 % of the phase median) cannot be corrected
 EXPOSURE_TOLERANCE = 0.05
 
 
@@ -330,6 +330,464 @@ def normalize_flat(flat: np.ndarray, bayer: str | None) -> np.ndarray:
     return out
 
 
+# --------------------------------------------------------------------------- sets against the lights
+
+FOLDER_KEYS = {"bias": "bias", "dark": "darks", "flat": "flats"}
+FLAT_WARN_FRACTION = 0.001  # unusable flat pixels above this fraction are reported
+MONO_FLAT_TOLERANCE = 0.02  # four CFA phases within 2 % of one level: a flat without a mosaic
+LIGHT_SAMPLE = 3  # lights whose pixels give the sky level a master must stay below
+MAX_LISTED = 10
+
+# IMAGETYP spellings (upper case, single spaces; "MASTER " in front is read separately)
+FRAME_TYPES = {
+    "LIGHT": "light",
+    "LIGHT FRAME": "light",
+    "OBJECT": "light",
+    "SCIENCE": "light",
+    "DARK": "dark",
+    "DARK FRAME": "dark",
+    "FLAT": "flat",
+    "FLAT FIELD": "flat",
+    "FLAT FRAME": "flat",
+    "FLATFIELD": "flat",
+    "BIAS": "bias",
+    "BIAS FRAME": "bias",
+    "OFFSET": "bias",
+    "OFFSET FRAME": "bias",
+    "ZERO": "bias",
+}
+# what each set may hold by IMAGETYP: darks taken at the flat exposure stand in for a bias
+ALLOWED_TYPES = {"bias": ("bias", "dark"), "dark": ("dark",), "flat": ("flat",)}
+PLURAL = {"light": "lights", "dark": "darks", "flat": "flats", "bias": "bias frames"}
+
+
+@dataclass(frozen=True)
+class CalibrationLimits:
+    """How far a calibration set may differ from the lights (``calibration.*`` settings)."""
+
+    max_temperature_difference: float = 5.0  # [C] darks: refused beyond; bias: warned
+    max_gain_difference: float = 0.01  # relative, GAIN and EGAIN
+    max_invalid_flat_fraction: float = 0.05
+
+    @classmethod
+    def from_config(cls, cal: Mapping) -> CalibrationLimits:
+        d = cls()
+        return cls(
+            max_temperature_difference=float(
+                cal.get("max_temperature_difference", d.max_temperature_difference)
+            ),
+            max_gain_difference=float(cal.get("max_gain_difference", d.max_gain_difference)),
+            max_invalid_flat_fraction=float(
+                cal.get("max_invalid_flat_fraction", d.max_invalid_flat_fraction)
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class LightsReference:
+    """What a calibration set is compared with: a sample of the night's lights."""
+
+    width: int
+    height: int
+    bayer: str | None
+    exposure: float | None
+    facts: dict  # header key -> median over the sampled lights (FACT_KEYS present)
+    sky: float | None = None  # median of the sampled lights' medians
+    noise: float | None = None  # their median pixel noise
+
+
+FACT_KEYS = ("CCD-TEMP", "SET-TEMP", "GAIN", "EGAIN", "OFFSET", "XBINNING", "YBINNING")
+
+
+def frame_type(value) -> tuple[str | None, bool]:
+    """``(kind, master)`` from an IMAGETYP value: "Flat Field" -> ("flat", False),
+    "Master Dark" -> ("dark", True); unknown spellings give ``(None, master)``."""
+    words = str(value or "").replace("_", " ").replace("-", " ").upper().split()
+    master = "MASTER" in words
+    return FRAME_TYPES.get(" ".join(w for w in words if w != "MASTER")), master
+
+
+def _header_float(header, key: str) -> float | None:
+    try:
+        v = float(header[key]) if key in header else None
+    except (TypeError, ValueError):
+        return None
+    return v if v is not None and np.isfinite(v) else None
+
+
+def header_facts(header) -> dict:
+    """Numeric FACT_KEYS of one header (absent or non-numeric keys left out)."""
+    out = {}
+    for key in FACT_KEYS:
+        v = _header_float(header, key)
+        if v is not None:
+            out[key] = v
+    return out
+
+
+def lights_reference(paths: Sequence, bayer: str | None = None) -> LightsReference:
+    """Sizes, Bayer pattern, exposure and the FACT_KEYS of ``paths`` (the lights a run
+    calibrates, or a sample of them); the sky level and pixel noise from ``LIGHT_SAMPLE`` of
+    them spread over the list. ``bayer`` (the night's, as planned) overrides the files'."""
+    from tilestack.checks import pixel_noise
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise CalibrationError("no lights to compare the calibration frames with")
+    info = read_frame_info(paths[0])
+    facts: dict[str, list[float]] = {}
+    exposures = []
+    for p in paths:
+        for k, v in header_facts(read_header(p)).items():
+            facts.setdefault(k, []).append(v)
+        exposures.append(read_frame_info(p).exposure)
+    exps = [e for e in exposures if e is not None]
+    pick = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), LIGHT_SAMPLE)).round())
+    skies, noises = [], []
+    for i in pick.astype(int):
+        data = read_image(paths[i])
+        skies.append(float(np.nanmedian(data)))
+        noises.append(pixel_noise(data))
+    return LightsReference(
+        width=info.width,
+        height=info.height,
+        bayer=bayer if bayer is not None else info.bayer,
+        exposure=float(np.median(exps)) if exps else None,
+        facts={k: float(np.median(v)) for k, v in facts.items()},
+        sky=float(np.median(skies)),
+        noise=float(np.nanmedian(noises)),
+    )
+
+
+@dataclass
+class CalibrationSet:
+    """One kind of calibration frames as given: paths, where they came from, their headers."""
+
+    kind: str
+    paths: list[Path]
+    folder: str | None = None  # the setting as given (a folder or a glob), for messages
+    infos: list = field(default_factory=list)
+    headers: list = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        key = FOLDER_KEYS[self.kind]
+        if not self.folder:
+            return f"{key} frames"
+        return (
+            f"{key} folder {self.folder}" if Path(self.folder).is_dir() else f"{key} {self.folder}"
+        )
+
+    def names(self, idx) -> str:
+        from tilestack.checks import display_names
+
+        shown = display_names([self.paths[i] for i in idx], self.folder)
+        text = ", ".join(shown[:MAX_LISTED])
+        if len(shown) > MAX_LISTED:
+            text += f", … (+{len(shown) - MAX_LISTED} more)"
+        return f"{len(idx)} of {len(self.paths)} frames: {text}"
+
+    def refuse(self, problem: str, idx) -> CalibrationError:
+        return CalibrationError(f"{self.label}: {problem}: {self.names(idx)}")
+
+
+def read_set(kind: str, paths: Sequence, folder: str | None = None) -> CalibrationSet:
+    """Headers of one calibration set (unreadable or mixed-size frames refused, named)."""
+    s = CalibrationSet(kind, [Path(p) for p in paths], folder)
+    if not s.paths:
+        raise CalibrationError(f"no {kind} frames given")
+    try:
+        s.infos = [read_frame_info(p) for p in s.paths]
+        s.headers = [read_header(p) for p in s.paths]
+    except InputError as err:
+        raise CalibrationError(f"{s.label}: {err}") from err
+    ref = (s.infos[0].width, s.infos[0].height)
+    odd = [i for i, f in enumerate(s.infos) if (f.width, f.height) != ref]
+    if odd:
+        raise s.refuse(f"mixed frame sizes, expected {ref[0]}x{ref[1]}", odd)
+    return s
+
+
+def check_frame_types(s: CalibrationSet) -> None:
+    """Frames whose IMAGETYP names another kind (flats in the darks folder, lights, ...)."""
+    found = [frame_type(h.get("IMAGETYP"))[0] for h in s.headers]
+    wrong = [t for t in found if t is not None and t not in ALLOWED_TYPES[s.kind]]
+    if wrong:
+        worst = max(set(wrong), key=wrong.count)
+        idx = [i for i, t in enumerate(found) if t == worst]
+        value = s.headers[idx[0]].get("IMAGETYP")
+        raise s.refuse(f"IMAGETYP {str(value).strip()!r} says these are {PLURAL[worst]}", idx)
+
+
+def _pattern_text(info, header) -> str:
+    """A frame's pattern as read, with ROWORDER when it turned the written one around."""
+    if not info.bayer:
+        return "mono (no BAYERPAT)"
+    written = str(header.get("BAYERPAT", "") or "").strip().upper()
+    order = str(header.get("ROWORDER", "") or "").strip().upper()
+    if written and written != info.bayer:
+        return f"{info.bayer} (BAYERPAT {written} read with ROWORDER {order or 'TOP-DOWN'})"
+    return info.bayer
+
+
+def check_geometry(s: CalibrationSet, lights: LightsReference) -> None:
+    """Size, binning and Bayer pattern against the lights (one line naming the set)."""
+    want = (lights.width, lights.height)
+    odd = [i for i, f in enumerate(s.infos) if (f.width, f.height) != want]
+    if odd:
+        f = s.infos[odd[0]]
+        raise s.refuse(
+            f"frames are {f.width}x{f.height} but the lights are {want[0]}x{want[1]}", odd
+        )
+    for key in ("XBINNING", "YBINNING"):
+        ref = lights.facts.get(key)
+        vals = [_header_float(h, key) for h in s.headers]
+        odd = [i for i, v in enumerate(vals) if ref is not None and v is not None and v != ref]
+        if odd:
+            raise s.refuse(f"{key} {vals[odd[0]]:g} but the lights' is {ref:g}", odd)
+    if lights.bayer:
+        odd = [i for i, f in enumerate(s.infos) if f.bayer and f.bayer != lights.bayer]
+    else:
+        odd = [i for i, f in enumerate(s.infos) if f.bayer]
+    if odd:
+        i = odd[0]
+        got = _pattern_text(s.infos[i], s.headers[i])
+        raise s.refuse(f"Bayer pattern {got} but the lights are {lights.bayer or 'mono'}", odd)
+
+
+def check_camera_settings(
+    s: CalibrationSet, lights: LightsReference, limits: CalibrationLimits
+) -> list[str]:
+    """Gain, offset (refused when they differ) and sensor temperature (darks refused, bias
+    warned beyond ``max_temperature_difference``; flats are not compared). Warnings out."""
+    for key in ("GAIN", "EGAIN", "OFFSET"):
+        ref = lights.facts.get(key)
+        if ref is None:
+            continue
+        tol = limits.max_gain_difference if key != "OFFSET" else 1e-6
+        vals = [_header_float(h, key) for h in s.headers]
+        odd = [
+            i
+            for i, v in enumerate(vals)
+            if v is not None and abs(v - ref) > tol * max(abs(v), abs(ref))
+        ]
+        if odd:
+            raise s.refuse(f"{key} {vals[odd[0]]:g} but the lights' is {ref:g}", odd)
+    warnings = []
+    if s.kind == "flat":
+        return warnings
+    lim = limits.max_temperature_difference
+    for key in ("CCD-TEMP", "SET-TEMP"):
+        ref = lights.facts.get(key)
+        vals = [_header_float(h, key) for h in s.headers]
+        odd = [
+            i
+            for i, v in enumerate(vals)
+            if ref is not None and v is not None and abs(v - ref) > lim
+        ]
+        if not odd:
+            continue
+        got = float(np.median([vals[i] for i in odd]))
+        problem = (
+            f"{key} {got:+g} C but the lights' is {ref:+g} C (difference {abs(got - ref):g} C, "
+            f"more than calibration.max_temperature_difference = {lim:g} C)"
+        )
+        if s.kind == "dark":
+            raise s.refuse(f"{problem}; dark current depends on temperature", odd)
+        warnings.append(f"{s.label}: {problem}: {s.names(odd)}")
+        break
+    return warnings
+
+
+def check_set(
+    s: CalibrationSet, lights: LightsReference | None, limits: CalibrationLimits
+) -> list[str]:
+    """Every check of one set against the lights; returns warnings, refuses with one line."""
+    check_frame_types(s)
+    if lights is None:
+        return []
+    check_geometry(s, lights)
+    return check_camera_settings(s, lights, limits)
+
+
+def ready_master(s: CalibrationSet) -> str | None:
+    """Why the set's single file is a calibrated master (None: frames to combine).
+
+    A header that says so (IMAGETYP "Master …" or tilestack's TSKIND), or, for flats, one
+    float frame whose median is near 1 (already normalised)."""
+    if len(s.paths) != 1:
+        return None
+    hdr, info = s.headers[0], s.infos[0]
+    value = hdr.get("IMAGETYP")
+    if frame_type(value)[1]:
+        return f"IMAGETYP {str(value).strip()!r}"
+    if "TSKIND" in hdr:
+        return "a tilestack master"
+    if s.kind == "flat" and info.dtype.startswith("float"):
+        med = float(np.nanmedian(read_image(s.paths[0])))
+        if 0.2 < med < 5.0:
+            return f"one float frame of median {med:.3g}"
+    return None
+
+
+def use_master(s: CalibrationSet, why: str, *, bias: Master | None, bayer: str | None):
+    """The set's ready-made master, used as is: ``(Master, note)``.
+
+    A flat is only brought to median 1 per CFA phase (a no-op when it already is). A dark
+    holds the bias unless its header says otherwise (TSBIASUB) or it lies below the master
+    bias (it was subtracted already); with a master bias its pedestal is removed, so it can
+    be scaled to the lights' exposure."""
+    path, hdr, info = s.paths[0], s.headers[0], s.infos[0]
+    data = read_image(path)
+    sub = False
+    how = "used as is"
+    if s.kind == "flat":
+        data = normalize_flat(data, bayer)
+        how = "used as is (median 1 on each CFA phase)"
+    elif s.kind == "dark":
+        if "TSBIASUB" in hdr:
+            sub = bool(hdr["TSBIASUB"])
+        elif bias is not None:
+            if float(np.nanmedian(data)) < 0.5 * float(np.nanmedian(bias.data)):
+                sub, how = True, "used as is (its median lies below the bias: bias already removed)"
+            else:
+                _check_shape(bias, data.shape, "darks")
+                data = np.asarray(data - bias.data, dtype=np.float32)
+                sub, how = True, "used minus the master bias"
+        else:
+            how = "used as is (holding the bias: at its own exposure only)"
+    master = Master(
+        kind=s.kind,
+        data=np.asarray(data, dtype=np.float32),
+        exposure=None if s.kind == "bias" else info.exposure,
+        bayer=bayer,
+        n_frames=int(hdr.get("NCOMBINE", 1) or 1),
+        bias_subtracted=sub,
+        sigma=float(hdr.get("TSSIGMA", 0.0) or 0.0),
+        sources=[path.name],
+    )
+    return master, f"{s.label}: {path.name} is a ready-made master ({why}): {how}"
+
+
+def check_offset_below_lights(
+    bias: Master | None, dark: Master | None, lights: LightsReference, labels: Mapping
+) -> None:
+    """The bias + dark subtracted from a light must lie below the light: a master brighter
+    than the lights' sky (flats or lights among the darks) would leave negative frames."""
+    if lights.sky is None or (bias is None and dark is None):
+        return
+    f = dark_factor(dark, lights.exposure, "lights") if dark is not None else 0.0
+    off = _offset_rows(bias, dark, f, 0, (bias if bias is not None else dark).data.shape[0])
+    level = float(np.nanmedian(np.asarray(off, dtype=np.float64)))
+    margin = 3.0 * (lights.noise if lights.noise and np.isfinite(lights.noise) else 0.0)
+    if level <= lights.sky + margin:
+        return
+    kind = "dark" if dark is not None else "bias"
+    at = f" at the lights' {lights.exposure:g} s" if kind == "dark" and lights.exposure else ""
+    raise CalibrationError(
+        f"{labels[kind]}: the master {kind}{' with the bias' if kind == 'dark' and bias else ''}"
+        f" has median {level:.6g}{at}, above the lights' median {lights.sky:.6g}: "
+        f"these are not {FOLDER_KEYS[kind]} of these lights"
+    )
+
+
+def check_flat_pixels(flat: Master, label: str, limits: CalibrationLimits) -> list[str]:
+    """Flat pixels at or below 0, or below MIN_FLAT of their phase median (the master is at
+    median 1 per phase) cannot be corrected and get weight 0 (see :func:`calibrate`): a
+    warning with their fraction; above ``max_invalid_flat_fraction`` the flat is refused."""
+    f = flat.data
+    bad = int(np.count_nonzero(~(np.isfinite(f) & (f >= MIN_FLAT))))
+    frac = bad / f.size
+    what = (
+        f"{100 * frac:.3g}% of the master flat's pixels ({bad}) are at or below 0 or under "
+        f"{MIN_FLAT:g} of their phase median"
+    )
+    if frac > limits.max_invalid_flat_fraction:
+        lim = limits.max_invalid_flat_fraction
+        raise CalibrationError(
+            f"{label}: {what}, more than calibration.max_invalid_flat_fraction = {100 * lim:g}%"
+        )
+    if frac > FLAT_WARN_FRACTION:
+        return [f"{label}: {what}; they get weight 0"]
+    return []
+
+
+def check_mono_flat(s: CalibrationSet, bayer: str | None) -> None:
+    """Flat frames without a Bayer pattern for a mosaic night: refused when the four CFA
+    phases of the first frame also show one level (a mono camera's flat); a colour sensor's
+    phases differ (its filters). A ready-made master, normalised per phase, cannot tell and
+    is not judged."""
+    if not bayer or any(i.bayer for i in s.infos):
+        return
+    data = read_image(s.paths[0])
+    meds = [float(np.nanmedian(data[dy::2, dx::2])) for dy in (0, 1) for dx in (0, 1)]
+    lo, hi = min(meds), max(meds)
+    if lo > 0 and hi / lo - 1.0 < MONO_FLAT_TOLERANCE:
+        raise s.refuse(
+            f"mono flats for {bayer} lights (no BAYERPAT, and the four CFA phases differ by "
+            f"only {100 * (hi / lo - 1.0):.1f}%)",
+            range(len(s.paths)),
+        )
+
+
+@dataclass
+class MasterSet:
+    """The masters of a run and what the user should read about them."""
+
+    masters: dict  # kind -> Master
+    notes: list[str] = field(default_factory=list)  # log lines (ready-made masters used)
+    warnings: list[str] = field(default_factory=list)
+
+
+def build_masters(
+    files: Mapping[str, Sequence],
+    lights: LightsReference | None = None,
+    *,
+    folders: Mapping[str, str] | None = None,
+    sigma: float = 3.0,
+    bayer: str | None = None,
+    limits: CalibrationLimits | None = None,
+    memory_mb: float = 1000.0,
+) -> MasterSet:
+    """Check every calibration set against the lights, then build (or take) the masters.
+
+    ``files`` maps "bias", "dark", "flat" to frame paths (missing or empty: none). Each set is
+    checked first (IMAGETYP, size, binning, Bayer pattern, gain, offset, temperature), so a
+    wrong folder is refused before any combining; a set of one ready-made master
+    (:func:`ready_master`) is used as is; the bias + dark must lie below the lights' sky and
+    the flat must be usable on most pixels. Refusals are one-line ``CalibrationError``s.
+    """
+    limits = limits or CalibrationLimits()
+    folders = folders or {}
+    bayer = bayer if bayer is not None else (lights.bayer if lights is not None else None)
+    sets = {k: read_set(k, files[k], folders.get(k)) for k in KINDS if files.get(k)}
+    out = MasterSet({})
+    for s in sets.values():
+        out.warnings += check_set(s, lights, limits)
+    for kind in KINDS:
+        s = sets.get(kind)
+        if s is None:
+            continue
+        why = ready_master(s)
+        if kind == "flat" and not why:
+            check_mono_flat(s, bayer)
+        if why:
+            m, note = use_master(s, why, bias=out.masters.get("bias"), bayer=bayer)
+            out.notes.append(note)
+        else:
+            deps = {"bias": out.masters.get("bias")} if kind != "bias" else {}
+            if kind == "flat":
+                deps["dark"] = out.masters.get("dark")
+            m = build_master(s.paths, kind, sigma=sigma, bayer=bayer, memory_mb=memory_mb, **deps)
+        out.masters[kind] = m
+    labels = {k: s.label for k, s in sets.items()}
+    if lights is not None:
+        check_offset_below_lights(out.masters.get("bias"), out.masters.get("dark"), lights, labels)
+    if "flat" in out.masters:
+        out.warnings += check_flat_pixels(out.masters["flat"], labels["flat"], limits)
+    return out
+
+
 # --------------------------------------------------------------------------- bad pixels
 
 
@@ -436,7 +894,7 @@ def calibrate(
 
     ``masters`` maps "bias", "dark", "flat" to :class:`Master` (or arrays / paths) and
     "bad_pixels" to a uint8 mask with 1 = bad; any may be missing. The dark is scaled to
-    ``exposure`` when it is bias-subtracted. Invalid: bad pixels, flat below 5 % of its median
+    ``exposure`` when it is bias-subtracted. Invalid: bad pixels, flat below 10 % of its median
     (left undivided), raw at or above ``saturation``, NaN samples. Values are never replaced.
     """
     masters = masters or {}

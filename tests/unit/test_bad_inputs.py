@@ -312,3 +312,323 @@ def test_run_summary_names_verdict_reason_left_out_frames_and_logs(tmp_path):
     assert lines[2] == "tilestack: 1 of 3 frames unregistered (left out): light_0001.fits"
     assert lines[-1] == f"tilestack: logs in {tmp_path / 'logs'}"
     assert "FAILED" in summary(tmp_path / "missing", ok=False)
+
+
+# --------------------------------------------------------------------------- calibration sets
+
+CALIB_NIGHTS: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def calib_nights(tmp_path_factory):
+    """A few lights (320x240) with bias, darks and flats of the same simulated sensor."""
+    base = tmp_path_factory.mktemp("calib_nights")
+
+    def make(bayer=None):
+        key = bayer or "mono"
+        if key not in CALIB_NIGHTS:
+            from tilestack.simulate import simulate_night
+
+            out = base / key
+            simulate_night(
+                out, n_frames=3, width=320, height=240, seed=1, bayer=bayer,
+                calibration=True, n_calib=5,
+            )  # fmt: skip
+            CALIB_NIGHTS[key] = out
+        return CALIB_NIGHTS[key]
+
+    return make
+
+
+class Job(dict):
+    """The attributes of Snakemake's script object that ``masters(job)`` reads."""
+
+    __getattr__ = dict.__getitem__
+
+
+def masters_run(night: Path, calibration=None) -> list[str]:
+    """Run the ``masters`` rule's function as the workflow does (the folders that exist in
+    ``night`` are the settings); returns its warnings and notes, raises its refusal."""
+    from tilestack.workflow.masters import masters
+
+    folders = {k: night / f for k, f in (("bias", "bias"), ("dark", "darks"), ("flat", "flats"))}
+    folders = {k: f for k, f in folders.items() if f.exists()}
+    inputs = {f"{k}s" if k != "bias" else k: lights_of(f) for k, f in folders.items()}
+    res = night / "results" / "calibration"
+    output = {k: res / f"master_{k}.fits" for k in folders}
+    if "dark" in folders:
+        output["bad_pixels"] = res / "bad_pixels.fits"
+    with fits.open(lights_of(night / "lights")[0]) as hdul:
+        bayer = hdul[0].header.get("BAYERPAT", "")
+    cal = {"sigma": 3.0, "bad_pixel_sigma": 5.0, **(calibration or {})}
+    log = night / "results" / "masters.log"
+    job = Job(
+        input=Job(
+            {
+                "bias": [],
+                "darks": [],
+                "flats": [],
+                **{k: [str(p) for p in v] for k, v in inputs.items()},
+            }
+        ),
+        output=Job({k: str(v) for k, v in output.items()}),
+        params=Job(
+            calibration=cal,
+            bayer=bayer,
+            lights=[str(p) for p in lights_of(night / "lights")],
+            folders={k: str(f) for k, f in folders.items()},
+        ),
+        log=[str(log)],
+        threads=1,
+    )
+    masters(job)
+    lines = log.read_text().splitlines()
+    return [ln.split(" ", 2)[2] for ln in lines if "warning:" in ln or "master (" in ln]
+
+
+def set_cards(folder: Path, fn=None, dtype=np.uint16, **cards):
+    for p in lights_of(folder):
+        rewrite(p, fn=fn, dtype=dtype, **cards)
+
+
+def warm_darks(n):
+    set_cards(n / "darks", fn=lambda x: x + 300.0, **{"CCD-TEMP": 20.0})
+
+
+def flats_in_darks(n, keep_type=True):
+    shutil.rmtree(n / "darks")
+    shutil.copytree(n / "flats", n / "darks")
+    if not keep_type:
+        set_cards(n / "darks", IMAGETYP="Dark Frame", EXPTIME=10.0)
+
+
+def ready_master_flat(n, with_bias):
+    """flats = one normalised float32 master flat (made elsewhere: no tilestack header)."""
+    from tilestack.calibration import build_master
+
+    bias = build_master(lights_of(n / "bias"), "bias")
+    flat = build_master(lights_of(n / "flats"), "flat", bias=bias)
+    shutil.rmtree(n / "flats")
+    (n / "flats").mkdir()
+    hdr = fits.Header({"IMAGETYP": "Flat Field", "EXPTIME": 1.0})
+    fits.PrimaryHDU(flat.data.astype(np.float32), header=hdr).writeto(
+        n / "flats" / "master_flat.fits"
+    )
+    if not with_bias:
+        shutil.rmtree(n / "bias")
+    shutil.rmtree(n / "darks")
+
+
+def ready_master_dark(n):
+    """darks = one 'Master Dark' (bias included, float32), bias frames and flats as usual."""
+    from tilestack.robust import sigma_clipped_mean
+
+    stack = np.stack([fits.getdata(p).astype(np.float32) for p in lights_of(n / "darks")])
+    mean, _ = sigma_clipped_mean(stack, 3.0)
+    hdr = fits.getheader(lights_of(n / "darks")[0])
+    hdr["IMAGETYP"] = "Master Dark"
+    shutil.rmtree(n / "darks")
+    (n / "darks").mkdir()
+    for key in ("BZERO", "BSCALE"):
+        hdr.pop(key, None)
+    fits.PrimaryHDU(mean.astype(np.float32), header=hdr).writeto(n / "darks" / "master_dark.fits")
+
+
+def broken_flats(n, band_rows):
+    """A zero band (rows 100 to 100 + band_rows) and two negative columns on every flat."""
+
+    def damage(x):
+        x = x.copy()
+        x[100 : 100 + band_rows] = 0.0
+        x[:, 50:52] = -100.0
+        return x
+
+    set_cards(n / "flats", fn=damage, dtype=np.float32)
+
+
+def without_bayerpat(n, mono: bool):
+    """Flats written without BAYERPAT; ``mono``: a mono camera's flats (each 2x2 cell at its
+    mean level, no colour filters)."""
+    for p in lights_of(n / "flats"):
+        with fits.open(p) as hdul:
+            data, hdr = hdul[0].data.astype(np.float64), hdul[0].header.copy()
+        for key in ("BAYERPAT", "XBAYROFF", "YBAYROFF", "BZERO", "BSCALE"):
+            hdr.pop(key, None)
+        if mono:
+            h, w = data.shape
+            cell = data.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+            data = np.round(np.repeat(np.repeat(cell, 2, axis=0), 2, axis=1))
+        fits.PrimaryHDU(data.astype(np.uint16), header=hdr).writeto(p, overwrite=True)
+
+
+# (case, bayer of the night, how the calibration is damaged, outcome, message fragments)
+CALIB_CASES = [
+    ("calibrated mono night", None, None, "accepted", []),
+    ("calibrated RGGB night", "RGGB", None, "accepted", []),
+    (
+        "darks 30 C warmer than the lights",
+        None,
+        warm_darks,
+        "refused",
+        [
+            "darks folder",
+            "CCD-TEMP +20 C but the lights' is -10 C",
+            "difference 30 C",
+            "5 of 5 frames: dark_0000.fits",
+        ],
+    ),
+    (
+        "bias 30 C warmer than the lights",
+        None,
+        lambda n: set_cards(n / "bias", **{"CCD-TEMP": 20.0}),
+        "accepted",
+        ["warning: bias folder", "CCD-TEMP +20 C but the lights' is -10 C"],
+    ),
+    (
+        "darks at another gain",
+        None,
+        lambda n: set_cards(n / "darks", GAIN=2.5),
+        "refused",
+        ["darks folder", "GAIN 2.5 but the lights' is"],
+    ),
+    (
+        "flats at another offset",
+        None,
+        lambda n: [set_cards(n / f, OFFSET=o) for f, o in (("lights", 10), ("flats", 30))],
+        "refused",
+        ["flats folder", "OFFSET 30 but the lights' is 10"],
+    ),
+    (
+        "flats binned 2x2",
+        None,
+        lambda n: set_cards(n / "flats", XBINNING=2, YBINNING=2),
+        "refused",
+        ["flats folder", "XBINNING 2 but the lights' is 1"],
+    ),
+    (
+        "ready-made master flat, no bias",
+        None,
+        lambda n: ready_master_flat(n, with_bias=False),
+        "accepted",
+        ["master_flat.fits is a ready-made master (one float frame of median 1)", "used as is"],
+    ),
+    (
+        "ready-made master flat with bias frames",
+        "RGGB",
+        lambda n: ready_master_flat(n, with_bias=True),
+        "accepted",
+        ["master_flat.fits is a ready-made master"],
+    ),
+    (
+        "ready-made master dark (bias included)",
+        None,
+        ready_master_dark,
+        "accepted",
+        [
+            "master_dark.fits is a ready-made master (IMAGETYP 'Master Dark')",
+            "minus the master bias",
+        ],
+    ),
+    (
+        "flats in the darks folder",
+        None,
+        flats_in_darks,
+        "refused",
+        ["darks folder", "IMAGETYP 'Flat Field' says these are flats", "flat_0000.fits"],
+    ),
+    (
+        "flats relabelled as darks in the darks folder",
+        None,
+        lambda n: flats_in_darks(n, keep_type=False),
+        "refused",
+        ["darks folder", "master dark with the bias has median 2", "above the lights' median 8"],
+    ),
+    (
+        "lights in the bias folder",
+        None,
+        lambda n: [shutil.copy(p, n / "bias") for p in lights_of(n / "lights")[:1]],
+        "refused",
+        [
+            "bias folder",
+            "IMAGETYP 'Light Frame' says these are lights",
+            "1 of 6 frames: light_0000.fits",
+        ],
+    ),
+    (
+        "flat with a zero band and negative columns",
+        None,
+        lambda n: broken_flats(n, 24),
+        "refused",
+        [
+            "flats folder",
+            "10.6% of the master flat's pixels (8113)",
+            "max_invalid_flat_fraction = 5%",
+        ],
+    ),
+    (
+        "flat with two negative columns",
+        None,
+        lambda n: broken_flats(n, 0),
+        "accepted",
+        ["warning: flats folder", "0.626% of the master flat's pixels (481)", "weight 0"],
+    ),
+    (
+        "mono flats for an RGGB night",
+        "RGGB",
+        lambda n: without_bayerpat(n, mono=True),
+        "refused",
+        ["flats folder", "mono flats for RGGB lights", "no BAYERPAT"],
+    ),
+    (
+        "RGGB flats without BAYERPAT",
+        "RGGB",
+        lambda n: without_bayerpat(n, mono=False),
+        "accepted",
+        [],
+    ),
+    (
+        "flats of another Bayer pattern (ROWORDER)",
+        "RGGB",
+        lambda n: set_cards(n / "flats", ROWORDER="BOTTOM-UP"),
+        "refused",
+        [
+            "flats folder",
+            "Bayer pattern GBRG (BAYERPAT RGGB read with ROWORDER BOTTOM-UP)",
+            "the lights are RGGB",
+        ],
+    ),
+    (
+        "darks at another size",
+        None,
+        lambda n: set_cards(n / "darks", fn=lambda x: x[:, :300]),
+        "refused",
+        ["darks folder", "frames are 300x240 but the lights are 320x240"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "bayer", "make", "outcome", "fragments"), CALIB_CASES, ids=[c[0] for c in CALIB_CASES]
+)
+def test_bad_calibration(calib_nights, tmp_path, case, bayer, make, outcome, fragments):
+    from tilestack.errors import TilestackError
+
+    night = copy_night(calib_nights(bayer), tmp_path / "night")
+    if make:
+        make(night)
+    if outcome == "accepted":
+        said = masters_run(night)
+        for frag in fragments:
+            assert any(frag in w for w in said), (frag, said)
+        if not fragments:
+            assert not said, said
+        return
+    with pytest.raises(TilestackError) as err:
+        masters_run(night)
+    line = str(err.value)
+    assert "\n" not in line
+    for frag in fragments:
+        assert frag in line, f"{frag!r} not in: {line}"
+    assert not (night / "results" / "calibration").exists() or not any(
+        (night / "results" / "calibration").iterdir()
+    )
