@@ -39,13 +39,26 @@ rule all:
     default_target: True
 
 
+# One run per results folder (Snakemake's own lock is per working directory): a real run
+# claims {results}/.tilestack.lock before its first job and releases it at the end; dry runs
+# and the jobs a cluster starts (--no-hooks) do not touch it. tilestack.results_lock.
+onstart:
+    from tilestack.results_lock import claim_or_exit
+
+    claim_or_exit(RESULTS)
+
+
 onsuccess:
+    from tilestack.results_lock import release
     from tilestack.run_summary import summary
 
+    release(RESULTS)
     print(summary(RESULTS, ok=True), file=sys.stderr)
 
 
 onerror:
+    from tilestack.results_lock import release
     from tilestack.run_summary import summary
 
+    release(RESULTS)
     print(summary(RESULTS, ok=False), file=sys.stderr)

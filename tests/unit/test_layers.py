@@ -65,6 +65,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tilestack.plan",
             "tilestack.run_info",
             "tilestack.run_summary",
+            "tilestack.results_lock",
             "tilestack.simulate",
             "tilestack.simulation",
             "tilestack.example",

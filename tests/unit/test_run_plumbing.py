@@ -156,3 +156,89 @@ def test_a_full_disk_in_a_job_is_one_line_naming_the_output(
     leftovers = [p for p in (tmp_path / "results").rglob("*") if p.name.endswith(".part")]
     assert leftovers == []
     assert Path(job.log[0]).read_text().splitlines()[-1] == lines[0]
+
+
+# --------------------------------------------------------------------------- results claims
+
+
+def claimant(pid=None, host=None, cwd="/other/checkout", started=None):
+    import os
+    import socket
+
+    from tilestack.results_lock import Claimant, process_start
+
+    pid = os.getpid() if pid is None else pid
+    started = process_start(pid) if started is None else started
+    return Claimant(host or socket.gethostname(), pid, started, cwd, "2026-01-01 20:00:00")
+
+
+def write_claim(folder: Path, c) -> Path:
+    import json
+    from dataclasses import asdict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".tilestack.lock"
+    lock.write_text(json.dumps(asdict(c)))
+    return lock
+
+
+def dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_results_folder_is_claimed_by_one_run_and_released(tmp_path):
+    from tilestack.results_lock import ResultsInUseError, claim, read_claim, release
+
+    res = tmp_path / "results"
+    me = claimant(cwd="/checkout/a")
+    lock = claim(res, me)
+    assert read_claim(lock)[0].same_process(me)
+    assert claim(res, me) == lock  # the same run again (re-entrant)
+    # a second run (another checkout, same host, alive: this very process) is refused
+    other = claimant(cwd="/checkout/b", started="1")
+    other_lock = write_claim(tmp_path / "held", claimant(cwd="/checkout/a"))
+    with pytest.raises(ResultsInUseError) as err:
+        claim(other_lock.parent, other)
+    line = str(err.value)
+    assert "\n" not in line
+    assert line.startswith(f"results folder {other_lock.parent} is in use by another run (pid ")
+    assert "working directory /checkout/a" in line and "wait for it to end" in line
+    release(res, other)  # not its claim: left alone
+    assert lock.exists()
+    release(res, me)
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize("how", ["dead pid", "reused pid", "not a claim"])
+def test_a_stale_claim_is_taken_over(tmp_path, how):
+    """kill -9 leaves the claim behind: its process is gone (or its id now belongs to
+    another process, told apart by the start time), so the next run takes the folder."""
+    from tilestack.results_lock import claim, read_claim
+
+    res = tmp_path / "results"
+    if how == "dead pid":
+        write_claim(res, claimant(pid=dead_pid()))
+    elif how == "reused pid":
+        write_claim(res, claimant(started="12345"))  # this pid, another start time
+    else:
+        res.mkdir()
+        (res / ".tilestack.lock").write_text("garbage")
+    me = claimant(cwd="/checkout/new", started="7")
+    lock = claim(res, me)
+    assert read_claim(lock)[0] == me
+    assert sorted(p.name for p in res.iterdir()) == [".tilestack.lock"]
+
+
+def test_a_claim_from_another_host_is_refused_with_the_file_to_delete(tmp_path):
+    from tilestack.results_lock import ResultsInUseError, claim
+
+    res = tmp_path / "results"
+    lock = write_claim(res, claimant(pid=dead_pid(), host="node17.cluster"))
+    with pytest.raises(ResultsInUseError) as err:
+        claim(res, claimant(cwd="/checkout/new", started="7"))
+    assert "on node17.cluster" in str(err.value)
+    assert f"if that run has ended, delete {lock}" in str(err.value)
