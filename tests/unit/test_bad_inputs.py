@@ -632,3 +632,15 @@ def test_bad_calibration(calib_nights, tmp_path, case, bayer, make, outcome, fra
     assert not (night / "results" / "calibration").exists() or not any(
         (night / "results" / "calibration").iterdir()
     )
+
+
+def test_calibration_limits_are_settings(calib_nights, tmp_path):
+    """calibration.max_temperature_difference and max_invalid_flat_fraction move the lines."""
+    night = copy_night(calib_nights(None), tmp_path / "night")
+    warm_darks(night)
+    broken_flats(night, 24)
+    said = masters_run(
+        night, {"max_temperature_difference": 40.0, "max_invalid_flat_fraction": 0.2}
+    )
+    assert len(said) == 1 and "10.6% of the master flat's pixels (8113)" in said[0]
+    assert (night / "results" / "calibration" / "master_dark.fits").exists()

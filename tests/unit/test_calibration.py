@@ -428,3 +428,100 @@ def test_calibrate_single_pass_equals_the_numpy_steps(monkeypatch):
         assert fl.dtype == sl.dtype == np.float32 and fv.dtype == sv.dtype == np.uint8
         assert np.array_equal(fl, sl, equal_nan=True) and np.array_equal(fv, sv)
         assert np.array_equal(np.signbit(fl), np.signbit(sl))
+
+
+def test_frame_types_read_the_usual_spellings():
+    from tilestack.calibration import frame_type
+
+    cases = {
+        "Light Frame": ("light", False),
+        "LIGHT": ("light", False),
+        "Dark Frame": ("dark", False),
+        "dark": ("dark", False),
+        "Flat Field": ("flat", False),
+        "FLAT": ("flat", False),
+        "Bias Frame": ("bias", False),
+        "Offset": ("bias", False),
+        "Master Dark": ("dark", True),
+        "MASTER_FLAT": ("flat", True),
+        "Dark Flat": (None, False),  # darks for flats: not judged
+        None: (None, False),
+    }
+    for value, want in cases.items():
+        assert frame_type(value) == want, value
+
+
+def _single(path, data, **cards):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.PrimaryHDU(np.asarray(data, np.float32), header=fits.Header(cards)).writeto(path)
+    return [path]
+
+
+def test_ready_made_masters_are_used_as_is(tmp_path):
+    """One normalised float flat (no master header), one 'Master Dark' holding the bias and
+    one already without it: each used as is, and said so; lights calibrate as with frames."""
+    from tilestack.calibration import build_masters
+
+    sensor = Sensor()
+    bias, dark, flat = masters_for(sensor, tmp_path / "frames")
+    flat_file = _single(tmp_path / "mf" / "master_flat.fits", flat.data, IMAGETYP="Flat Field")
+    got = build_masters({"flat": flat_file})
+    assert got.notes == [
+        "flats frames: master_flat.fits is a ready-made master (one float frame of median 1): "
+        "used as is (median 1 on each CFA phase)"
+    ]
+    np.testing.assert_array_equal(got.masters["flat"].data, flat.data)
+    # with bias frames the flat is not calibrated again ("no signal above the bias" before)
+    bias_files = sensor.write(tmp_path / "b2", "bias", 8, [0.0])
+    got = build_masters({"bias": bias_files, "flat": flat_file})
+    np.testing.assert_array_equal(got.masters["flat"].data, flat.data)
+    # a master dark that holds the bias, given with bias frames: the bias is taken off, so it
+    # scales to the lights' exposure like the dark built from frames
+    with_bias = dark.data + bias.data
+    dark_file = _single(
+        tmp_path / "md" / "master_dark.fits", with_bias, IMAGETYP="Master Dark", EXPTIME=T_DARK
+    )
+    got = build_masters({"bias": bias_files, "dark": dark_file})
+    assert "minus the master bias" in got.notes[0]
+    m = got.masters["dark"]
+    assert m.bias_subtracted and m.exposure == T_DARK
+    diff = np.abs(m.data - dark.data)  # two bias masters: their noise only
+    assert np.median(diff) < 0.5 and diff.max() < 4.0
+    raw = sensor.frame(T_LIGHT, sky=1000.0, noise=0.0)
+    ref, _ = calibrate(raw, T_LIGHT, {"bias": bias, "dark": dark, "flat": flat})
+    light, _ = calibrate(raw, T_LIGHT, {**got.masters, "flat": flat})
+    assert np.median(np.abs(light - ref)) < 1.0
+    # one already without the bias (its median lies below the bias): used as is
+    bare = _single(tmp_path / "md2" / "dark.fits", dark.data, IMAGETYP="MASTER DARK", EXPTIME=60)
+    got = build_masters({"bias": bias_files, "dark": bare})
+    assert "bias already removed" in got.notes[0]
+    np.testing.assert_array_equal(got.masters["dark"].data, dark.data)
+    # a raw float frame (median far from 1) is still a frame to combine and calibrate
+    raw_flat = _single(tmp_path / "rf" / "flat.fits", sensor.frame(1.0, sky=20000.0))
+    with pytest.raises(CalibrationError, match="^flats need a master bias"):
+        build_masters({"flat": raw_flat})
+
+
+def test_flat_pixels_below_a_tenth_of_the_median_are_invalid():
+    from tilestack.calibration import CalibrationLimits, check_flat_pixels
+
+    data = np.ones((H, W), np.float32)
+    data[2, 3], data[4, 5], data[6, 7] = 0.07, -0.5, 0.12
+    raw = np.full((H, W), 100.0, np.float32)
+    _, valid = calibrate(raw, None, {"flat": Master("flat", data)})
+    assert (valid[2, 3], valid[4, 5], valid[6, 7]) == (0, 0, 1)
+    assert (
+        check_flat_pixels(Master("flat", data), "flats", CalibrationLimits()) == []
+    )  # dead pixels
+    data[8, 0:3] = 0.0
+    assert check_flat_pixels(Master("flat", data), "flats", CalibrationLimits()) == [
+        "flats: 0.163% of the master flat's pixels (5) are at or below 0 or under 0.1 of "
+        "their phase median; they get weight 0"
+    ]
+    data[:10] = 0.0  # a zero band: 21 % of the pixels (640)
+    with pytest.raises(
+        CalibrationError, match=r"^flats: 20\.8% .* \(640\) .*\.max_invalid_flat_fraction = 5%"
+    ):
+        check_flat_pixels(Master("flat", data), "flats", CalibrationLimits())
+    loose = CalibrationLimits(max_invalid_flat_fraction=0.3)
+    assert "weight 0" in check_flat_pixels(Master("flat", data), "flats", loose)[0]
