@@ -736,6 +736,7 @@ class MasterSet:
 
     masters: dict  # kind -> Master
     notes: list[str] = field(default_factory=list)  # log lines (ready-made masters used)
+    ready: set = field(default_factory=set)  # kinds taken from a ready-made master
     warnings: list[str] = field(default_factory=list)
 
 
@@ -774,6 +775,7 @@ def build_masters(
         if why:
             m, note = use_master(s, why, bias=out.masters.get("bias"), bayer=bayer)
             out.notes.append(note)
+            out.ready.add(kind)
         else:
             deps = {"bias": out.masters.get("bias")} if kind != "bias" else {}
             if kind == "flat":

@@ -49,13 +49,15 @@ def masters(job) -> None:
     )
     for note in built.notes:
         prog.log(note)
+        print(f"tilestack: {note}", file=sys.stderr)
     for w in built.warnings:
         prog.log(f"warning: {w}")
         print(f"tilestack: warning: {w}", file=sys.stderr)
     for kind in kinds:
         m = built.masters[kind]
         m.write(getattr(out, kind))
-        prog.step(note=f"{kind} from {m.n_frames} frames")
+        how = "ready-made master" if kind in built.ready else f"from {m.n_frames} frames"
+        prog.step(note=f"{kind} {how}")
     if "bad_pixels" in out.keys():
         dark, flat = built.masters.get("dark"), built.masters.get("flat")
         bad = bad_pixel_mask(dark, sigma=float(cal["bad_pixel_sigma"]), flat=flat, bayer=bayer)
