@@ -14,6 +14,10 @@ rule prepare:
         stars=R("stars/{batch}.parquet"),
     params:
         first_light=str(PLAN.frames[0]),
+        first_name=PLAN.names[0],
+        first_stem=PLAN.stems[0],
+        names=lambda wildcards: PLAN.batch_names(wildcards.batch),
+        stems=lambda wildcards: PLAN.batches[wildcards.batch],
         exposure_tolerance=config["assumptions"]["exposure_tolerance"],
         detect_sigma=config["registration"]["detect_sigma"],
         bayer=PLAN.bayer or "",

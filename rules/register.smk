@@ -43,6 +43,7 @@ if REG_ENGINE == "siril":
             table=R("registration/siril_transforms.csv"),
         params:
             stems=PLAN.stems,
+            names=PLAN.names,
         log:
             log_path("register_siril"),
         threads: WF["threads"]

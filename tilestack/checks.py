@@ -30,6 +30,7 @@ stored pixel type, FS = 1 for float data normalised to [0, 1]):
 
 from __future__ import annotations
 
+import contextlib
 import glob as _glob
 from collections import Counter
 from collections.abc import Sequence
@@ -41,7 +42,7 @@ import pandas as pd
 
 from tilestack.cfa import channels_for
 from tilestack.errors import ConfigError, InputError
-from tilestack.io.frames import read_frame
+from tilestack.io.frames import bayer_source, read_frame, read_header
 from tilestack.io.manifest import build_manifest, list_frames
 from tilestack.robust import difference_sigma, mad_sigma
 from tilestack.stars import exact_median
@@ -180,7 +181,19 @@ def check_sizes(manifest: pd.DataFrame) -> None:
 
 def check_bayer(manifest: pd.DataFrame) -> None:
     pats = [_bayer_name(_none_if_nan(b)) for b in manifest["bayer"]]
-    _check_uniform(pats, manifest["frame"], "Bayer patterns", str)
+    if len(set(pats)) < 2:
+        return
+    # A pattern that ROWORDER or the offsets turned into another one is shown with the
+    # header's own words: every file may say BAYERPAT RGGB while their row orders differ.
+    sources: dict[str, str | None] = {}
+    if "path" in manifest:
+        for value in dict.fromkeys(pats):
+            path = manifest["path"].iloc[pats.index(value)]
+            with contextlib.suppress(InputError, OSError):
+                sources[value] = bayer_source(read_header(path))
+    moved = any(src and src.split()[1] != v for v, src in sources.items())
+    show = (lambda v: f"{v} ({sources[v]})" if sources.get(v) else v) if moved else str
+    _check_uniform(pats, manifest["frame"], "Bayer patterns", show)
 
 
 def check_exposures(manifest: pd.DataFrame, tolerance: float = 0.05) -> None:

@@ -10,6 +10,7 @@ per-frame work already done stays valid.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tilestack.cfa import channels_for
 from tilestack.checks import check_night, check_weight_sum
 from tilestack.checks import decide_mode as checks_decide_mode
 from tilestack.errors import ConfigError, InputError
-from tilestack.io.manifest import build_manifest, frame_stem, list_frames
+from tilestack.io.manifest import build_manifest, frame_names, list_frames, unique_stems
 from tilestack.registration.siril import siril_available
 from tilestack.tiles import band_ranges
 
@@ -44,6 +45,7 @@ class Plan:
     mode: str  # "full" | "reduced" | "emergency"
     n_clusters: int  # K of §10 (0 unless full mode)
     sample_batches: list[str] = field(default_factory=list)  # batches that pick reference/tiles
+    names: list[str] = field(default_factory=list)  # paths relative to the lights root
 
     @property
     def n_frames(self) -> int:
@@ -51,8 +53,21 @@ class Plan:
 
     @property
     def stem_of(self) -> dict[str, str]:
-        """Light file name -> stem."""
-        return {p.name: s for p, s in zip(self.frames, self.stems, strict=True)}
+        """Light name (relative to the lights root; or the bare file name where it names
+        one frame only) -> stem."""
+        names = self.names or [p.name for p in self.frames]
+        files = Counter(p.name for p in self.frames)
+        out = {
+            p.name: s for p, s in zip(self.frames, self.stems, strict=True) if files[p.name] == 1
+        }
+        out.update(zip(names, self.stems, strict=True))
+        return out
+
+    def batch_names(self, batch: str) -> list[str]:
+        """Names of a batch's frames (the order of ``batch_lights``)."""
+        stems = set(self.batches[batch])
+        names = self.names or [p.name for p in self.frames]
+        return [n for n, s in zip(names, self.stems, strict=True) if s in stems]
 
     def batch_stems(self, batch: str) -> list[str]:
         return self.batches[batch]
@@ -106,6 +121,27 @@ def check_config(config: dict) -> None:
     for key in ("darks", "flats", "bias"):
         if config.get(key) is None:
             config[key] = ""
+    for key in ("lights", "darks", "flats", "bias", "results"):
+        check_no_braces(str(config.get(key) or ""), key)
+
+
+def check_no_braces(path: str, what: str | None = None) -> None:
+    """Snakemake reads ``{...}`` in a file path as a wildcard (doubling the braces does not
+    escape them in its patterns): refuse such paths at start with one line (a setting:
+    ``ConfigError`` naming it; a listed frame, ``what`` None: ``InputError``)."""
+    if "{" in path or "}" in path:
+        error = ConfigError if what else InputError
+        where = f"{what} = {path!r}" if what else path
+        raise error(
+            f"{where}: a path with {{ or }} cannot be used (Snakemake reads braces "
+            "as wildcards); rename the folder or point to it through a link without them"
+        )
+
+
+def _results(config: dict) -> list[str]:
+    """The results folder, left out of every input listing (a glob over a parent folder must
+    not take a previous run's output FITS files for lights or calibration frames)."""
+    return [str(config["results"])] if config.get("results") else []
 
 
 def calibration_frames(config: dict) -> dict[str, list[str]]:
@@ -117,9 +153,11 @@ def calibration_frames(config: dict) -> dict[str, list[str]]:
             out[key] = []
             continue
         try:
-            out[key] = [str(p) for p in list_frames(spec)]
+            out[key] = [str(p) for p in list_frames(spec, exclude=_results(config))]
         except InputError:
             raise InputError(f"{key} = {spec!r} contains no supported frames") from None
+        for p in out[key]:
+            check_no_braces(p)
     return out
 
 
@@ -140,24 +178,13 @@ def check_engines(config: dict) -> None:
         raise ConfigError(f"{' and '.join(wants)} = siril needs siril-cli on PATH (not found)")
 
 
-def _frame_stems(paths: list[Path]) -> list[str]:
-
-    stems = [frame_stem(p) for p in paths]
-    seen: dict[str, Path] = {}
-    for p, s in zip(paths, stems, strict=True):
-        if s in seen:
-            raise InputError(f"{seen[s].name} and {p.name} have the same stem {s!r}; rename one")
-        seen[s] = p
-    return stems
-
-
 def make_plan(config: dict) -> Plan:
     """Plan the run from the config (already validated and defaulted)."""
     lights = str(config.get("lights", "") or "")
     if not lights:
         raise ConfigError("lights is empty: set it to a folder or glob of light frames")
     try:
-        frames = [Path(p) for p in list_frames(lights)]
+        frames = [Path(p) for p in list_frames(lights, exclude=_results(config))]
     except FileNotFoundError as err:
         raise InputError(f"lights = {lights!r}: {err}") from None
     except InputError as err:
@@ -168,14 +195,19 @@ def make_plan(config: dict) -> Plan:
         raise
     if not frames:
         raise InputError(f"lights = {lights!r} contains no supported light frames")
-    stems = _frame_stems(frames)
+    for p in frames:
+        check_no_braces(str(p))
+    # Frames are named by their path relative to the lights root (two sessions may both
+    # hold light_0000.fits); stems, used in internal file names, are made unique.
+    names = frame_names(frames, lights)
+    stems = unique_stems(frames, names)
     wf = config.get("workflow", {})
     batches = make_batches(stems, wf.get("frames_per_job", 30))
 
     # Every light's header (cheap): sizes, Bayer patterns, exposures and pixel types are
     # decided over the whole night, so the odd files are named, whichever batch they are in.
 
-    headers = build_manifest(frames, checksum=False)
+    headers = build_manifest(frames, checksum=False, names=names, stems=stems)
     check_night(headers, config, lights)
     first = headers.iloc[0]
     width, height = int(first["width"]), int(first["height"])
@@ -205,6 +237,7 @@ def make_plan(config: dict) -> Plan:
         mode=mode,
         n_clusters=cluster_count(len(frames)) if mode == "full" else 0,
         sample_batches=sample,
+        names=names,
     )
 
 

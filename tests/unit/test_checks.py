@@ -141,7 +141,8 @@ def test_hard_mixed_bayer_single_kind(tmp_path):
     assert_hard_failure(
         tmp_path,
         lights,
-        "mixed Bayer patterns: 1 of 5 frames is GBRG, expected RGGB: light_00.fits",
+        "mixed Bayer patterns: 1 of 5 frames is GBRG (BAYERPAT RGGB read BOTTOM-UP (ROWORDER)), "
+        "expected RGGB (BAYERPAT RGGB): light_00.fits",
     )
 
 

@@ -89,6 +89,10 @@ def prepare_job(tmp_path: Path):
         ),
         params=Named(
             first_light=lights[0],
+            first_name=Path(lights[0]).name,
+            first_stem=Path(lights[0]).stem,
+            names=[Path(p).name for p in lights],
+            stems=[Path(p).stem for p in lights],
             exposure_tolerance=0.05,
             detect_sigma=5.0,
             bayer="",
@@ -242,3 +246,154 @@ def test_a_claim_from_another_host_is_refused_with_the_file_to_delete(tmp_path):
         claim(res, claimant(cwd="/checkout/new", started="7"))
     assert "on node17.cluster" in str(err.value)
     assert f"if that run has ended, delete {lock}" in str(err.value)
+
+
+# --------------------------------------------------------------------------- lights listings
+
+
+@pytest.fixture(scope="module")
+def small_night(tmp_path_factory):
+    from tilestack.simulate import simulate_night
+
+    out = tmp_path_factory.mktemp("plumbing") / "night"
+    simulate_night(out, n_frames=8, width=64, height=48, seed=3)
+    return out / "lights"
+
+
+def two_sessions(src: Path, root: Path) -> Path:
+    """s1/ and s2/ with the same file names (light_0000.fits ... light_0003.fits each)."""
+    import shutil
+
+    lights = sorted(src.glob("*.fits"))
+    for session, part in (("s1", lights[:4]), ("s2", lights[4:])):
+        (root / session).mkdir(parents=True)
+        for i, p in enumerate(part):
+            shutil.copy(p, root / session / f"light_{i:04d}.fits")
+    return root
+
+
+def test_two_sessions_with_the_same_file_names_are_one_night(small_night, tmp_path):
+    """Frames are named by their path relative to the lights root; the stems of the file
+    and HDU names are unique, and the batch checks of ``prepare`` use the same names."""
+    from tilestack.plan import make_plan
+    from tilestack.workflow.prepare import check_batch
+
+    root = two_sessions(small_night, tmp_path / "night")
+    config = {"lights": f"{root}/*/light_*.fits", "assumptions": {"frames_min": 8}}
+    plan = make_plan({**config, "workflow": {"frames_per_job": 4}})
+    assert plan.n_frames == 8
+    assert plan.names[:2] == ["s1/light_0000.fits", "s1/light_0001.fits"]
+    assert plan.names[4] == "s2/light_0000.fits"
+    assert plan.stems[0] == "s1_light_0000" and plan.stems[4] == "s2_light_0000"
+    assert len(set(plan.stems)) == 8
+    assert plan.stem_of["s2/light_0003.fits"] == "s2_light_0003"
+    assert "light_0003.fits" not in plan.stem_of  # ambiguous bare name
+    again = make_plan({**config, "workflow": {"frames_per_job": 4}})
+    assert again.stems == plan.stems  # deterministic
+    b1 = list(plan.batches)[1]
+    paths = [str(p) for p, s in zip(plan.frames, plan.stems, strict=True) if s in plan.batches[b1]]
+    manifest = check_batch(
+        paths,
+        str(plan.frames[0]),
+        0.05,
+        names=plan.batch_names(b1),
+        stems=plan.batches[b1],
+        first=(plan.names[0], plan.stems[0]),
+    )
+    assert manifest["frame"].tolist() == [f"s2/light_{i:04d}.fits" for i in range(4)]
+    assert manifest["stem"].tolist() == [f"s2_light_{i:04d}" for i in range(4)]
+
+
+def test_unique_stems_resolve_every_collision_in_path_order():
+    from tilestack.io.manifest import unique_stems
+
+    names = ["a.fit", "a.fits", "s1/a.fits", "s1_a.fits", "b.fits"]
+    stems = unique_stems([Path("/n") / n for n in names], names)
+    assert stems == ["a", "a_2", "s1_a", "s1_a_2", "b"]
+
+
+def test_the_results_folder_inside_the_lights_glob_is_left_out(small_night, tmp_path):
+    """A second run of the same command must not take its own outputs for lights (or for
+    calibration frames)."""
+    import shutil
+
+    from tilestack.plan import calibration_frames, make_plan
+
+    lights = tmp_path / "night"
+    shutil.copytree(small_night, lights)
+    results = lights / "results"
+    for out in ("final/L.fits", "stack/L.fits", "calibration/master_dark.fits"):
+        (results / out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(next(lights.glob("*.fits")), results / out)
+    config = {
+        "lights": f"{lights}/**/*.fits",
+        "darks": f"{lights}/**/master_*.fits",
+        "results": str(results),
+        "assumptions": {"frames_min": 8},
+    }
+    plan = make_plan(config)
+    assert plan.n_frames == 8
+    assert not any("results" in n for n in plan.names)
+    relative = {**config, "results": "night/results"}  # the same folder, relative
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert make_plan(relative).n_frames == 8
+        with pytest.raises(Exception, match="contains no supported frames"):
+            calibration_frames(relative)
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize("key", ["lights", "results", "darks"])
+def test_a_brace_in_a_path_is_refused_at_start(tmp_path, key):
+    from tilestack.errors import ConfigError
+    from tilestack.plan import check_config
+
+    config = {"lights": str(tmp_path / "lights"), "results": str(tmp_path / "out")}
+    config[key] = str(tmp_path / "m31{2024}")
+    with pytest.raises(ConfigError) as err:
+        check_config(config)
+    line = str(err.value)
+    assert line.startswith(f"{key} = '{tmp_path}/m31{{2024}}': a path with {{ or }}")
+    assert "\n" not in line
+
+
+def test_a_light_with_a_brace_in_its_name_is_refused(small_night, tmp_path):
+    import shutil
+
+    from tilestack.errors import InputError
+    from tilestack.plan import make_plan
+
+    lights = tmp_path / "lights"
+    shutil.copytree(small_night, lights)
+    (lights / "light_0003.fits").rename(lights / "light_{3}.fits")
+    with pytest.raises(InputError, match=r"light_\{3\}.fits: a path with"):
+        make_plan({"lights": str(lights), "assumptions": {"frames_min": 8}})
+
+
+# --------------------------------------------------------------------------- refusal wording
+
+
+def test_a_row_order_refusal_says_roworder(tmp_path):
+    """Every file says BAYERPAT RGGB; two are stored bottom-up, which makes their cell GBRG:
+    the line says so in the header's words, not only 'GBRG'."""
+    from astropy.io import fits
+
+    from tilestack.errors import InputError
+    from tilestack.plan import make_plan
+    from tilestack.simulate import simulate_night
+
+    simulate_night(tmp_path / "n", n_frames=8, width=64, height=48, seed=3, bayer="RGGB")
+    lights = sorted((tmp_path / "n/lights").glob("*.fits"))
+    for p in lights[5:7]:
+        fits.setval(p, "ROWORDER", value="BOTTOM-UP")
+    with pytest.raises(InputError) as err:
+        make_plan({"lights": str(tmp_path / "n/lights"), "assumptions": {"frames_min": 8}})
+    assert str(err.value) == (
+        "mixed Bayer patterns: 2 of 8 frames are GBRG (BAYERPAT RGGB read BOTTOM-UP "
+        "(ROWORDER)), expected RGGB (BAYERPAT RGGB read TOP-DOWN (ROWORDER)): "
+        "light_0005.fits, light_0006.fits"
+    )

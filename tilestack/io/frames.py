@@ -171,6 +171,27 @@ def header_bayer(header, height: int, name: str = "") -> str | None:
         raise InputError(f"unsupported Bayer description in {name}: {err}") from err
 
 
+def bayer_source(header) -> str | None:
+    """The header's own words for its Bayer cell, e.g. ``BAYERPAT RGGB read BOTTOM-UP
+    (ROWORDER)`` or ``BAYERPAT RGGB with YBAYROFF 1``; None for mono or no pattern."""
+    key, value = _first(header, BAYER_KEYWORDS)
+    if key is None or str(value).strip().upper() not in cfa.PATTERNS:
+        return None
+    text = f"{key} {str(value).strip().upper()}"
+    offsets = []
+    for keys in (XOFF_KEYWORDS, YOFF_KEYWORDS):
+        k, v = _first(header, keys)
+        with contextlib.suppress(TypeError, ValueError):
+            if k is not None and int(float(v)) % 2:
+                offsets.append(f"{k} {int(float(v))}")
+    if offsets:
+        text += " with " + " and ".join(offsets)
+    order = str(header.get("ROWORDER", "") or "").strip().upper().replace("_", "-")
+    if order:
+        text += f" read {order} (ROWORDER)"
+    return text
+
+
 # --------------------------------------------------------------------------- FITS access
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +43,18 @@ def frame_stem(path) -> str:
     return name[: -len(ext)] if ext else Path(name).stem
 
 
-def list_frames(spec) -> list[Path]:
+def _inside(path: Path, folders: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == f or real.startswith(f + os.sep) for f in folders)
+
+
+def list_frames(spec, exclude=()) -> list[Path]:
     """Image files named by ``spec`` (a folder or a glob pattern), sorted, supported types only.
 
-    Hidden files (``.name``, e.g. partial writes) are skipped. Raises ``InputError`` when
-    nothing matches.
+    Hidden files (``.name``, e.g. partial writes) are skipped, and so is everything inside
+    the folders ``exclude`` (the results folder: a glob such as ``night/**/*.fits`` would
+    otherwise take a previous run's output FITS files for lights). Raises ``InputError``
+    when nothing matches.
     """
     if spec is None or str(spec).strip() == "":
         raise InputError("no light frames given (set `lights` to a folder or a glob)")
@@ -58,13 +68,80 @@ def list_frames(spec) -> list[Path]:
         candidates = [p]
     else:
         candidates = []
+    skip = [os.path.realpath(f) for f in exclude if f]
     frames = sorted(
-        (c for c in candidates if not c.name.startswith(".") and _supported_suffix(c.name)),
+        (
+            c
+            for c in candidates
+            if not c.name.startswith(".")
+            and _supported_suffix(c.name)
+            and not (skip and _inside(c, skip))
+        ),
         key=lambda c: str(c),
     )
     if not frames:
         raise InputError(f"no light frames found in {text}")
     return frames
+
+
+def lights_root(spec) -> Path | None:
+    """The folder frame names are relative to: ``spec`` itself when it is a folder, else the
+    fixed part of the glob before its first wildcard (the common parent of the sessions)."""
+    if spec is None or str(spec).strip() == "":
+        return None
+    root = Path(str(spec)).expanduser()
+    if root.is_dir():
+        return root
+    parts = []
+    for part in root.parts:
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    root = Path(*parts) if parts else Path(".")
+    return root if root.is_dir() else root.parent
+
+
+def frame_names(paths, spec) -> list[str]:
+    """Each frame's name: its path relative to the lights root (``s2/light_0000.fits`` when
+    the lights are ``night/*/light_*.fits``; the file name for a plain folder)."""
+    root = lights_root(spec)
+    out = []
+    for p in paths:
+        p = Path(p)
+        try:
+            out.append(p.relative_to(root).as_posix() if root is not None else p.name)
+        except ValueError:
+            out.append(p.name)
+    return out
+
+
+def unique_stems(paths, names) -> list[str]:
+    """One stem per frame for its internal file and HDU names, unique and deterministic.
+
+    A stem is the file name without its image extension. Where two frames share it (the same
+    file names in two session folders), each takes its relative name instead, folders joined
+    by ``_`` (``s1_light_0000``); what still collides gets ``_2``, ``_3``, ... in path order.
+    """
+    base = [frame_stem(p) for p in paths]
+    count = Counter(base)
+    out = []
+    for name, stem in zip(names, base, strict=True):
+        if count[stem] == 1:
+            out.append(stem)
+            continue
+        ext = _supported_suffix(name)
+        rel = name[: -len(ext)] if ext else name
+        out.append(re.sub(r"[^A-Za-z0-9._+-]+", "_", rel.replace("/", "_")).strip("_") or stem)
+    taken = Counter(out)
+    seen: set[str] = set()
+    for i, s in enumerate(out):
+        if taken[s] > 1 and s in seen:
+            k = 2
+            while f"{s}_{k}" in taken or f"{s}_{k}" in seen:
+                k += 1
+            out[i] = f"{s}_{k}"
+        seen.add(out[i])
+    return out
 
 
 def sha256(path, chunk: int = 1 << 20) -> str:
@@ -75,28 +152,32 @@ def sha256(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _check_unique_stems(paths: list[Path]) -> None:
-    seen: dict[str, Path] = {}
-    for p in paths:
-        s = frame_stem(p)
+def _check_unique_stems(names: list[str], stems: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for n, s in zip(names, stems, strict=True):
         if s in seen:
             raise InputError(
-                f"duplicate frame names: {seen[s].name} and {p.name} both map to {s!r}; "
-                "rename one of them"
+                f"duplicate frame names: {seen[s]} and {n} both map to {s!r}; rename one of them"
             )
-        seen[s] = p
+        seen[s] = n
 
 
-def build_manifest(paths, checksum: bool = True) -> pd.DataFrame:
+def build_manifest(paths, checksum: bool = True, names=None, stems=None) -> pd.DataFrame:
     """One row per frame: contract columns, then ``dtype bitpix full_scale gain format``.
 
-    Every file's header is read; unreadable files are collected and reported together in one
+    ``names`` and ``stems`` (aligned with ``paths``; the plan's :func:`frame_names` and
+    :func:`unique_stems`) default to the file names and :func:`frame_stem`. Every file's
+    header is read; unreadable files are collected and reported together in one
     ``InputError`` line (so the user sees all of them at once).
     """
-    paths = sorted((Path(p) for p in paths), key=lambda c: str(c))
-    _check_unique_stems(paths)
+    paths = [Path(p) for p in paths]
+    names = [p.name for p in paths] if names is None else [str(n) for n in names]
+    stems = [frame_stem(p) for p in paths] if stems is None else [str(s) for s in stems]
+    order = sorted(range(len(paths)), key=lambda i: str(paths[i]))
+    paths, names, stems = ([seq[i] for i in order] for seq in (paths, names, stems))
+    _check_unique_stems(names, stems)
     rows, errors = [], []
-    for p in paths:
+    for p, name, stem in zip(paths, names, stems, strict=True):
         try:
             info = read_frame_info(p)
         except InputError as err:
@@ -105,8 +186,8 @@ def build_manifest(paths, checksum: bool = True) -> pd.DataFrame:
         rows.append(
             {
                 "path": str(p),
-                "frame": p.name,
-                "stem": frame_stem(p),
+                "frame": name,
+                "stem": stem,
                 "width": info.width,
                 "height": info.height,
                 "exposure": np.nan if info.exposure is None else float(info.exposure),

@@ -22,10 +22,24 @@ from tilestack.runtime import Progress
 from tilestack.stars import detect_frame_stars
 
 
-def check_batch(paths, first_light: str, exposure_tolerance: float) -> pd.DataFrame:
-    """The hard checks of §1 on one batch (against the first light); returns its manifest."""
-    batch = build_manifest(paths)
-    both = batch if first_light in set(batch["path"]) else build_manifest([first_light, *paths])
+def check_batch(
+    paths, first_light: str, exposure_tolerance: float, names=None, stems=None, first=None
+) -> pd.DataFrame:
+    """The hard checks of §1 on one batch (against the first light); returns its manifest.
+
+    ``names`` and ``stems`` are the plan's (paths relative to the lights root, unique stems);
+    ``first`` is the first light's (name, stem). Without them: file names and plain stems.
+    """
+    batch = build_manifest(paths, names=names, stems=stems)
+    if first_light in set(batch["path"]):
+        both = batch
+    else:
+        first_name, first_stem = first or (None, None)
+        both = build_manifest(
+            [first_light, *paths],
+            names=None if names is None else [first_name, *names],
+            stems=None if stems is None else [first_stem, *stems],
+        )
     checks.check_sizes(both)
     checks.check_bayer(both)
     checks.check_exposures(both, float(exposure_tolerance))
@@ -80,7 +94,14 @@ def prepare(job) -> None:
     p = job.params
     paths = list(job.input.lights)
     prog = Progress(job.log[0], len(paths), "frames", f"prepare {job.wildcards.batch}")
-    manifest = check_batch(paths, p.first_light, p.exposure_tolerance)
+    manifest = check_batch(
+        paths,
+        p.first_light,
+        p.exposure_tolerance,
+        names=list(p.names),
+        stems=list(p.stems),
+        first=(p.first_name, p.first_stem),
+    )
     prog.log("hard checks passed")
     files = {
         k: job.input[k] for k in ("bias", "dark", "flat", "bad_pixels") if k in job.input.keys()

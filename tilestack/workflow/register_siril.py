@@ -21,7 +21,7 @@ from tilestack.runtime import Progress
 
 def register_siril(job) -> None:
     lights = [str(p) for p in job.input.lights]
-    names = [Path(p).name for p in lights]
+    names = list(job.params.names)  # paths relative to the lights root
     ref = json.loads(open(job.input.reference).read())["frame"]
     prog = Progress(job.log[0], len(lights), "frames", "register_siril")
     out = Path(job.output.table)
