@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
+from scipy.stats import poisson
 
 from tilestack.io.transforms_table import matrix_row
 from tilestack.stars import detect_stars
@@ -430,9 +431,21 @@ def _ncc_of(matrix, image_hp, reference_hp, ref_valid, ncc, warp_image):
 
 
 # With at least STAR_CHECK_MIN stars on both sides, a fallback transform must bring at least
-# MIN_STAR_VOTES frame stars onto reference stars (a right one brings most of them).
+# MIN_STAR_VOTES frame stars onto reference stars (a right one brings most of them), and more
+# than chance does: in a dense field a wrong transform still drops a few frame stars within
+# the match radius of some reference star (Poisson, mean = frame stars on the reference ×
+# reference stars per pixel × π·radius²); the count must be one chance gives with probability
+# below CHANCE_VOTES_P.
 STAR_CHECK_MIN = 8
 MIN_STAR_VOTES = 3
+CHANCE_VOTES_P = 1e-3
+# A fallback must reach this NCC with the reference after alignment (another field reaches
+# about 0.05 by chance; real frames, even under thick cloud, 0.3 and more).
+MIN_FALLBACK_NCC = 0.1
+# Models that keep the scale (auto: a night's frames share one plate scale): a fallback whose
+# scale differs from 1 by more than this is not a frame of the night.
+MAX_FALLBACK_SCALE_DEVIATION = 0.05
+_SCALING_MODELS = ("similarity", "scale", "affine", "full_affine", "homography")
 
 
 class _NoVotes:
@@ -441,6 +454,16 @@ class _NoVotes:
 
     def __call__(self, m):
         return 0
+
+    def chance(self, m):
+        return 0.0
+
+
+def _chance_p(votes: int, expected: float) -> float:
+    """P(X ≥ votes) for X ~ Poisson(expected): how often chance alone gives that many."""
+    if votes <= 0:
+        return 1.0
+    return float(poisson.sf(votes - 1, max(expected, 1e-12)))
 
 
 def _star_vote_counter(stars_xy, ref_xy, radius):
@@ -451,13 +474,23 @@ def _star_vote_counter(stars_xy, ref_xy, radius):
     if stars_xy is None or ref_xy is None or len(stars_xy) < 3 or len(ref_xy) < 3:
         return _NoVotes()
 
-    tree = cKDTree(np.asarray(ref_xy, dtype=np.float64))
+    ref = np.asarray(ref_xy, dtype=np.float64)
+    tree = cKDTree(ref)
     src = np.asarray(stars_xy, dtype=np.float64)
+    lo, hi = ref.min(axis=0), ref.max(axis=0)
+    density = len(ref) / max(float(np.prod(hi - lo + 1.0)), 1.0)
 
     def votes(m):
         d, _ = tree.query(Transform(m).apply(src), distance_upper_bound=radius)
         return int(np.isfinite(d).sum())
 
+    def chance(m):
+        """Expected chance coincidences: frame stars landing on the reference's star field."""
+        p = Transform(m).apply(src)
+        inside = np.all((p >= lo - radius) & (p <= hi + radius), axis=1)
+        return float(inside.sum()) * density * math.pi * radius * radius
+
+    votes.chance = chance
     votes.enough = min(len(src), len(ref_xy)) >= STAR_CHECK_MIN
     # with a few stars, a right transform still puts about a third of them on reference stars
     # (the others may be cosmic rays or hot pixels); a transform that puts none is wrong
@@ -474,7 +507,7 @@ def image_fallback(
     model="auto",
     initial=None,
     delta_ncc=0.01,
-    min_ncc=0.05,
+    min_ncc=MIN_FALLBACK_NCC,
     stars_xy=None,
     ref_xy=None,
     match_radius=2.0,
@@ -538,7 +571,7 @@ def image_fallback(
             best = (m, name, n1)
         near_ident = np.abs(Transform(m).apply(probe) - probe).max() < 0.1
         votes = star_votes(m)
-        why = _candidate_rejection(name, model, n0, n1, votes, star_votes)
+        why = _candidate_rejection(name, model, n0, n1, votes, star_votes, m)
         if why:
             tried.append(why)
         elif (n1 >= n0 + delta_ncc and n1 >= min_ncc) or (near_ident and n1 >= 0.5):
@@ -653,12 +686,25 @@ def _fallback_candidates(image, reference, valid, model, initial):
     return cands, conf, details_pc
 
 
-def _candidate_rejection(name, model, n0, n1, votes, star_votes) -> str:
-    """Why the stars veto a candidate (empty when they do not); the NCC gain is judged after."""
+def _candidate_rejection(name, model, n0, n1, votes, star_votes, matrix) -> str:
+    """Why the stars or the geometry veto a candidate (empty when they do not); the NCC gain
+    is judged after."""
     # the NCC gain must be real: on pure noise ECC can "gain" 0.01 by chance, never 0.05
     if (star_votes.enough and votes < MIN_STAR_VOTES) or votes < star_votes.needed:
         # the frame's stars, plenty or few, do not land on reference stars: a wrong transform
         return f"{name}: NCC {n0:.3f} → {n1:.3f} but only {votes} stars coincide"
+    scale = Transform(matrix).scale
+    if model not in _SCALING_MODELS and abs(scale - 1.0) > MAX_FALLBACK_SCALE_DEVIATION:
+        return f"{name}: scale {scale:.3f} (the night's frames share one plate scale)"
+    if star_votes.enough:
+        expected = star_votes.chance(matrix)
+        p = _chance_p(votes, expected)
+        if p > CHANCE_VOTES_P:
+            # a dense field: this many coincide for a wrong transform too (another field)
+            return (
+                f"{name}: NCC {n0:.3f} → {n1:.3f}, {votes} stars coincide but chance gives "
+                f"{expected:.1f} (p = {p:.2g})"
+            )
     if name == "phase_correlation" and model != "translation" and votes < MIN_STAR_VOTES:
         # a pure shift cannot express the field rotation of a night; without stars that
         # confirm it, an NCC gain only says the shift is roughly right (a rotated frame can
