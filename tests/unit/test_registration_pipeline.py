@@ -151,14 +151,16 @@ def test_registrator_presets_warp_and_size_mismatch(field):
     assert np.isnan(warped[~ok]).all() and ok.mean() > 0.95
     a, b = warped[ok] - np.median(warped[ok]), ref[ok] - np.median(ref[ok])
     assert np.corrcoef(a, b)[0, 1] > 0.9
-    for preset in ("translation", "scale", "full_affine", "homography", "auto"):
-        assert Registrator(preset).model in (
-            "translation",
-            "similarity",
-            "affine",
-            "homography",
-            "auto",
-        )
+    # each preset names one of the models of config registration.model
+    presets = {
+        "translation": "translation",
+        "rotation": "euclidean",
+        "scale": "similarity",
+        "full_affine": "affine",
+        "homography": "homography",
+        "auto": "auto",
+    }
+    assert {p: Registrator(p).model for p in presets} == presets
     with pytest.raises(ValueError):
         Registrator("warp-drive")
     bad = reg.register_images(img[:100], ref)

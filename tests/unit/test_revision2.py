@@ -36,20 +36,22 @@ def star_field(seed=7):
 
 
 def render(xy, flux, *, fwhm=3.0, transparency=1.0, sky=200.0, gradient=(0.0, 0.0), seed=0):
-    """One frame in ADU: stars (Gaussian PSF) × transparency + sky (+ linear gradient) + noise."""
+    """One frame in ADU: stars (Gaussian PSF) × transparency + sky (+ linear gradient) + noise.
+
+    ``fwhm`` and ``transparency`` are one value or one per star (a local cloud or soft seeing).
+    """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
     img = sky * (1.0 + gradient[0] * (xx / SIZE - 0.5) + gradient[1] * (yy / SIZE - 0.5))
-    s = fwhm / 2.3548
-    for (x, y), f in zip(xy, flux, strict=True):
+    sigmas = np.broadcast_to(np.asarray(fwhm, np.float64) / 2.3548, flux.shape)
+    trans = np.broadcast_to(np.asarray(transparency, np.float64), flux.shape)
+    for (x, y), f, s, t in zip(xy, flux, sigmas, trans, strict=True):
         x0, y0 = int(round(x)), int(round(y))
         ys, xs = slice(max(0, y0 - 12), y0 + 13), slice(max(0, x0 - 12), x0 + 13)
         img[ys, xs] += (
-            transparency
-            * f
-            / (2 * np.pi * s * s)
+            t * f / (2 * np.pi * s * s)
             * np.exp(-((xx[ys, xs] - x) ** 2 + (yy[ys, xs] - y) ** 2) / (2 * s * s))
-        )
+        )  # fmt: skip
     noise = np.sqrt(np.maximum(img, 0) + READ_NOISE**2)
     return (img + rng.standard_normal(img.shape) * noise).astype(np.float32)
 
@@ -133,6 +135,48 @@ def test_14_local_weights_of_noise_only_tiles_are_flat(calm_night):
     lw = snr_local_weights(local, gw, (GRID.ny, GRID.nx), star_min_count=3, sharpen=0.5)
     dev = np.abs(lw["L"].to_numpy() - 1.0)
     assert float(np.max(dev)) <= 0.10, float(np.max(dev))
+
+
+def _tiles_within(x0, x1, y0, y1):
+    """Indices of the tiles of GRID lying wholly inside the box [x0, x1) × [y0, y1)."""
+    return [
+        i
+        for i, (ty0, ty1, tx0, tx1) in enumerate(GRID.tiles)
+        if tx0 >= x0 and tx1 <= x1 and ty0 >= y0 and ty1 <= y1
+    ]
+
+
+def test_local_weights_drop_under_a_local_cloud_and_soft_seeing():
+    """§8 direction: a tile under a passing cloud, or with softer stars than the rest of its
+    frame, weighs less than the same tile in the clear, sharp frames, and less than the clear
+    tiles of its own frame. The weight lands on that tile (the (frame, tile) matrix)."""
+    xy, flux = star_field(seed=5)
+    half = SIZE // 2
+    cloud = (xy[:, 0] < half) & (xy[:, 1] < half)  # top-left quadrant of frame 3
+    soft = (xy[:, 0] >= half) & (xy[:, 1] >= half)  # bottom-right quadrant of frame 5
+    frames = []
+    for i in range(8):
+        t = np.where(cloud, 0.5, 1.0) if i == 3 else 1.0
+        f = np.where(soft, 4.5, 3.0) if i == 5 else 3.0
+        frames.append(render(xy, flux, transparency=t, fwhm=f, seed=300 + i))
+    g, local = measure_night(frames, xy, flux)
+    gw = snr_global_weights(g, sharpen=0.5, reference="f00")
+    lw = snr_local_weights(local, gw, (GRID.ny, GRID.nx), star_min_count=3, sharpen=0.5)
+    ell = weight_matrix(lw, gw["frame"].tolist(), GRID.n_tiles, "L")
+    w = weight_matrix(lw, gw["frame"].tolist(), GRID.n_tiles)
+    top_left, bottom_right = _tiles_within(0, half, 0, half), _tiles_within(half, SIZE, half, SIZE)
+    assert len(top_left) >= 2 and len(bottom_right) >= 2
+    clear = [i for i in range(8) if i not in (3, 5)]
+    for frame, bad, good in ((3, top_left, bottom_right), (5, bottom_right, top_left)):
+        # the same tiles in the clear, sharp frames: L about 1 (no deviation to follow)
+        assert np.all(np.abs(ell[np.ix_(clear, bad)] - 1.0) < 0.15), ell[np.ix_(clear, bad)]
+        # (0.5 transmission)² = 0.25 and (3 / 4.5)^2.5 = 0.36: measured 0.25-0.55 and
+        # 0.35-0.67 (the tile nearest the quadrant's corner is shrunk towards its neighbours)
+        assert np.median(ell[frame, bad]) < 0.5, (frame, ell[frame, bad])
+        assert np.max(ell[frame, bad]) < 0.8, (frame, ell[frame, bad])
+        assert np.min(ell[frame, good]) > 0.9, (frame, ell[frame, good])  # measured >= 0.98
+        # W = G·L: this frame's bad tiles weigh less than the same tiles of every clear frame
+        assert np.max(w[frame, bad]) < 0.85 * np.min(w[np.ix_(clear, bad)]), (frame, w[:, bad])
 
 
 def test_shrinkage_keeps_a_coherent_cloud_and_drops_noise():

@@ -60,7 +60,9 @@ def test_noisy_detection_fwhm_flux_order_and_snr():
     assert len(df) == len(xy) and np.all(d < 0.1)
     assert np.median(d) < 0.03
     assert df["flux"].is_monotonic_decreasing
-    assert np.median(df["fwhm"]) == pytest.approx(3.0, rel=0.2)
+    # Windowed Gaussian moments read a Moffat (β = 3) star 15.4 % wide at 3 px (17 % at 2.5,
+    # 13 % at 4 px): the bias is pinned within 2 % so a change of the estimator shows.
+    assert np.median(df["fwhm"]) == pytest.approx(3.0 * 1.154, rel=0.02)
     # aperture flux tracks the truth (Moffat wings beyond 2 FWHM are lost)
     assert np.corrcoef(df["flux"], flux[i])[0, 1] > 0.99
     assert (df["snr"] > 20).all()

@@ -146,8 +146,10 @@ def test_faint_star_snr_scales_with_noise():
     frac = 1 - math.exp(-(3.0**2) / (2 * (3.0 / 2.3548) ** 2))
     npix = math.pi * 9
     expected = 400 * frac / (2.0 * math.sqrt(npix * (1 + npix / (math.pi * (11**2 - 6**2)))))
-    assert snr1 == pytest.approx(expected, rel=0.15)
-    assert snr1 / snr2 == pytest.approx(2.0, rel=0.15)
+    # measured 3.5 % below (the median over 60 stars of this field; 3.7-5.5 % on others)
+    assert snr1 == pytest.approx(expected, rel=0.06)
+    # measured 2 × 1.036: two noise realisations, each median scattering by ~2 %
+    assert snr1 / snr2 == pytest.approx(2.0, rel=0.06)
 
 
 def test_photometry_slope_is_one_for_linear_data():
