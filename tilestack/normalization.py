@@ -38,6 +38,9 @@ ANNULUS_OUT = 2.5
 MIN_APERTURE = 2.5
 # Stars below this aperture SNR (in either image) do not vote on the scale.
 SCALE_SNR_MIN = 10.0
+# Below min_stars qualifying stars, a weighted median over at least this many is still used
+# (method "few stars") before the summed-signal fallback.
+FEW_STARS = 5
 # Systematic floor of one star's log flux ratio (PSF shape, crowding, seeing-dependent blends):
 # no star dominates, the brightest stars vote about equally.
 SCALE_SYS_FLOOR = 0.03
@@ -524,7 +527,7 @@ class FrameNormalization:
     scale: float
     surface: Surface
     n_stars: int
-    method: str  # "stars" | "signal" | "reference" | "none"
+    method: str  # "stars" | "few stars" | "signal" | "reference" | "none"
     flux: np.ndarray | None = None  # aperture fluxes of the star list in X (NaN: not measured)
     snr: np.ndarray | None = None
 
@@ -544,6 +547,13 @@ def normalize_frame(
     flux, snr = aperture_photometry(plane, valid, star_xy, fwhm)
     s, n = photometric_scale(flux, snr, reference.flux, reference.snr, min_stars=min_stars)
     how = "stars"
+    if not np.isfinite(s) or s <= 0:
+        # a few good stars still beat the summed signal, which any light the reference lacks
+        # (a trail missed by the mask, a glow) pulls down
+        s, n = photometric_scale(
+            flux, snr, reference.flux, reference.snr, min_stars=min(min_stars, FEW_STARS)
+        )
+        how = "few stars"
     if not np.isfinite(s) or s <= 0:
         s = signal_scale(plane, valid, reference.image, reference.valid)
         how = "signal"

@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tilestack.calibration",
             "tilestack.checks",
             "tilestack.normalization",
+            "tilestack.trails",
             "tilestack.reconstruction",
             "tilestack.synthetic",
             "tilestack.clustering",

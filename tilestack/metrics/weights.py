@@ -16,7 +16,19 @@ from tilestack.metrics.snr_weights import snr_global_weights, snr_local_weights
 _REPORTED = ["frame", "stem", "B", "sigma", "E", "median", "mad"]
 GLOBAL_COLUMNS = [*_REPORTED, "zB", "zS", "zE", "Q", "G"]
 # method tbqr2: §5 scale and the physical quantities the weight is made of
-_TBQR2 = ["F", "sigma_raw", "s", "norm_stars", "norm_method", "sigma_I", "F_used", "Q", "G"]
+_TBQR2 = [
+    "F",
+    "sigma_raw",
+    "sigma_block",
+    "trail_px",
+    "s",
+    "norm_stars",
+    "norm_method",
+    "sigma_I",
+    "F_used",
+    "Q",
+    "G",
+]
 GLOBAL_COLUMNS_TBQR2 = [*_REPORTED, *_TBQR2]
 NORMALIZATION_COLUMNS = [
     "frame",

@@ -32,13 +32,19 @@ from tilestack.io.frames import read_image
 from tilestack.io.transforms_table import row_matrix
 from tilestack.metrics.global_metrics import background_level
 from tilestack.metrics.local import frame_metrics, reference_star_list, tile_scales
-from tilestack.normalization import ReferencePhotometry, normalize_frame
+from tilestack.normalization import (
+    ReferencePhotometry,
+    aperture_photometry,
+    normalize_frame,
+    photometric_scale,
+)
 from tilestack.registration.cfa_warp import warp_mosaic
 from tilestack.registration.interpolation import warp_image
 from tilestack.registration.pipeline import register_frame, result_row
-from tilestack.robust import diff_noise
+from tilestack.robust import block_noise, diff_noise
 from tilestack.runtime import Progress
 from tilestack.tiles import TileGrid
+from tilestack.trails import TrailMask, find_trails
 
 # stars below this aperture SNR (frame or reference) do not vote on a tile's own scale
 TILE_SCALE_SNR = 5.0
@@ -68,6 +74,8 @@ RAW_GLOBAL_COLUMNS = [
     "mad",
     "F",
     "sigma_raw",
+    "sigma_block",
+    "trail_px",
 ]
 # §5 normalization of each frame and channel (method tbqr2): scale, how it was found, surface
 NORM_COLUMNS = [
@@ -132,10 +140,12 @@ def common_star_xy(ref: Reference, settings: WarpSettings) -> dict[str, pd.DataF
 
 
 def reference_photometry(
-    ref: Reference, settings: WarpSettings, grid: TileGrid, star_xy: dict[str, pd.DataFrame]
+    planes: dict[str, tuple[np.ndarray, np.ndarray]],
+    settings: WarpSettings,
+    grid: TileGrid,
+    star_xy: dict[str, pd.DataFrame],
 ) -> dict[str, ReferencePhotometry]:
-    """The reference's registered planes with their aperture fluxes: the scale of §5."""
-    planes = warp_planes(ref.image, ref.valid, np.eye(3), settings)
+    """The reference's registered ``planes`` with their aperture fluxes: the scale of §5."""
     out = {}
     for c in settings.channels:
         plane, ok = planes[c]
@@ -154,15 +164,59 @@ def frame_fwhm(stars: pd.DataFrame, grid: TileGrid) -> float:
     return float(np.median(fw)) if fw.size else float("nan")
 
 
-def pixel_noise(plane: np.ndarray, ok: np.ndarray) -> float:
-    """Robust per-pixel noise (ADU) of a plane's star-free background."""
+def noise_block(fwhm: float) -> int:
+    """Side (px) of the blocks whose sums measure a point source's noise: about its aperture
+    (2 FWHM of the night), 4 to 16 px."""
+    f = fwhm if np.isfinite(fwhm) and fwhm > 0 else 3.0
+    return int(np.clip(round(2.0 * f), 4, 16))
+
+
+def pixel_noise(plane: np.ndarray, ok: np.ndarray, block: int = 4) -> tuple[float, float]:
+    """Robust noise (ADU) of a plane's star-free background: ``(per pixel, per block)``.
+
+    The first from neighbour differences (white noise); the second from ``block``² sums
+    (:func:`~tilestack.robust.block_noise`; a star's aperture), which smoothing lowers
+    far less. Blocks
+    are kept when all their pixels are within 5 sigma of the sky (stars leave them; noise
+    tails do not).
+    """
     mask = (np.asarray(ok) > 0) & np.isfinite(plane)
     if mask.sum() < 64:
-        return float("nan")
+        return float("nan"), float("nan")
     b, bsig = background_level(plane, mask)
-    if np.isfinite(bsig) and bsig > 0:
-        mask &= np.abs(plane - np.float32(b)) <= np.float32(3.0 * bsig)
-    return diff_noise(plane, mask)
+    if not (np.isfinite(bsig) and bsig > 0):
+        return diff_noise(plane, mask), block_noise(plane, mask, block)
+    dev = np.abs(plane - np.float32(b))
+    pixel = diff_noise(plane, mask & (dev <= np.float32(3.0 * bsig)))
+    return pixel, block_noise(plane, mask & (dev <= np.float32(5.0 * bsig)), block)
+
+
+def mask_trails(
+    plane: np.ndarray,
+    ok: np.ndarray,
+    ref_plane: tuple[np.ndarray, np.ndarray],
+    star_xy: pd.DataFrame,
+    grid: TileGrid,
+    ref_phot: ReferencePhotometry | None,
+) -> tuple[np.ndarray, TrailMask]:
+    """The plane's validity without its satellite/aircraft trails, and the trails found.
+
+    Trail pixels get weight 0 like any rejected sample: they never reach the stack, the
+    photometric scale (a star whose aperture a trail crosses is not measured), the background
+    surface or the metrics. The search compares the plane with the reference's plane brought
+    to one scale by a first, trail-blind photometric scale (a weighted median, robust to a few
+    hit stars; 1 when too few stars qualify).
+    """
+    xy = star_xy[["x", "y"]].to_numpy(np.float64)
+    scale = 1.0
+    if ref_phot is not None:
+        flux, snr = aperture_photometry(plane, ok, xy, ref_phot.fwhm)
+        s0, _ = photometric_scale(flux, snr, ref_phot.flux, ref_phot.snr)
+        scale = s0 if np.isfinite(s0) and s0 > 0 else 1.0
+    trail = find_trails(plane, ok, ref_plane[0], ref_plane[1], xy, grid.fwhm, scale=scale)
+    if trail.n_pixels:
+        ok = np.where(trail.mask, 0, ok).astype(np.asarray(ok).dtype)
+    return ok, trail
 
 
 def measure_plane(
@@ -182,7 +236,9 @@ def measure_plane(
     """
     g, t, stars = frame_metrics(plane, ok, grid, star_xy, border=settings.border, with_stars=True)
     g["F"] = frame_fwhm(stars, grid)
-    g["sigma_raw"] = pixel_noise(*(unwarped if unwarped is not None else (plane, ok)))
+    g["sigma_raw"], g["sigma_block"] = pixel_noise(
+        *(unwarped if unwarped is not None else (plane, ok)), block=noise_block(grid.fwhm)
+    )
     if ref_phot is None:
         return g, t
     xy = star_xy[["x", "y"]].to_numpy(np.float64)
@@ -264,8 +320,11 @@ def align_frames(
     by_frame = {f: g.drop(columns=["frame", "stem"]) for f, g in stars.groupby("frame", sort=False)}
     star_xy = common_star_xy(ref, settings)
     progress.log(f"{len(next(iter(star_xy.values())))} common stars from the reference image")
+    ref_planes = warp_planes(ref.image, ref.valid, np.eye(3), settings)
     ref_phot = (
-        reference_photometry(ref, settings, grid, star_xy) if settings.method == "tbqr2" else {}
+        reference_photometry(ref_planes, settings, grid, star_xy)
+        if settings.method == "tbqr2"
+        else {}
     )
     siril_by_frame = (
         {r["frame"]: r for r in siril_rows.to_dict("records")} if siril_rows is not None else None
@@ -290,10 +349,14 @@ def align_frames(
             raw_planes = split_channels(image, settings.bayer, valid)
             for c in settings.channels:
                 plane, ok = planes[c]
+                ok, trail = mask_trails(plane, ok, ref_planes[c], star_xy[c], grid, ref_phot.get(c))
                 writers[c](stem, plane, ok, {"FRAME": name})
                 g, t = measure_plane(
                     plane, ok, grid, star_xy[c], settings, ref_phot.get(c), raw_planes[c]
                 )
+                g["trail_px"] = trail.n_pixels
+                if trail.n_pixels:
+                    note += f"; {c}: {len(trail.segments)} trail(s), {trail.n_pixels} px masked"
                 global_rows.append({"frame": name, "stem": stem, "channel": c, **g})
                 t.insert(0, "channel", c)
                 t.insert(0, "stem", stem)
