@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from tilestack.io.transforms_table import row_matrix
+
 from .transforms import Transform
 
 
@@ -124,3 +126,87 @@ def acceptance(
     if not np.isfinite(q.rms) or q.rms > limit:
         return f"RMS {q.rms:.3f} px > {limit:.3f} px"
     return None
+
+
+# --- night-level outliers --------------------------------------------------------------------
+# A registered frame's scale may differ from the night's median by this much (log) at least,
+# or by NIGHT_MAD_FACTOR robust sigmas of the night's scales when they spread wider.
+NIGHT_SCALE_TOLERANCE = 0.02
+# A frame's rotation must agree with its neighbours' (in frame order: the drift of field
+# rotation is slow) within this many degrees, or NIGHT_MAD_FACTOR times the night's typical
+# neighbour step (a fast alt-az field rotation).
+NIGHT_ROTATION_TOLERANCE_DEG = 2.0
+NIGHT_MAD_FACTOR = 10.0
+NIGHT_MIN_FRAMES = 5  # fewer registered frames (or frames of one handedness): not judged
+
+
+def _wrapped(deg: np.ndarray) -> np.ndarray:
+    """Angle differences folded into [-180, 180)."""
+    return (np.asarray(deg, dtype=np.float64) + 180.0) % 360.0 - 180.0
+
+
+def _rotation_deviation(rot: np.ndarray) -> np.ndarray:
+    """Per frame: the second smallest |rotation difference| to its four nearest frames in
+    frame order (two on each side, at the ends the next four). A frame that agrees with two
+    of them follows the night's drift, and a step (a meridian flip) leaves every frame two
+    agreeing neighbours. NaN with fewer than three frames."""
+    n = rot.size
+    out = np.full(n, np.nan)
+    if n < 3:
+        return out
+    for i in range(n):
+        lo = min(max(i - 2, 0), max(n - 5, 0))
+        nb = [j for j in range(lo, min(lo + 5, n)) if j != i]
+        out[i] = np.sort(np.abs(_wrapped(rot[i] - rot[nb])))[1]
+    return out
+
+
+def night_outliers(table) -> dict[str, str]:
+    """Registered frames whose transform lies far outside the night's own distribution.
+
+    ``table``: the night's transforms (``frame``, ``status``, ``is_reference`` and the matrix
+    columns ``m00 … m22``), every frame known. Judged over the registered frames
+    (status ok or fallback, and the reference): the scale against the night's median (log,
+    beyond ``NIGHT_SCALE_TOLERANCE`` or ``NIGHT_MAD_FACTOR`` robust sigmas), the rotation
+    against the frame's neighbours of the same handedness in frame order (beyond
+    ``NIGHT_ROTATION_TOLERANCE_DEG`` or ``NIGHT_MAD_FACTOR`` × the night's typical step, so a
+    30° field rotation or a meridian flip is the night's drift, not an outlier). Returns
+    ``{frame: reason}``; the reference is never an outlier.
+    """
+    reg = table[table["status"].isin(["ok", "fallback"]) | table["is_reference"].astype(bool)]
+    reg = reg.sort_values("frame", kind="stable")
+    if len(reg) < NIGHT_MIN_FRAMES:
+        return {}
+    out: dict[str, str] = {}
+    frames = reg["frame"].astype(str).to_numpy()
+    is_ref = reg["is_reference"].astype(bool).to_numpy()
+    # from the matrices (the contract's columns), so siril-cli's rows are judged alike
+    ms = [row_matrix(r) for r in reg.to_dict("records")]
+    ts = [Transform(m) if np.all(np.isfinite(m)) else None for m in ms]
+    scale = np.array([np.nan if t is None else t.scale for t in ts])
+    rot = np.array([np.nan if t is None else t.rotation_deg for t in ts])
+    mirrored = np.array([t is not None and t.mirrored for t in ts])
+    ls = np.log(np.where(scale > 0, scale, np.nan))
+    med = float(np.nanmedian(ls))
+    spread = 1.4826 * float(np.nanmedian(np.abs(ls - med)))
+    limit = max(NIGHT_SCALE_TOLERANCE, NIGHT_MAD_FACTOR * spread)
+    for f, v, r in zip(frames, ls, is_ref, strict=True):
+        if not r and (not np.isfinite(v) or abs(v - med) > limit):
+            out[f] = (
+                f"scale {np.exp(v):.3f} where the night's frames have {np.exp(med):.3f} "
+                f"(±{100 * limit:.0f} %)"
+            )
+    for hand in (False, True):
+        sel = np.flatnonzero(mirrored == hand)
+        if sel.size < NIGHT_MIN_FRAMES:
+            continue
+        dev = _rotation_deviation(rot[sel])
+        step = float(np.nanmedian(dev))
+        limit = max(NIGHT_ROTATION_TOLERANCE_DEG, NIGHT_MAD_FACTOR * step)
+        for k, d in zip(sel, dev, strict=True):
+            if np.isfinite(d) and d > limit and not is_ref[k] and frames[k] not in out:
+                out[frames[k]] = (
+                    f"rotation {rot[k]:.1f}° off its neighbours' by {d:.1f}° (the night's "
+                    f"drift: {step:.2f}° per frame, limit {limit:.1f}°)"
+                )
+    return out

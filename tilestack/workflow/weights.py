@@ -24,8 +24,35 @@ from tilestack.metrics.weights import (
     global_columns,
     tbqr2_channel_weights,
 )
+from tilestack.registration.quality import night_outliers
 from tilestack.runtime import Progress
 from tilestack.tiles import TileGrid
+
+
+def drop_night_outliers(
+    transforms: pd.DataFrame, raw_g: pd.DataFrame, raw_t: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, str]]:
+    """Registered frames whose transform lies far outside the night's own (scale, rotation
+    against the drift; :func:`tilestack.registration.quality.night_outliers`) become
+    ``unregistered`` with the reason, and leave the metrics, so nothing downstream uses them.
+    The batch jobs judged each frame alone; only here are all the night's transforms known."""
+    out = night_outliers(transforms)
+    if not out:
+        return transforms, raw_g, raw_t, out
+    transforms = transforms.copy()
+    hit = transforms["frame"].isin(list(out))
+    notes = transforms.loc[hit, "frame"].map(lambda f: f"night outlier: {out[f]}")
+    if "reason" not in transforms:
+        transforms["reason"] = ""
+    old = transforms.loc[hit, "reason"].fillna("").astype(str)
+    transforms.loc[hit, "reason"] = [
+        f"{o}; {n}" if o else n for o, n in zip(old, notes, strict=True)
+    ]
+    transforms.loc[hit, "status"] = "unregistered"
+    transforms.loc[hit, "method"] = "none"
+    keep_g = ~raw_g["frame"].isin(list(out))
+    keep_t = ~raw_t["frame"].isin(list(out)) if "frame" in raw_t else slice(None)
+    return transforms, raw_g[keep_g], raw_t[keep_t], out
 
 
 def weights(job) -> None:
@@ -34,12 +61,15 @@ def weights(job) -> None:
     prog = Progress(job.log[0], len(channels), "channels", "weights")
     reference = json.loads(open(job.input.reference).read())["frame"]
     transforms = merge_batch_tables([pd.read_csv(t) for t in job.input.tables], reference)
+    raw_g = pd.concat([pd.read_parquet(f) for f in job.input.metrics], ignore_index=True)
+    raw_t = pd.concat([pd.read_parquet(f) for f in job.input.tiles], ignore_index=True)
+    transforms, raw_g, raw_t, outliers = drop_night_outliers(transforms, raw_g, raw_t)
     write_table(job.output.transforms, transforms)
     prog.log(
         f"transforms: {len(transforms)} frames: {transforms['status'].value_counts().to_dict()}"
     )
-    raw_g = pd.concat([pd.read_parquet(f) for f in job.input.metrics], ignore_index=True)
-    raw_t = pd.concat([pd.read_parquet(f) for f in job.input.tiles], ignore_index=True)
+    for frame, why in outliers.items():
+        prog.log(f"unregistered: {frame}: night outlier: {why}")
     tables = {}
     grid = TileGrid.from_json(job.input.grid)
     for i, (c, gout, lout) in enumerate(
