@@ -275,6 +275,7 @@ def two_sessions(src: Path, root: Path) -> Path:
 def test_two_sessions_with_the_same_file_names_are_one_night(small_night, tmp_path):
     """Frames are named by their path relative to the lights root; the stems of the file
     and HDU names are unique, and the batch checks of ``prepare`` use the same names."""
+    from tilestack.errors import InputError
     from tilestack.plan import make_plan
     from tilestack.workflow.prepare import check_batch
 
@@ -302,6 +303,11 @@ def test_two_sessions_with_the_same_file_names_are_one_night(small_night, tmp_pa
     )
     assert manifest["frame"].tolist() == [f"s2/light_{i:04d}.fits" for i in range(4)]
     assert manifest["stem"].tolist() == [f"s2_light_{i:04d}" for i in range(4)]
+    # a refusal names the file by its relative path
+    bad = root / "s2/light_0001.fits"
+    bad.write_bytes(bad.read_bytes()[:4000])
+    with pytest.raises(InputError, match="unreadable FITS file: s2/light_0001.fits: truncated"):
+        make_plan(config)
 
 
 def test_unique_stems_resolve_every_collision_in_path_order():

@@ -181,7 +181,9 @@ def build_manifest(paths, checksum: bool = True, names=None, stems=None) -> pd.D
         try:
             info = read_frame_info(p)
         except InputError as err:
-            errors.append(str(err))
+            # the reader names the file; say which session's file it is
+            text = str(err)
+            errors.append(text.replace(f"{p.name}:", f"{name}:", 1) if name != p.name else text)
             continue
         rows.append(
             {
