@@ -125,8 +125,11 @@ class Progress:
         if self.path is None:
             print(line, flush=True)
             return
-        with open(self.path, "a") as fh:
-            fh.write(line + "\n")
+        try:
+            with open(self.path, "a") as fh:
+                fh.write(line + "\n")
+        except OSError as err:
+            raise (disk_error(err, self.path) or err) from err
 
     def step(self, n: int = 1, note: str = "") -> None:
         self.done += n

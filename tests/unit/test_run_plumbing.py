@@ -162,6 +162,28 @@ def test_a_full_disk_in_a_job_is_one_line_naming_the_output(
     assert Path(job.log[0]).read_text().splitlines()[-1] == lines[0]
 
 
+def test_a_full_disk_under_the_progress_log_names_the_log(tmp_path, monkeypatch, capsys):
+    import builtins
+    import errno
+
+    from tilestack.runtime import Progress, run_script
+
+    log = tmp_path / "logs/prepare/b000.log"
+    real_open = builtins.open
+
+    def full_open(path, mode="r", *args, **kwargs):
+        if str(path) == str(log) and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full_open)
+    with pytest.raises(SystemExit):
+        run_script(lambda: Progress(log, 3, "frames", "prepare b000"))
+    err = capsys.readouterr().err
+    assert err.startswith(f"tilestack: error: cannot write {log}: no space left on device")
+    assert len(err.strip().splitlines()) == 1
+
+
 # --------------------------------------------------------------------------- results claims
 
 
