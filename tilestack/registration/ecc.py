@@ -90,6 +90,7 @@ def ecc_refine(
     model: str = "euclidean",
     *,
     valid: np.ndarray | None = None,
+    ref_valid: np.ndarray | None = None,
     levels: int | None = None,
     iterations: int = 100,
     eps: float = 1e-6,
@@ -104,7 +105,7 @@ def ecc_refine(
     if model not in _MOTION:
         raise ConfigError(f"unknown ECC model {model!r}; use one of {', '.join(_MOTION)}")
     init = np.eye(3) if initial is None else np.asarray(initial, dtype=np.float64)
-    tmpl = _prep(reference, None)
+    tmpl = _prep(reference, ref_valid)  # defects of either image take the background level
     inp = _prep(image, valid)
     if levels is None:
         levels = 0

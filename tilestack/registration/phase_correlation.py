@@ -95,6 +95,7 @@ def phase_correlate_details(
     valid: np.ndarray | None = None,
     sigma_peak: float = 1.0,
     low_cut_cycles: float = 3.0,
+    ref_valid: np.ndarray | None = None,
 ) -> PhaseCorrelation:
     """Phase correlation with all figures; see :func:`phase_correlate`."""
     if peak not in PEAK_METHODS:
@@ -102,7 +103,7 @@ def phase_correlate_details(
     if window not in ("hann", None, "none"):
         raise ConfigError(f"unknown window {window!r}; use 'hann' or None")
     a = remove_background(image, valid)
-    b = remove_background(reference)
+    b = remove_background(reference, ref_valid)
     shape = (max(a.shape[0], b.shape[0]), max(a.shape[1], b.shape[1]))
     if window == "hann":
         a = a * _hann2d(a.shape)
@@ -155,14 +156,20 @@ def phase_correlate(
     peak: str = "gaussian",
     window: str | None = "hann",
     valid: np.ndarray | None = None,
+    ref_valid: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """Translation (dx, dy) with frame pixel + (dx, dy) = reference pixel, and a confidence.
 
     ``peak``: sub-pixel fit of the correlation peak — "gaussian" (default: exact for the
     Gaussian-shaped peak this band-pass produces), "parabolic" or "centroid". The confidence is
     the peak-to-sidelobe ratio. Images of different sizes are zero-padded to the larger one.
+    ``valid`` / ``ref_valid``: pixels to ignore in each image (sensor defects: a hot or a
+    saturated column fixed on the sensor would otherwise correlate at zero shift); they take
+    the background level.
     """
-    r = phase_correlate_details(image, reference, peak=peak, window=window, valid=valid)
+    r = phase_correlate_details(
+        image, reference, peak=peak, window=window, valid=valid, ref_valid=ref_valid
+    )
     return r.dx, r.dy, r.psr
 
 
@@ -197,6 +204,7 @@ def phase_correlate_rigid(
     *,
     valid: np.ndarray | None = None,
     n_theta: int = 720,
+    ref_valid: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Coarse rotation + translation by log-polar phase correlation; (3×3 matrix, PSR).
 
@@ -208,7 +216,7 @@ def phase_correlate_rigid(
     if image.shape != reference.shape:
         raise ConfigError("phase_correlate_rigid needs frame and reference of the same shape")
     a = remove_background(image, valid)
-    b = remove_background(reference)
+    b = remove_background(reference, ref_valid)
     n_rad = max(64, min(a.shape) // 2)
     la = _spectrum_log_polar(a, n_theta, n_rad)
     lb = _spectrum_log_polar(b, n_theta, n_rad)

@@ -546,7 +546,9 @@ def image_fallback(
         img_hp[np.asarray(valid) == 0] = np.nan
     ref_hp = remove_background(reference, ref_valid).astype(np.float32)
     n0 = _ncc_of(np.eye(3), img_hp, ref_hp, ref_valid, ncc, warp_image)
-    cands, conf, details_pc = _fallback_candidates(image, reference, valid, model, initial)
+    cands, conf, details_pc = _fallback_candidates(
+        image, reference, valid, model, initial, ref_valid
+    )
     star_votes = _star_vote_counter(stars_xy, ref_xy, match_radius)
     emodel = _ECC_MODEL.get(model, "euclidean")
     probe = _probe(image.shape)
@@ -559,7 +561,8 @@ def image_fallback(
         if refine:
             try:
                 m = np.asarray(
-                    ecc_refine(image, reference, m0, emodel, valid=valid), dtype=np.float64
+                    ecc_refine(image, reference, m0, emodel, valid=valid, ref_valid=ref_valid),
+                    dtype=np.float64,
                 )
             except Exception:  # noqa: BLE001 - ECC may not converge; try the next candidate
                 tried.append(f"{name}: ECC did not converge")
@@ -659,11 +662,14 @@ def _binned_fallback(f: int, image, reference, **kw):
     return t, method, why, details
 
 
-def _fallback_candidates(image, reference, valid, model, initial):
-    """``([(name, matrix, refine with ECC)], phase-correlation confidence, its error)``."""
+def _fallback_candidates(image, reference, valid, model, initial, ref_valid=None):
+    """``([(name, matrix, refine with ECC)], phase-correlation confidence, its error)``.
+
+    Invalid pixels of either image (sensor defects, clipped pixels) are left out of the
+    correlations: a hot or saturated column sits at the same place on every frame."""
     cands = []
     try:
-        dx, dy, conf = phase_correlate(image, reference, valid=valid)
+        dx, dy, conf = phase_correlate(image, reference, valid=valid, ref_valid=ref_valid)
     except Exception as e:  # noqa: BLE001 - a failed fallback is a reason, not a crash
         dx = dy = conf = float("nan")
         details_pc = str(e)
@@ -675,7 +681,7 @@ def _fallback_candidates(image, reference, valid, model, initial):
         cands.append(("phase_correlation", t0, False))
     if model not in ("translation",):  # rotated frames (alt-az field rotation, meridian flip)
         try:
-            m_rigid, _ = phase_correlate_rigid(image, reference, valid=valid)
+            m_rigid, _ = phase_correlate_rigid(image, reference, valid=valid, ref_valid=ref_valid)
         except Exception:  # noqa: BLE001 - one candidate less, not a crash
             m_rigid = None
         if m_rigid is not None and np.all(np.isfinite(m_rigid)):
@@ -911,7 +917,7 @@ class Registrator:
             err = SizeMismatch(f"frame {image.shape} and reference {reference.shape} differ")
             return RegistrationResult(None, "unregistered", "none", str(err), error=err)
         if quick:
-            dx, dy, conf = phase_correlate(image, reference, valid=valid)
+            dx, dy, conf = phase_correlate(image, reference, valid=valid, ref_valid=ref_valid)
             t = Transform.translation(dx, dy)
             return RegistrationResult(
                 t, "ok", "phase_correlation", model="translation", details={"confidence": conf}
