@@ -178,3 +178,7 @@ def claim_or_exit(results) -> None:
     except ResultsInUseError as err:
         print(f"tilestack: error: {err}", file=sys.stderr)
         sys.exit(1)
+    except OSError as err:  # the folder cannot be made or written (read-only, full, denied)
+        reason = err.strerror or str(err)
+        print(f"tilestack: error: results folder {results}: {reason}", file=sys.stderr)
+        sys.exit(1)

@@ -434,3 +434,22 @@ def test_a_row_order_refusal_says_roworder(tmp_path):
         "(ROWORDER)), expected RGGB (BAYERPAT RGGB read TOP-DOWN (ROWORDER)): "
         "light_0005.fits, light_0006.fits"
     )
+
+
+def test_a_results_folder_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    from tilestack.results_lock import claim_or_exit
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(SystemExit) as stop:
+        claim_or_exit(tmp_path / "results")
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert (
+        err == f"tilestack: error: results folder {tmp_path / 'results'}: Read-only file system\n"
+    )
