@@ -449,7 +449,7 @@ def check_value_range(manifest: pd.DataFrame, names: Sequence[str] | None = None
     dtypes = [str(d) for d in manifest["dtype"]] if "dtype" in manifest else ["?"] * len(med)
     integer_night = _majority(["int" in d for d in dtypes]) is True
     off = np.array([_off_scale(m, ref_med) for m in med], dtype=bool)
-    bright_ok = _follows_sky_noise(manifest, med, off)
+    bright_ok, judged = _follows_sky_noise(manifest, med, off)
     bad, saturated = [], []
     for i in range(len(med)):
         if off[i] and med[i] > ref_med and med[i] >= top[i]:
@@ -462,10 +462,15 @@ def check_value_range(manifest: pd.DataFrame, names: Sequence[str] | None = None
             bad.append(f"{names[i]} (median {med[i]:.4g}, night's median {ref_med:.4g})")
     if bad:
         also = f"; also {len(saturated)} saturated everywhere" if saturated else ""
+        noise = (
+            "their noise does not follow their sky as in the other frames"
+            if judged
+            else "the other frames' noise against their sky cannot tell a bright frame"
+        )
         raise InputError(
             f"frames on another scale: {len(bad)} of {len(med)} frames differ from the night's "
-            f"values by more than a factor {SCALE_FACTOR:g} (their noise does not follow their "
-            f"sky as in the other frames){also}; rescale or remove them: {_names(bad + saturated)}"
+            f"values by more than a factor {SCALE_FACTOR:g} ({noise}){also}; rescale or "
+            f"remove them: {_names(bad + saturated)}"
         )
     if saturated:
         raise InputError(
@@ -496,22 +501,25 @@ def noise_relation(level: np.ndarray, noise: np.ndarray) -> tuple[float, float] 
     return fit[0], fit[1]
 
 
-def _follows_sky_noise(manifest: pd.DataFrame, med: np.ndarray, off: np.ndarray) -> np.ndarray:
+def _follows_sky_noise(
+    manifest: pd.DataFrame, med: np.ndarray, off: np.ndarray
+) -> tuple[np.ndarray, bool]:
     """Per frame: is an off-scale frame's variance what the in-scale frames' σ²(median)
-    relation predicts at its median (a bright linear frame, not a rescaled one)?"""
+    relation predicts at its median (a bright linear frame, not a rescaled one)? And whether
+    the in-scale frames gave a relation to judge by."""
     out = np.zeros(len(med), dtype=bool)
     if "noise" not in manifest or not off.any():
-        return out
+        return out, False
     noise = pd.to_numeric(manifest["noise"], errors="coerce").to_numpy(float)
     rel = noise_relation(med[~off], noise[~off])
     if rel is None:
-        return out
+        return out, False
     a, b = rel
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = noise**2 / (a + b * med)
     good = np.isfinite(ratio) & (ratio > 0) & (a + b * med > 0)
     good &= (ratio <= BRIGHT_NOISE_FACTOR) & (ratio >= 1.0 / BRIGHT_NOISE_FACTOR)
-    return off & good
+    return off & good, True
 
 
 NOISE_MIN_FRAMES = 10  # fewer frames with a noise figure: the night test is not run
