@@ -204,11 +204,13 @@ def band_files(band):
 
 
 def assemble_outputs():
-    """Every channel's stack, classical stack, maps and tile flags (lists in CHANNELS order)."""
+    """Every channel's stack, classical and global-only stacks (§13), maps and tile flags
+    (lists in CHANNELS order)."""
     out = {
         "weight": [R(f"reconstruction/{c}_weight.fits") for c in CHANNELS],
         "coverage": [R(f"reconstruction/{c}_coverage.fits") for c in CHANNELS],
         "classical": [R(f"classical/{c}.fits") for c in CHANNELS],
+        "global_only": [R(f"global_only/{c}.fits") for c in CHANNELS],
         "flags": [R(f"reconstruction/{c}_tiles.csv") for c in CHANNELS],
     }
     if STACK_ENGINE == "siril":
@@ -269,6 +271,7 @@ def validate_inputs():
     out = {
         "stacks": stack_targets(),
         "classical": [R(f"classical/{c}.fits") for c in CHANNELS],
+        "global_only": [R(f"global_only/{c}.fits") for c in CHANNELS],
         "weight": [R(f"reconstruction/{c}_weight.fits") for c in CHANNELS],
         "coverage": [R(f"reconstruction/{c}_coverage.fits") for c in CHANNELS],
         "flags": [R(f"reconstruction/{c}_tiles.csv") for c in CHANNELS],

@@ -1,8 +1,9 @@
 """Joining a channel's band results into its products (rule ``assemble``, and the band job when the image is a single band).
 
 Reconstruction runs per band of rows (:mod:`tilestack.reconstruction`); :func:`assemble_channels` joins
-the bands of every channel into the channel's stack, classical stack, weight and coverage maps,
-synthetic frames (full mode) and tile flags, each FITS with the provenance header.
+the bands of every channel into the channel's stack, classical stack, global-only stack (§13),
+weight and coverage maps, synthetic frames (full mode) and tile flags, each FITS with the
+provenance header.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pandas as pd
 from tilestack.io.atomic import write_table
 from tilestack.io.frames import write_fits
 from tilestack.provenance import provenance_header
-from tilestack.reconstruction import assemble_bands, synthetic_frame
+from tilestack.reconstruction import assemble_bands, global_only_image, synthetic_frame
 
 
 def assemble_channel(
@@ -30,12 +31,14 @@ def assemble_channel(
     """Join one channel's band results into its stack, classical stack, maps and tile flags.
 
     ``outputs`` maps ``stack``, ``weight``, ``coverage``, ``classical``, ``flags`` to paths and
-    optionally ``synthetic`` to the K synthetic-frame paths (full mode). Every FITS carries the
-    provenance header (``config`` is hashed, not stored). Returns (fallback tiles, frames used).
+    optionally ``global_only`` to the global-only stack's path and ``synthetic`` to the K
+    synthetic-frame paths (full mode). Every FITS carries the provenance header (``config`` is
+    hashed, not stored). Returns (fallback tiles, frames used).
     """
     bands = list(band_paths)
-    # the synthetic frames are joined one at a time below (K of them would be K full frames)
-    out = assemble_bands(bands, height=int(channel_height), synthetic=False)
+    # the synthetic frames and the global-only stack are joined one at a time below, once the
+    # other images are written and let go (the job's peak stays that of the images above)
+    out = assemble_bands(bands, height=int(channel_height), synthetic=False, global_only=False)
     meta = out["meta"]
     n_used = int(meta.get("n_frames", n_frames))
 
@@ -55,11 +58,21 @@ def assemble_channel(
     if classical is None:
         classical = np.full_like(out["stack"], np.nan)
     write_fits(outputs["classical"], classical, header=header("classical stack"))
+    shape = out["stack"].shape
+    for k in ("stack", "recon", "weight", "coverage", "kept", "classical"):
+        out[k] = None
+    del classical
+    if outputs.get("global_only"):
+        plane = global_only_image(bands)
+        if plane is None:
+            plane = np.full(shape, np.nan, np.float32)
+        write_fits(outputs["global_only"], plane, header=header("global-only stack"))
+        del plane
     n_syn = int(meta.get("n_clusters", 0) or 0)
     for k, path in enumerate(outputs.get("synthetic") or []):
         plane = synthetic_frame(bands, k) if k < n_syn else None
         if plane is None:
-            plane = np.full_like(out["stack"], np.nan)
+            plane = np.full(shape, np.nan, np.float32)
         write_fits(path, plane, header=header(f"synthetic frame k={k}"))
         del plane
     flags = pd.DataFrame(
@@ -77,7 +90,8 @@ def assemble_channel(
 
 def channel_outputs(output, channels: list[str], n_clusters: int = 0) -> dict[str, dict]:
     """Split a job's per-channel output lists (CHANNELS order) into one dict per channel."""
-    keys = ("stack", "weight", "coverage", "classical", "flags")
+    keys = ("stack", "weight", "coverage", "classical", "flags", "global_only")
+    keys = [k for k in keys if k in output.keys()]
     per = {c: {k: getattr(output, k)[i] for k in keys} for i, c in enumerate(channels)}
     if "synthetic" in output.keys():
         syn = list(output.synthetic)

@@ -3,8 +3,9 @@
 A band job computes output rows ``[y0, y1)`` exactly: every tile touching those rows is
 evaluated on exactly those rows, so bands never exchange partial sums. Rows are read from
 all frames in chunks sized by a memory budget (``N x rows x W x 5`` bytes), so peak memory
-does not grow with the number of frames. The §9 reconstruction and the classical stack are
-computed in the same pass over the samples (see "the band kernel" below).
+does not grow with the number of frames. The §9 reconstruction, the classical stack and the
+§13 global-only stack (the same samples and rejection, weights ``G`` alone) are computed in
+the same pass over the samples (see "the band kernel" below).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class BandResult:
 
     ``stack`` is the final image of the mode (§9 reconstruction, or the combination of the
     synthetic frames in full mode); ``recon`` is always the §9 reconstruction over all frames.
+    ``global_only`` (§13, when the frame weights ``G`` were given): ``stack`` with every local
+    weight ``L`` set to 1 (see :class:`BandInputs`).
     """
 
     y0: int
@@ -54,6 +57,7 @@ class BandResult:
     classical: np.ndarray | None = None
     synthetic: np.ndarray | None = None
     cluster_fallback: np.ndarray | None = None
+    global_only: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
 
@@ -170,6 +174,40 @@ class _Prepared:
     c_med: np.ndarray
     c_fac: np.ndarray
     c_ref: float
+    go: tuple = ()
+
+
+# §13 global-only stack (``_Prepared.go[0]``): none; the §9 reconstruction with ``W = G``
+# (reduced mode); synthetic frames with ``W = G`` (full mode, tile_weighted); the stack itself
+# (full mode, synthetic frames weighted by ``G`` alone)
+GO_NONE, GO_RECON, GO_SYNTHETIC, GO_STACK = 0, 1, 2, 3
+
+
+def _global_only_setup(n, grid, opts: BandOptions, inputs: BandInputs, labels, n_clusters,
+                       syn_mode):  # fmt: skip
+    """``(mode, g_w, g_ok, cl_ok_g)`` of the global-only stack: ``g_w`` the weights ``G`` as
+    the band uses tile weights (non-finite or negative: 0), ``g_ok`` / ``cl_ok_g[k]`` the tile
+    fallbacks they give (the same in every tile)."""
+    k = max(n_clusters, 1)
+    if inputs.G is None:
+        mode = GO_NONE
+    elif syn_mode == 1:
+        mode = GO_STACK
+    elif syn_mode == 2:
+        mode = GO_SYNTHETIC
+    else:
+        mode = GO_RECON
+    if mode == GO_NONE:
+        return (mode, np.zeros(n, np.float64), False, np.zeros(k, np.bool_))
+    g = np.asarray(inputs.G, np.float64).reshape(n)
+    g_w = np.ascontiguousarray(np.where(np.isfinite(g) & (g > 0), g, 0.0))
+    # as the band's tile_ok (w_ft.sum(axis=0)) would be with G in every tile
+    g_ok = bool(np.broadcast_to(g_w[:, None], (n, grid.n_tiles)).sum(axis=0)[0] >= opts.epsilon)
+    cl_ok_g = np.zeros(k, np.bool_)
+    for c in range(n_clusters):
+        sel = g_w[labels == c][:, None]
+        cl_ok_g[c] = np.broadcast_to(sel, (len(sel), grid.n_tiles)).sum(axis=0)[0] >= opts.epsilon
+    return (mode, g_w, g_ok, cl_ok_g)
 
 
 def _frame_scaling(n, weights, background, grid, opts: BandOptions, inputs: BandInputs):
@@ -256,9 +294,10 @@ def _prepare(n, grid, weights, background, opts: BandOptions, inputs: BandInputs
     else:
         c_med = c_fac = np.zeros(n)
         c_ref = 0.0
+    go = _global_only_setup(n, grid, opts, inputs, labels, n_clusters, syn_mode)
     return _Prepared(
         w_ft, inv_b, s_f, surfaces, scale, rej_sky, tile_ok, tnorm, toff, tsc, restore,
-        labels, n_clusters, syn_mode, g_f, cl_ok, c_med, c_fac, c_ref,
+        labels, n_clusters, syn_mode, g_f, cl_ok, c_med, c_fac, c_ref, go,
     )  # fmt: skip
 
 
@@ -723,14 +762,65 @@ def _classical_block(C, M, SC, n_arr, c_kappa, lo_a, hi_a, wlo, whi, s1, s2, mea
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _generic_global_only(vals, idx, nk, labels, n_clusters, go, num_k, den_k, sum_k, cnt_k,
+                         gval_k):  # fmt: skip
+    """The global-only tile mean of a pixel without the v3 tile normalization (the same in
+    every tile: ``W = G``), or with synthetic frames each cluster's (``gval_k``, NaN without
+    a kept sample); ``num_k ... cnt_k`` are scratch."""
+    go_mode, g_w, g_ok, cl_ok_g = go
+    grt = np.nan
+    if go_mode == GO_RECON:
+        mean_all = 0.0
+        for j in range(nk):
+            mean_all += vals[j]
+        mean_all /= nk
+        grt = mean_all
+        if g_ok:
+            num = 0.0
+            den = 0.0
+            for j in range(nk):
+                wf = g_w[idx[j]]
+                num += wf * vals[j]
+                den += wf
+            grt = num / den if den > 0 else mean_all
+    elif go_mode == GO_SYNTHETIC:
+        for k in range(n_clusters):
+            num_k[k] = 0.0
+            den_k[k] = 0.0
+            sum_k[k] = 0.0
+            cnt_k[k] = 0
+        for j in range(nk):
+            f = idx[j]
+            k = labels[f]
+            wk = g_w[f] if cl_ok_g[k] else 1.0
+            num_k[k] += wk * vals[j]
+            den_k[k] += wk
+            sum_k[k] += vals[j]
+            cnt_k[k] += 1
+        for k in range(n_clusters):
+            gval_k[k] = np.nan
+            if cnt_k[k] > 0:
+                gval_k[k] = num_k[k] / den_k[k] if den_k[k] > 0 else sum_k[k] / cnt_k[k]
+    return grt
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _pixel_generic(
     vals, idx, nk, y, x, w_tf, tile_ok, rowt, roww, rown, colt, colw, coln, ntx,
     tnorm, toff, tscale, labels, n_clusters, syn_mode, g_f, cl_ok,
-    num_k, den_k, sum_k, cnt_k, acc_k, win_k, out_syn,
+    num_k, den_k, sum_k, cnt_k, acc_k, win_k, out_syn, go, gval_k, gacc_k, gwin_k, out_gsyn,
 ):  # fmt: skip
     """One pixel's §9 tile means with the v3 tile normalization or §11 synthetic frames
     (``out_syn[k]``), from its kept samples ``vals`` (frames ``idx``). Returns
-    ``(value, weight)`` in normalized units."""
+    ``(value, weight, global-only value)`` in normalized units; ``go`` (:func:`_prepare`):
+    the global-only stack's mode and weights, its synthetic frames into ``out_gsyn[k]``."""
+    go_mode, g_w, g_ok = go[0], go[1], go[2]
+    grt = _generic_global_only(
+        vals, idx, nk, labels, n_clusters, go, num_k, den_k, sum_k, cnt_k, gval_k
+    )
+    for k in range(n_clusters):
+        gacc_k[k] = 0.0
+        gwin_k[k] = 0.0
     mean_all = 0.0
     for j in range(nk):
         mean_all += vals[j]
@@ -753,6 +843,7 @@ def _pixel_generic(
     acc = 0.0
     wsum = 0.0
     wacc = 0.0
+    gacc = 0.0
     for a in range(rown[y]):
         iy = rowt[y, a]
         wy = roww[y, a]
@@ -764,6 +855,8 @@ def _pixel_generic(
             den = 0.0
             if tnorm:
                 s_un = 0.0
+                gnum = 0.0
+                gden = 0.0
                 for j in range(nk):
                     f = idx[j]
                     v = (vals[j] - toff[f, t]) / tscale[f, t]
@@ -771,7 +864,13 @@ def _pixel_generic(
                     num += wf * v
                     den += wf
                     s_un += v
+                    if go_mode == GO_RECON:
+                        gf = g_w[f] if g_ok else 1.0
+                        gnum += gf * v
+                        gden += gf
                 rt = num / den if den > 0 else s_un / nk
+                if go_mode == GO_RECON:
+                    grt = gnum / gden if gden > 0 else s_un / nk
             elif ok:
                 wt = w_tf[t]
                 for j in range(nk):
@@ -785,6 +884,13 @@ def _pixel_generic(
             acc += win * rt
             wsum += win
             wacc += win * den
+            gacc += win * grt
+            if go_mode == GO_SYNTHETIC:
+                for k in range(n_clusters):
+                    # not NaN: the cluster has kept samples (finite, so is their mean)
+                    if gval_k[k] == gval_k[k]:
+                        gacc_k[k] += win * gval_k[k]
+                        gwin_k[k] += win
             if syn_mode == 2:
                 for k in range(n_clusters):
                     num_k[k] = 0.0
@@ -809,7 +915,10 @@ def _pixel_generic(
     if syn_mode == 2:
         for k in range(n_clusters):
             out_syn[k] = acc_k[k] / win_k[k] if win_k[k] > 0 else np.nan
-    return acc / wsum, wacc / wsum
+    if go_mode == GO_SYNTHETIC:
+        for k in range(n_clusters):
+            out_gsyn[k] = gacc_k[k] / gwin_k[k] if gwin_k[k] > 0 else np.nan
+    return acc / wsum, wacc / wsum, gacc / wsum
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -820,11 +929,17 @@ def _band_row(
     tnorm, toff, tscale, restore_a, restore_b, scale,
     labels, n_clusters, syn_mode, g_f, cl_ok,
     do_classical, shared, c_med, c_fac, c_ref, c_kappa, groups, ci, cj, sort_proto,
-    rec, wmap, cov, kept, syn, cls,
+    rec, wmap, cov, kept, syn, cls, go, gon, gsyn,
 ):  # fmt: skip
     """Row ``r`` of :func:`_band_kernel` (a function of its own: the loop around all of it
     in one function ran ~30% slower; helpers used once per block or in rare paths are not
-    inlined, which keeps compiling the kernel under half a minute)."""
+    inlined, which keeps compiling the kernel under half a minute).
+
+    ``go = (mode, g_w, g_ok, cl_ok_g)`` (:func:`_global_only_setup`): the §13 global-only
+    stack into ``gon`` (``GO_RECON``) or its synthetic frames into ``gsyn``
+    (``GO_SYNTHETIC``): the tile means of the same kept samples with ``W_{f,t} = g_w[f]``,
+    overlap-added like the final's."""
+    go_mode, g_w, g_ok = go[0], go[1], go[2]
     nblk = bd.shape[1]
     nf = bd.shape[2]
     generic = tnorm or syn_mode != 0
@@ -867,6 +982,14 @@ def _band_row(
     acc_k = np.zeros(ck, np.float64)
     win_k = np.zeros(ck, np.float64)
     syn_px = np.empty(ck, np.float64)
+    gval_k = np.empty(ck, np.float64)
+    gacc_k = np.empty(ck, np.float64)
+    gwin_k = np.empty(ck, np.float64)
+    gsyn_px = np.empty(ck, np.float64)
+    grt = np.zeros(BLOCK, np.float64)  # 0 unless GO_RECON (gacc is then not used)
+    gacc = np.empty(BLOCK, np.float64)
+    gnum = np.empty(BLOCK, np.float64)
+    gden = np.empty(BLOCK, np.float64)
     for blk in range(nblk):
         xb = blk * BLOCK
         pb = min(BLOCK, width - xb)
@@ -926,6 +1049,11 @@ def _band_row(
                     kept[y, x] = 0
                     for k in range(n_clusters):
                         syn[k, y, x] = np.nan
+                    if go_mode == GO_RECON:
+                        gon[y, x] = np.nan
+                    elif go_mode == GO_SYNTHETIC:
+                        for k in range(n_clusters):
+                            gsyn[k, y, x] = np.nan
                     continue
                 m = 0
                 for f in range(nf):
@@ -934,13 +1062,20 @@ def _band_row(
                         vals[m] = v
                         idx[m] = f
                         m += 1
-                val, wgt = _pixel_generic(
+                val, wgt, gval = _pixel_generic(
                     vals, idx, nk, y, x, w_tf, tile_ok, rowt, roww, rown, colt, colw,
                     coln, ntx, tnorm, toff, tscale, labels, n_clusters, syn_mode, g_f,
                     cl_ok, num_k, den_k, sum_k, cnt_k, acc_k, win_k, syn_px,
+                    go, gval_k, gacc_k, gwin_k, gsyn_px,
                 )  # fmt: skip
                 if tnorm:
                     val = val * restore_a + restore_b
+                    gval = gval * restore_a + restore_b
+                if go_mode == GO_RECON:
+                    gon[y, x] = np.float32(gval * scale)
+                elif go_mode == GO_SYNTHETIC:
+                    for k in range(n_clusters):
+                        gsyn[k, y, x] = np.float32(gsyn_px[k] * scale)
                 rec[y, x] = np.float32(val * scale)
                 wmap[y, x] = np.float32(wgt)
                 kept[y, x] = min(nk, 65535)
@@ -950,18 +1085,42 @@ def _band_row(
             # kept samples (0.0 elsewhere: adding +0.0 leaves a frame-order sum as it is)
             for p in range(BLOCK):
                 s1[p] = 0.0
-            for f in range(nf):
-                for p in range(BLOCK):
-                    v = V[f, p]
-                    k_ = M[f, p] & (v >= rlo[p]) & (v <= rhi[p])
-                    K[f, p] = v if k_ else 0.0
-                    KF[f, p] = 1.0 if k_ else 0.0
-                    s1[p] += v if k_ else 0.0
+                gnum[p] = 0.0
+                gden[p] = 0.0
+            if go_mode == GO_RECON:
+                # with the global-only tile mean's sums (W = G: the same in every tile),
+                # added as a tile's num and den below are
+                for f in range(nf):
+                    wf = g_w[f]
+                    for p in range(BLOCK):
+                        v = V[f, p]
+                        k_ = M[f, p] & (v >= rlo[p]) & (v <= rhi[p])
+                        kv = v if k_ else 0.0
+                        kf = 1.0 if k_ else 0.0
+                        K[f, p] = kv
+                        KF[f, p] = kf
+                        s1[p] += kv
+                        gnum[p] += wf * kv
+                        gden[p] += wf * kf
+            else:
+                for f in range(nf):
+                    for p in range(BLOCK):
+                        v = V[f, p]
+                        k_ = M[f, p] & (v >= rlo[p]) & (v <= rhi[p])
+                        K[f, p] = v if k_ else 0.0
+                        KF[f, p] = 1.0 if k_ else 0.0
+                        s1[p] += v if k_ else 0.0
             for p in range(BLOCK):
                 mean[p] = s1[p] / nk_arr[p] if nk_arr[p] > 0 else 0.0
                 acc[p] = 0.0
                 wsum[p] = 0.0
                 wacc[p] = 0.0
+                gacc[p] = 0.0
+            if go_mode == GO_RECON:  # the global-only tile mean (a fallback tile: the mean)
+                for p in range(BLOCK):
+                    grt[p] = mean[p]
+                    if g_ok and gden[p] > 0:
+                        grt[p] = gnum[p] / gden[p]
             # tile-weighted means with the Hann overlap-add: each column tile that
             # touches the block, over the whole block (the pixels it does not cover skip
             # it); a pixel meets its tiles in the order of its cover (row, column)
@@ -1006,6 +1165,7 @@ def _band_row(
                                 acc[p] += win * rt
                                 wsum[p] += win
                                 wacc[p] += win * den[p]
+                                gacc[p] += win * grt[p]
                     else:
                         for p in range(BLOCK):
                             if cw[p] >= 0.0:
@@ -1013,6 +1173,7 @@ def _band_row(
                                 acc[p] += win * mean[p]
                                 wsum[p] += win
                                 wacc[p] += win * float(nk_arr[p])
+                                gacc[p] += win * grt[p]
             for p in range(pb):
                 x = xb + p
                 cov[y, x] = min(n_valid[p], 65535)
@@ -1020,6 +1181,8 @@ def _band_row(
                     rec[y, x] = np.nan
                     wmap[y, x] = 0.0
                     kept[y, x] = 0
+                    if go_mode == GO_RECON:
+                        gon[y, x] = np.nan
                 else:
                     val = acc[p] / wsum[p]
                     if tnorm:
@@ -1027,6 +1190,8 @@ def _band_row(
                     rec[y, x] = np.float32(val * scale)
                     wmap[y, x] = np.float32(wacc[p] / wsum[p])
                     kept[y, x] = min(nk_arr[p], 65535)
+                    if go_mode == GO_RECON:
+                        gon[y, x] = np.float32(gacc[p] / wsum[p] * scale)
         if do_classical:
             for p in range(BLOCK):
                 s1[p] = s1c[p]
@@ -1063,7 +1228,8 @@ def _band_kernel(bd, bv, r_lo, r_hi, *args):
     False: unweighted mean, ``den_all[t]``: ``sum_f w_tf[t, f]``. ``rowt/roww/rown`` (band
     rows) and ``col*`` list the tiles covering a row (column) with their window values.
     ``syn_mode`` 0 none, 1 global, 2 tile_weighted. Classical samples: ``(X - c_med) * c_fac
-    + c_ref``, or the §9 samples when ``shared``. ``sort_proto``: the dtype to sort the §9
+    + c_ref``, or the §9 samples when ``shared``. ``go``: the §13 global-only stack
+    (:func:`_band_row`). ``sort_proto``: the dtype to sort the §9
     samples in (float32 when they are float32 values). Rows are independent: threads may
     share the rows of a pass (the GIL is released).
     """
@@ -1251,6 +1417,9 @@ def reconstruct_band(
     kept = np.empty((rows, width), np.uint16)
     syn = np.empty((n_clusters, rows, width), np.float32) if n_clusters else None
     cls = np.empty((rows, width), np.float32) if has_cls else None
+    go_mode = p.go[0]
+    gon = np.empty((rows, width), np.float32) if go_mode == GO_RECON else None
+    gsyn = np.empty((n_clusters, rows, width), np.float32) if go_mode == GO_SYNTHETIC else None
 
     # chunks: the memory budget (and the rows the §5 surfaces are evaluated on); passes: the
     # rows of all frames the kernel works on at once
@@ -1285,6 +1454,7 @@ def reconstruct_band(
     c_fac = np.ascontiguousarray(p.c_fac, np.float64)
     no_syn = np.empty((1, 1, 1), np.float32)
     no_cls = np.empty((1, 1), np.float32)
+    go = (int(go_mode), p.go[1], bool(p.go[2]), p.go[3])
     threads = numba.get_num_threads()  # the job's threads (set_threads): they share the rows
     for a in range(y0, y1, chunk):
         b = min(a + chunk, y1)
@@ -1310,11 +1480,19 @@ def reconstruct_band(
                     rec, wmap, cov, kept,
                     syn if syn is not None else no_syn,
                     cls if cls is not None else no_cls,
+                    go,
+                    gon if gon is not None else no_cls,
+                    gsyn if gsyn is not None else no_syn,
                 ),
             )  # fmt: skip
     del bd, bv
 
     stack = combine_synthetic(syn, inputs.cluster_weights) if syn is not None else rec
+    if go_mode == GO_SYNTHETIC:
+        gon = combine_synthetic(gsyn, inputs.cluster_weights)
+        del gsyn
+    elif go_mode == GO_STACK:
+        gon = stack
     return BandResult(
         y0=int(y0),
         y1=int(y1),
@@ -1327,6 +1505,7 @@ def reconstruct_band(
         classical=cls,
         synthetic=syn,
         cluster_fallback=~p.cl_ok if n_clusters else None,
+        global_only=gon,
         meta={
             "scale": float(p.scale),
             "n_frames": n,
@@ -1386,7 +1565,8 @@ def save_band(path, result: BandResult) -> None:
     """Write a band result as an uncompressed ``.npz`` (atomic).
 
     Each synthetic frame is a member of its own (``synthetic_000``…), so that assembling reads
-    one synthetic frame of every band at a time instead of all K (K ≤ 30 full frames).
+    one synthetic frame of every band at a time instead of all K (K ≤ 30 full frames). A
+    global-only stack that is the stack itself (:class:`BandInputs`) is stored as a marker.
     """
     arrays = {k: getattr(result, k) for k in _ARRAYS}
     arrays.update(
@@ -1399,6 +1579,10 @@ def save_band(path, result: BandResult) -> None:
     if result.synthetic is not None:
         arrays.update({_synthetic_key(k): plane for k, plane in enumerate(result.synthetic)})
         arrays["n_synthetic"] = np.array(len(result.synthetic), np.int64)
+    if result.global_only is result.stack:
+        arrays["global_only_is_stack"] = np.array(True)
+    elif result.global_only is not None:
+        arrays["global_only"] = result.global_only
     arrays["rows"] = np.array([result.y0, result.y1], np.int64)
     arrays["meta"] = np.array(json.dumps(result.meta, sort_keys=True))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -1417,8 +1601,18 @@ def _read_synthetic(z, k: int | None = None) -> np.ndarray | None:
     return None
 
 
-def load_band(path, synthetic: bool = True) -> BandResult:
-    """A band result from its file (``synthetic=False``: without the synthetic frames)."""
+def _read_global_only(z, stack=None) -> np.ndarray | None:
+    """The global-only stack of an open band file (``stack``: its stack, if already read)."""
+    if "global_only" in z.files:
+        return z["global_only"]
+    if "global_only_is_stack" in z.files:
+        return z["stack"] if stack is None else stack
+    return None
+
+
+def load_band(path, synthetic: bool = True, global_only: bool = True) -> BandResult:
+    """A band result from its file (``synthetic=False``: without the synthetic frames;
+    ``global_only=False``: without the global-only stack)."""
     try:
         with np.load(Path(path), allow_pickle=False) as z:
             y0, y1 = (int(v) for v in z["rows"])
@@ -1426,6 +1620,8 @@ def load_band(path, synthetic: bool = True) -> BandResult:
             kw.update({k: z[k] for k in _OPTIONAL if k != "synthetic" and k in z.files})
             if synthetic:
                 kw["synthetic"] = _read_synthetic(z)
+            if global_only:
+                kw["global_only"] = _read_global_only(z, kw["stack"])
             meta = json.loads(str(z["meta"]))
     except (OSError, ValueError, KeyError) as err:
         raise InputError(f"{path}: not a band result ({err})") from err
@@ -1454,17 +1650,42 @@ def synthetic_frame(bands: Sequence[BandResult | str | Path], k: int) -> np.ndar
     return np.concatenate([p for _, p in parts], axis=0)
 
 
+def global_only_image(bands: Sequence[BandResult | str | Path]) -> np.ndarray | None:
+    """The §13 global-only stack of a channel, joined from its bands (in row order), reading
+    only that image from each band file; None when the bands have none."""
+    parts = []
+    for b in bands:
+        if isinstance(b, BandResult):
+            part, y0 = b.global_only, b.y0
+        else:
+            try:
+                with np.load(Path(b), allow_pickle=False) as z:
+                    y0 = int(z["rows"][0])
+                    part = _read_global_only(z)
+            except (OSError, ValueError, KeyError) as err:
+                raise InputError(f"{b}: not a band result ({err})") from err
+        if part is None:
+            return None
+        parts.append((y0, part))
+    parts.sort(key=lambda p: p[0])
+    return np.concatenate([p for _, p in parts], axis=0)
+
+
 def assemble_bands(
-    bands: Sequence[BandResult | str | Path], height: int | None = None, synthetic: bool = True
+    bands: Sequence[BandResult | str | Path],
+    height: int | None = None,
+    synthetic: bool = True,
+    global_only: bool = True,
 ) -> dict:
     """Stack band results into full images; checks the bands tile ``[0, height)`` exactly.
 
-    Returns ``stack, recon, weight, coverage, kept, classical (or None), synthetic (K,H,W or
-    None), fallback`` (tile flags, OR over bands — identical in every band). With
-    ``synthetic=False`` the synthetic frames are not read (``synthetic`` is None): take them
-    one at a time with :func:`synthetic_frame`.
+    Returns ``stack, recon, weight, coverage, kept, classical (or None), global_only (or
+    None), synthetic (K,H,W or None), fallback`` (tile flags, OR over bands — identical in
+    every band). With ``synthetic=False`` the synthetic frames are not read (``synthetic`` is
+    None): take them one at a time with :func:`synthetic_frame`; with ``global_only=False``
+    nor is the global-only stack (:func:`global_only_image`).
     """
-    res = [b if isinstance(b, BandResult) else load_band(b, synthetic=synthetic) for b in bands]
+    res = [b if isinstance(b, BandResult) else load_band(b, synthetic, global_only) for b in bands]
     res.sort(key=lambda r: r.y0)
     if not res:
         raise InputError("assemble: no band results")
@@ -1483,6 +1704,7 @@ def assemble_bands(
         return np.concatenate(parts, axis=axis)
 
     out = {k: cat(k) for k in ("stack", "recon", "weight", "coverage", "kept", "classical")}
+    out["global_only"] = cat("global_only") if global_only else None
     out["synthetic"] = cat("synthetic", axis=1) if synthetic else None
     out["fallback"] = np.logical_or.reduce([r.fallback for r in res])
     out["cluster_fallback"] = res[0].cluster_fallback

@@ -136,6 +136,9 @@ def page(validation: dict, config: dict) -> str:
         "<h1>tilestack run</h1>",
         f"<p>Verdict: <span class='verdict {html.escape(verdict)}'>{html.escape(verdict)}</span></p>",
     ]
+    added = validation.get("tiles_added")
+    if isinstance(added, dict) and added.get("summary"):
+        parts.append(f"<p>{html.escape(str(added['summary']))}</p>")
     if failed:
         parts.append("<p>Failed checks: " + html.escape(", ".join(map(str, failed))) + "</p>")
     if warnings:

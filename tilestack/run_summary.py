@@ -1,5 +1,6 @@
-"""The last lines a user sees after a run: result, verdict and its main reason, left-out
-frames, and where the logs are (printed by the Snakefile's ``onsuccess``/``onerror``)."""
+"""The last lines a user sees after a run: result, verdict and its main reason, what the
+tiles added (final against the global-only stack), left-out frames, and where the logs are
+(printed by the Snakefile's ``onsuccess``/``onerror``)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ def summary(results, ok: bool) -> str:
         failed = doc.get("failed_checks") or []
         reason = f": {failed[0]}" if failed and verdict != "success" else ""
         lines.append(f"tilestack: verdict {verdict}{reason}")
+        added = (doc.get("tiles_added") or {}).get("summary")
+        if added:
+            lines.append(f"tilestack: {added}")
     except (OSError, ValueError, AttributeError):
         if ok:
             lines.append("tilestack: no validation.json (verdict unknown)")

@@ -112,20 +112,23 @@ def reconstruct_channel_band(
     ``global_df``/``local_df``: the channel's weights tables (§6, §8); ``reconstruction``,
     ``synthetic``, ``final``: the config sections; ``clusters`` (full mode): the cluster table
     rows of this channel, which switch on §11 synthetic frames and the final stack. Also
-    computes the classical stack of the same rows. Reads only these rows, in chunks sized by
-    ``memory_mb``, so memory does not grow with the number of frames.
+    computes the classical stack and the §13 global-only stack (weights ``G`` alone) of the
+    same rows. Reads only these rows, in chunks sized by ``memory_mb``, so memory does not
+    grow with the number of frames.
     """
     g = global_df.sort_values("frame", kind="stable").reset_index(drop=True)
     frames = g["frame"].astype(str).tolist()
     stems = g["stem"].astype(str).tolist()
     weights = weight_matrix(local_df, frames, grid.n_tiles)
     rc = reconstruction
-    inputs = {"classical": (g["median"].to_numpy(np.float64), g["mad"].to_numpy(np.float64))}
+    inputs = {
+        "classical": (g["median"].to_numpy(np.float64), g["mad"].to_numpy(np.float64)),
+        "G": g["G"].to_numpy(np.float64),  # also the global-only stack's weights
+    }
     if clusters is not None:
         labels = cluster_labels(pd.DataFrame(clusters), frames)
         inputs |= {
             "clusters": labels,
-            "G": g["G"].to_numpy(np.float64),
             "cluster_weights": final_cluster_weights(
                 (final or {}).get("cluster_weighting", "quality"),
                 g["Q"].to_numpy(np.float64),

@@ -467,3 +467,62 @@ def test_batch_file_with_other_extensions_is_read_through_astropy(tmp_path):
         img, ok = bf.image("A")
         np.testing.assert_array_equal(img, data)
         np.testing.assert_array_equal(bf.raw_rows("A", 1, 2)[0], data[1:2])
+
+
+# ---- §13 global-only stack: the same pass with L ≡ 1 ----------------------------------------
+
+
+def global_only_setup(name):
+    """A case of CASES with the frame weights ``G`` given (zero for the frame without weight)
+    and tile weights ``W = G·L`` whose ``L`` differ between tiles."""
+    n, h, w, frames, valid, grid, weights, bg, options, inputs = case_setup(name)
+    rng = np.random.default_rng(17)
+    G = inputs.G if inputs.G is not None else rng.uniform(0.5, 2.0, n)
+    G = np.array(G, np.float64)
+    G[n // 3] = 0.0
+    L = rng.uniform(0.2, 5.0, weights.shape)
+    L[:, 1] = 0.0  # a fallback tile of the final (not of the global-only stack)
+    kw = {f: getattr(inputs, f) for f in inputs.__dataclass_fields__}
+    inputs = BandInputs(**(kw | {"G": G}))
+    return n, h, frames, valid, grid, G, G[:, None] * L, bg, options, inputs
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_global_only_is_the_band_with_every_local_weight_one(name, monkeypatch):
+    n, h, frames, valid, grid, G, W, bg, options, inputs = global_only_setup(name)
+    monkeypatch.setattr(rc, "PASS_BYTES", 3 * n * frames.shape[2] * 5)
+    monkeypatch.setattr(rc, "MIN_PASS_ROWS", 1)
+    ones = np.repeat(G[:, None], grid.n_tiles, axis=1)  # W = G·1
+    for y0, y1 in ((0, h), (5, 29)):
+        reader = array_reader(frames, valid)
+        got = reconstruct_band(reader, n, y0, y1, grid, W, bg, options, inputs)
+        flat = reconstruct_band(reader, n, y0, y1, grid, ones, bg, options, inputs)
+        assert got.global_only is not None and got.global_only.dtype == np.float32
+        np.testing.assert_array_equal(got.global_only, flat.stack, strict=True)
+        # the tiles change the final (one frame, or synthetic frames weighted by G alone, do
+        # not depend on L): the comparison is not between two equal images
+        same = n == 1 or (inputs.clusters is not None and options.synthetic == "global")
+        assert np.array_equal(got.stack, flat.stack, equal_nan=True) == same
+        # ... and the other outputs are those of the run without the global-only stack
+        plain = BandInputs(**{**inputs.__dict__, "G": None if inputs.clusters is None else G})
+        ref = reconstruct_band(reader, n, y0, y1, grid, W, bg, options, plain)
+        for k in FIELDS:
+            a, b = getattr(got, k), getattr(ref, k)
+            assert (a is None) == (b is None), k
+            if a is not None:
+                np.testing.assert_array_equal(a, b, err_msg=k, strict=True)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_final_equals_global_only_when_every_local_weight_is_one(name):
+    n, h, frames, valid, grid, G, _, bg, options, inputs = global_only_setup(name)
+    ones = np.repeat(G[:, None], grid.n_tiles, axis=1)
+    got = reconstruct_band(array_reader(frames, valid), n, 0, h, grid, ones, bg, options, inputs)
+    np.testing.assert_array_equal(got.global_only, got.stack, strict=True)
+    assert np.isfinite(got.stack).sum() > 0.9 * got.stack.size
+
+
+def test_no_global_only_without_frame_weights():
+    n, h, w, frames, valid, grid, weights, bg, options, inputs = case_setup("legacy")
+    got = reconstruct_band(array_reader(frames, valid), n, 0, h, grid, weights, bg, options, inputs)
+    assert got.global_only is None

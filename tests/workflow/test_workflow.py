@@ -203,6 +203,7 @@ def test_mono_run_writes_every_contract_output(mono_run):
         "metrics/local_L.parquet",
         "stack/L.fits",
         "classical/L.fits",
+        "global_only/L.fits",
         "reconstruction/L_weight.fits",
         "reconstruction/L_coverage.fits",
         "final/L.fits",
@@ -251,6 +252,19 @@ def test_mono_run_writes_every_contract_output(mono_run):
     assert v["verdict"] in ("success", "borderline", "failed")
     checks = json.loads((res / "scan/checks.json").read_text())
     assert checks["mode"] == "reduced" and checks["n_frames"] == 50
+    # §13 what the tiles added: the final against the global-only stack of the same pass
+    go = v["global_only"]["L"]
+    keys = {"fwhm_ratio", "fwhm_ratio_error", "snr_ratio", "snr_final", "snr_global_only"}
+    assert keys <= set(go)
+    assert len(go["regions"]) == 9 and sum(r["n_faint_stars"] for r in go["regions"]) > 0
+    added = v["tiles_added"]
+    assert added["channel"] == "L" and added["snr_ratio"] == go["snr_ratio"]
+    assert added["summary"].startswith("tiles added (L, final vs global-only): FWHM ")
+    assert np.array(added["snr_ratio_regions"], dtype=float).shape == (3, 3)
+    # the global-only stack is the final where every L is 1, another image where they differ
+    every_l_one = bool((pd.read_parquet(res / "metrics/local_L.parquet")["L"] == 1.0).all())
+    same = np.array_equal(fits.getdata(res / "global_only/L.fits"), stack, equal_nan=True)
+    assert same == every_l_one
 
     # progress lines in the rule logs
     log = (res / "logs/align/b001.log").read_text()
@@ -330,6 +344,9 @@ def test_full_mode_runs_clustering_and_synthetic_frames(mono_night, tmp_path):
     assert v["mode"] == "full"
     stack = fits.getdata(res / "stack/L.fits")
     assert np.isfinite(stack).mean() > 0.9
+    # synthetic frames weighted by G alone do not use L: the global-only stack is the stack
+    np.testing.assert_array_equal(fits.getdata(res / "global_only/L.fits"), stack)
+    assert v["tiles_added"]["fwhm_ratio"] == 1.0 and v["tiles_added"]["snr_ratio"] == 1.0
 
 
 # --------------------------------------------------------------------------- method switch

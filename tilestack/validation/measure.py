@@ -1092,6 +1092,8 @@ def compare_stacks(
     own_c = fwhm_c if np.isfinite(fwhm_c) else fwhm_f
     own_f = fwhm_f if np.isfinite(fwhm_f) else fwhm_c
     snr = _faint_snr(fin, cla, footprint, own_c, own_f, faint_xy, aperture_fwhm, faint_snr_band)
+    snr.pop("faint_stars")
+    snr.pop("blank")
     r_slope = max(6.0, slope_aperture_fwhm * max(own_c, own_f)) if np.isfinite(own_c) else 8.0
     slope, n_slope = _slope(fin_img, cla_img, fw["both"], snr.pop("peaks"), r_slope)
     radius = snr["aperture_radius_classical"]
@@ -1116,6 +1118,123 @@ def compare_stacks(
         "nonfinite_pixels": nonfinite,
         **_seams(fin_img, cla_img, truth, stride, offset, self_seam),
     }
+
+
+REGION_GRID = 3  # §13: the final against the global-only stack per region of a 3 x 3 grid
+REGION_MIN_STARS = 3  # fewer faint stars in a region: its figures are not given
+
+
+def compare_global_only(
+    final: np.ndarray,
+    global_only: np.ndarray,
+    *,
+    footprint: np.ndarray | None = None,
+    max_stars: int = 300,
+    aperture_fwhm: float = APERTURE_FWHM,
+    faint_snr_band: tuple[float, float] = FAINT_SNR_BAND,
+    regions: int = REGION_GRID,
+) -> dict:
+    """The final against the global-only stack (§13: what the tiles added), measured as
+    :func:`compare_stacks` measures it against the classical stack, the global-only stack in
+    the classical stack's place: median FWHM of the same stars (detected in the global-only
+    stack) and faint-star SNR with apertures matched to each stack's own FWHM, noise from the
+    blank sky. Also the faint-star SNR per region of a ``regions`` x ``regions`` grid over the
+    image: the same stars, each counted in the region of its position, their flux over the
+    aperture noise of the region's own blank sky (figures only where at least
+    :data:`REGION_MIN_STARS` stars lie). Ratios are final / global-only.
+    """
+    fin_img = np.asarray(final, dtype=np.float32)
+    glo_img = np.asarray(global_only, dtype=np.float32)
+    if footprint is None:
+        footprint = np.isfinite(glo_img)
+    footprint = np.asarray(footprint, dtype=bool)
+    fin, glo = _Stack(fin_img), _Stack(glo_img)
+    fw = _fwhm_pair(fin, glo, max_stars)
+    fwhm_g, fwhm_f = fw["fwhm_classical"], fw["fwhm_final"]
+    own_g = fwhm_g if np.isfinite(fwhm_g) else fwhm_f
+    own_f = fwhm_f if np.isfinite(fwhm_f) else fwhm_g
+    snr = _faint_snr(fin, glo, footprint, own_g, own_f, None, aperture_fwhm, faint_snr_band)
+    xy, sf, sg = snr["faint_stars"]
+    # the stars' aperture fluxes (SNR x the whole image's aperture noise)
+    flux_f = sf * snr["aperture_noise_final"]
+    flux_g = sg * snr["aperture_noise_classical"]
+    apertures = (snr["aperture_radius_final"], snr["aperture_radius_classical"])
+    ratio = _ratio(fwhm_f, fwhm_g)
+    return {
+        "fwhm_final": fwhm_f,
+        "fwhm_global_only": fwhm_g,
+        "fwhm_ratio": ratio,
+        "n_stars": fw["n_stars"],
+        "fwhm_final_stars": fw["fwhm_final_stars"],
+        "fwhm_global_only_stars": fw["fwhm_classical_stars"],
+        "snr_final": snr["snr_final"],
+        "snr_global_only": snr["snr_classical"],
+        "snr_ratio": snr["snr_ratio"],
+        "n_faint_stars": snr["n_faint_stars"],
+        "aperture_radius_final": snr["aperture_radius_final"],
+        "aperture_radius_global_only": snr["aperture_radius_classical"],
+        "regions": _region_snr(
+            (fin_img, glo_img),
+            snr["blank"],
+            xy,
+            (flux_f, flux_g),
+            apertures,
+            tuple(snr["aperture_annulus"]),
+            regions,
+        ),  # fmt: skip
+    }
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if np.isfinite(a) and np.isfinite(b) and b > 0 else float("nan")
+
+
+def _region_snr(images, blank, xy, fluxes, radii, annulus, n: int) -> list[dict]:
+    """Faint-star SNR of both stacks per region of an ``n`` x ``n`` grid (row by row from the
+    top-left: ``row``, ``col``, the region's pixel box ``y0 y1 x0 x1``, the aperture noise
+    of each stack on the region's blank sky). ``fluxes``: the stars' aperture fluxes in each
+    stack, measured with ``radii`` and ``annulus``."""
+    h, w = images[0].shape
+    ys = [round(i * h / n) for i in range(n + 1)]
+    xs = [round(i * w / n) for i in range(n + 1)]
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    lag = 2 * (int(math.ceil(annulus[1])) + 1)
+    out = []
+    for i in range(n):
+        for j in range(n):
+            inside = (
+                (xy[:, 1] >= ys[i] - 0.5)
+                & (xy[:, 1] < ys[i + 1] - 0.5)
+                & (xy[:, 0] >= xs[j] - 0.5)
+                & (xy[:, 0] < xs[j + 1] - 0.5)
+            )
+            m = int(inside.sum())
+            f = g = float("nan")
+            noise = [float("nan"), float("nan")]
+            if m >= REGION_MIN_STARS:
+                box = np.s_[ys[i] : ys[i + 1], xs[j] : xs[j + 1]]
+                covs, used = _autocovariances([im[box] for im in images], blank[box], lag)
+                noise = [
+                    _noise_of_aperture(c, u, r, annulus)
+                    for c, u, r in zip(covs, used, radii, strict=True)
+                ]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    f = float(np.median(fluxes[0][inside] / noise[0]))
+                    g = float(np.median(fluxes[1][inside] / noise[1]))
+            out.append(
+                {
+                    "row": i,
+                    "col": j,
+                    "box": [ys[i], ys[i + 1], xs[j], xs[j + 1]],
+                    "n_faint_stars": m,
+                    "snr_final": f,
+                    "snr_global_only": g,
+                    "snr_ratio": _ratio(f, g),
+                    "aperture_noise_final": noise[0],
+                    "aperture_noise_global_only": noise[1],
+                }
+            )
+    return out
 
 
 class _Stack:
@@ -1240,6 +1359,9 @@ def _faint_snr(fin: _Stack, cla: _Stack, footprint, own_c, own_f, faint_xy, aper
         n_faint = int(ok.sum())
         snr_c, snr_f = float(np.median(sc[ok])), float(np.median(sf[ok]))
     return {
+        # the faint stars measured: x, y, SNR in the final, SNR in the reference; the blank sky
+        "faint_stars": (cand[ok], sf[ok], sc[ok]),
+        "blank": blank,
         "snr_final": snr_f,
         "snr_classical": snr_c,
         "snr_ratio": snr_f / snr_c if np.isfinite(snr_c) and snr_c > 0 else float("nan"),

@@ -45,6 +45,7 @@ PRODUCT_GLOBS = (
     "clustering/*.csv",
     "stack/*.fits",
     "classical/*.fits",
+    "global_only/*.fits",
     "final/*",
     "validation/*",
     "logs/*.log",

@@ -30,12 +30,13 @@ from tilestack.run_info import page
 from tilestack.runtime import Progress
 from tilestack.tiles import TileGrid
 from tilestack.validation import plots
-from tilestack.validation.measure import compare_stacks
+from tilestack.validation.measure import compare_global_only, compare_stacks
 from tilestack.validation.verdict import (
     StackFigures,
     build_validation,
     fwhm_ratio_error,
     thresholds_from_config,
+    tiles_added,
     usable_tile_fraction,
     weight_variance,
 )
@@ -179,6 +180,7 @@ def validate(
     frames = pd.read_csv(inp.frames)
     checks = json.loads(open(inp.checks).read())
     per, images = _measure_channels(stacks, inp, channels, grid, workers, log)
+    global_only = {c: per[c].pop("global_only") for c in channels if "global_only" in per[c]}
     unregistered = transforms["status"] == "unregistered"
     n_unreg = int(unregistered.sum())
     pc = per[primary]
@@ -204,6 +206,11 @@ def validate(
             "tile_size": grid.size,
             "tile_stride": grid.stride,
             "fwhm_grid_px": grid.fwhm,
+            **(
+                {"global_only": global_only, "tiles_added": tiles_added(global_only, primary)}
+                if global_only
+                else {}
+            ),
         },
     )
     write_json(out.validation, doc)
@@ -257,7 +264,24 @@ def _measure_channels(stacks: dict, inp, channels: list[str], grid, workers: int
             f"validation {c}: FWHM {per[c]['fwhm_classical']} -> {per[c]['fwhm_final']}, "
             f"faint-star SNR {per[c]['snr_classical']} -> {per[c]['snr_final']}"
         )
+        paths = getattr(inp, "global_only", None)
+        if paths:
+            per[c]["global_only"] = _against_global_only(final, read_image(paths[i]), footprint)
+            g = per[c]["global_only"]
+            log(
+                f"validation {c}: against the global-only stack FWHM x{g['fwhm_ratio']}, "
+                f"faint-star SNR x{g['snr_ratio']}"
+            )
     return per, images
+
+
+def _against_global_only(final, global_only, footprint) -> dict:
+    """§13 what the tiles added: the final against the global-only stack (figures, ratios,
+    the FWHM ratio's standard error, the faint-star SNR per region of a 3 x 3 grid)."""
+    fig = compare_global_only(final, global_only, footprint=footprint)
+    stars = (fig.pop("fwhm_global_only_stars"), fig.pop("fwhm_final_stars"))
+    fig["fwhm_ratio_error"] = fwhm_ratio_error(*stars)
+    return fig
 
 
 def _validation_plots(images, figures, primary, channels, grid, frames, inp, out) -> None:
