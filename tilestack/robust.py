@@ -147,6 +147,11 @@ def diff_noise(image: np.ndarray, mask: np.ndarray, max_samples: int = MAX_SAMPL
     return difference_sigma(vals) / np.sqrt(2.0)
 
 
+# Fewer pairs of clean blocks than this (a crowded or small frame) give no block noise: the
+# estimate's own error (about 1.1/sqrt(n)) would be mistaken for correlated noise.
+MIN_BLOCK_PAIRS = 200
+
+
 def block_noise(image: np.ndarray, mask: np.ndarray, block: int = 4) -> float:
     """Pixel noise as a point source sees it: from sums over ``block``×``block`` pixels.
 
@@ -167,7 +172,7 @@ def block_noise(image: np.ndarray, mask: np.ndarray, block: int = 4) -> float:
     d = sums[:, 1:] - sums[:, :-1]
     both = full[:, 1:] & full[:, :-1]
     vals = subsample(d[both])
-    if vals.size < 64:
+    if vals.size < MIN_BLOCK_PAIRS:
         return float("nan")
     return mad_sigma(vals) / (block * np.sqrt(2.0))
 

@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tilestack.checks",
             "tilestack.normalization",
             "tilestack.trails",
+            "tilestack.transmission",
             "tilestack.reconstruction",
             "tilestack.synthetic",
             "tilestack.clustering",

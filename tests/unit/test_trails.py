@@ -85,7 +85,7 @@ def measure_night(frames, xy, flux, trails=True):
     for i, img in enumerate(frames):
         ok = OK
         if trails:
-            ok, _ = mask_trails(img, OK, (frames[0], OK), stars, GRID, ref)
+            ok, _, _ = mask_trails(img, OK, (frames[0], OK), stars, GRID, ref)
         g, _ = measure_plane(img, ok, GRID, stars, SETTINGS, ref)
         rows.append({"frame": f"f{i:02d}", **g})
     return pd.DataFrame(rows)

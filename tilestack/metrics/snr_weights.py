@@ -64,9 +64,10 @@ def frame_noise_and_fwhm(g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 # A frame's block/pixel noise ratio may exceed the night's median by this factor before its
-# noise is corrected: the ratio's own scatter (about 2 % on 320×240 frames, 0.3 % at 2048²)
-# must not move the weights of ordinary frames.
-CORRELATION_TOLERANCE = 1.1
+# noise is corrected: the ratio's own scatter (up to 8 % with the fewest clean blocks allowed,
+# and the faint stars' light that differs between hazy and clear frames) must not move the
+# weights of ordinary frames; a frame denoised elsewhere has a ratio of 2 or more.
+CORRELATION_TOLERANCE = 1.3
 
 
 def point_source_noise(g: pd.DataFrame) -> np.ndarray:
@@ -75,8 +76,9 @@ def point_source_noise(g: pd.DataFrame) -> np.ndarray:
     A frame smoothed or denoised elsewhere has a low pixel-to-pixel scatter but the same
     noise in a star's aperture; read from pixel differences alone it would weigh several
     times more than it adds. ``r = (sigma_block / sigma_raw) / median over the night``;
-    frames with ``r > CORRELATION_TOLERANCE`` take ``sigma_raw · r`` (the noise of a sum over
-    a star-sized block, in pixel units).
+    frames with ``r`` above twice ``CORRELATION_TOLERANCE`` take ``sigma_raw · r`` (the noise
+    of a sum over a star-sized block, in pixel units), those below the tolerance keep
+    ``sigma_raw``, with a linear blend between.
     Relative to the night, because warping-free raw frames of one sensor share one ratio
     (white noise: 1; a Bayer plane's or binned data's own correlation cancels).
     """
@@ -89,7 +91,11 @@ def point_source_noise(g: pd.DataFrame) -> np.ndarray:
     if not (np.isfinite(med) and med > 0):
         return raw
     r = np.where(np.isfinite(ratio), ratio / med, 1.0)
-    return raw * np.where(r > CORRELATION_TOLERANCE, r, 1.0)
+    # 1 up to the tolerance, r from twice it, a linear blend between: no weight jumps when a
+    # frame's ratio crosses the tolerance by noise
+    t = CORRELATION_TOLERANCE
+    blend = np.clip((r - t) / t, 0.0, 1.0)
+    return raw * (1.0 + (np.maximum(r, 1.0) - 1.0) * blend)
 
 
 def snr_global_weights(

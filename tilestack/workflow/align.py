@@ -21,10 +21,11 @@ import json
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import pandas as pd
 
-from tilestack.cfa import luminance_image, split_channels, to_channel_xy
+from tilestack.cfa import channel_offset, luminance_image, split_channels, to_channel_xy
 from tilestack.errors import InputError
 from tilestack.io.atomic import write_table
 from tilestack.io.batch import BatchFile, batch_writer
@@ -37,6 +38,7 @@ from tilestack.normalization import (
     aperture_photometry,
     normalize_frame,
     photometric_scale,
+    star_mask,
 )
 from tilestack.registration.cfa_warp import warp_mosaic
 from tilestack.registration.interpolation import warp_image
@@ -45,7 +47,10 @@ from tilestack.robust import block_noise, diff_noise
 from tilestack.runtime import Progress
 from tilestack.tiles import TileGrid
 from tilestack.trails import TrailMask, find_trails
+from tilestack.transmission import Transmission, fit_transmission, star_log_ratios
 
+# side (px) of the box whose mean is the local sky behind the noise estimates' clip
+LOCAL_SKY_BOX = 33
 # stars below this aperture SNR (frame or reference) do not vote on a tile's own scale
 TILE_SCALE_SNR = 5.0
 # registration.* keys passed straight to `register_frame`
@@ -87,6 +92,9 @@ NORM_COLUMNS = [
     "surface_ny",
     "surface_nx",
     "surface",
+    "K_applied",
+    "K_chi2",
+    "K_dof",
 ]
 
 
@@ -118,6 +126,7 @@ class WarpSettings:
     method: str = "tbqr2"  # tbqr2: §5 photometric scale + background surface; v3: X / B only
     background: str = "surface"  # normalization.background
     scale_px: int = 128  # normalization.scale_px
+    transmission: str = "auto"  # normalization.transmission: auto | none
 
 
 @dataclass
@@ -171,14 +180,22 @@ def noise_block(fwhm: float) -> int:
     return int(np.clip(round(2.0 * f), 4, 16))
 
 
-def pixel_noise(plane: np.ndarray, ok: np.ndarray, block: int = 4) -> tuple[float, float]:
+def pixel_noise(
+    plane: np.ndarray,
+    ok: np.ndarray,
+    block: int = 4,
+    stars: np.ndarray | None = None,
+    fwhm: float = 3.0,
+) -> tuple[float, float]:
     """Robust noise (ADU) of a plane's star-free background: ``(per pixel, per block)``.
 
     The first from neighbour differences (white noise); the second from ``block``² sums
     (:func:`~tilestack.robust.block_noise`; a star's aperture), which smoothing lowers
     far less. Blocks
     are kept when all their pixels are within 5 sigma of the sky (stars leave them; noise
-    tails do not).
+    tails do not) and, when ``stars`` (positions in this plane) are given, farther than 3 FWHM
+    from every star: a faint star's wings below the clip would otherwise read as noise, more
+    in a transparent frame than in a hazy one.
     """
     mask = (np.asarray(ok) > 0) & np.isfinite(plane)
     if mask.sum() < 64:
@@ -186,9 +203,38 @@ def pixel_noise(plane: np.ndarray, ok: np.ndarray, block: int = 4) -> tuple[floa
     b, bsig = background_level(plane, mask)
     if not (np.isfinite(bsig) and bsig > 0):
         return diff_noise(plane, mask), block_noise(plane, mask, block)
-    dev = np.abs(plane - np.float32(b))
-    pixel = diff_noise(plane, mask & (dev <= np.float32(3.0 * bsig)))
-    return pixel, block_noise(plane, mask & (dev <= np.float32(5.0 * bsig)), block)
+    # deviations from the local sky (a box mean over the valid pixels), so that a gradient or
+    # a cloud's glow does not push whole regions past the clip and stars' wings into the sample
+    m = mask.astype(np.float32)
+    filled = np.where(mask, plane, np.float32(b)).astype(np.float32)
+    local = cv2.boxFilter(filled * m, cv2.CV_32F, (LOCAL_SKY_BOX, LOCAL_SKY_BOX), normalize=False)
+    local /= np.maximum(cv2.boxFilter(m, cv2.CV_32F, (LOCAL_SKY_BOX,) * 2, normalize=False), 1)
+    dev = np.abs(filled - local)
+    _, lsig = background_level(filled - local, mask)
+    lsig = lsig if np.isfinite(lsig) and lsig > 0 else bsig
+    pixel = diff_noise(plane, mask & (dev <= np.float32(3.0 * lsig)))
+    # block sums of the deviations: adjacent blocks of a sky gradient differ by more than noise
+    quiet = mask & (dev <= np.float32(5.0 * lsig))
+    if stars is not None and len(stars):
+        quiet &= ~star_mask(plane.shape, stars, 3.0 * (fwhm if np.isfinite(fwhm) else 3.0))
+    return pixel, block_noise(filled - local, quiet, block)
+
+
+@dataclass
+class PlanePhotometry:
+    """A plane's aperture photometry of the common star list and its trail-blind scale."""
+
+    flux: np.ndarray
+    snr: np.ndarray
+    scale: float  # weighted-median flux_ref / flux; 1 when too few stars qualify
+
+
+def plane_photometry(
+    plane: np.ndarray, ok: np.ndarray, xy: np.ndarray, ref_phot: ReferencePhotometry
+) -> PlanePhotometry:
+    flux, snr = aperture_photometry(plane, ok, xy, ref_phot.fwhm)
+    s0, _ = photometric_scale(flux, snr, ref_phot.flux, ref_phot.snr)
+    return PlanePhotometry(flux, snr, s0 if np.isfinite(s0) and s0 > 0 else 1.0)
 
 
 def mask_trails(
@@ -198,8 +244,9 @@ def mask_trails(
     star_xy: pd.DataFrame,
     grid: TileGrid,
     ref_phot: ReferencePhotometry | None,
-) -> tuple[np.ndarray, TrailMask]:
-    """The plane's validity without its satellite/aircraft trails, and the trails found.
+) -> tuple[np.ndarray, TrailMask, PlanePhotometry | None]:
+    """The plane's validity without its satellite/aircraft trails, the trails found, and the
+    plane's photometry with them masked (tbqr2).
 
     Trail pixels get weight 0 like any rejected sample: they never reach the stack, the
     photometric scale (a star whose aperture a trail crosses is not measured), the background
@@ -208,15 +255,98 @@ def mask_trails(
     hit stars; 1 when too few stars qualify).
     """
     xy = star_xy[["x", "y"]].to_numpy(np.float64)
-    scale = 1.0
-    if ref_phot is not None:
-        flux, snr = aperture_photometry(plane, ok, xy, ref_phot.fwhm)
-        s0, _ = photometric_scale(flux, snr, ref_phot.flux, ref_phot.snr)
-        scale = s0 if np.isfinite(s0) and s0 > 0 else 1.0
+    phot = plane_photometry(plane, ok, xy, ref_phot) if ref_phot is not None else None
+    scale = phot.scale if phot is not None else 1.0
     trail = find_trails(plane, ok, ref_plane[0], ref_plane[1], xy, grid.fwhm, scale=scale)
     if trail.n_pixels:
         ok = np.where(trail.mask, 0, ok).astype(np.asarray(ok).dtype)
-    return ok, trail
+        if ref_phot is not None:
+            phot = plane_photometry(plane, ok, xy, ref_phot)
+    return ok, trail, phot
+
+
+def frame_transmission(
+    phot: dict[str, PlanePhotometry],
+    ref_phot: dict[str, ReferencePhotometry],
+    star_xy: dict[str, pd.DataFrame],
+    shape: tuple[int, int],
+    grid: TileGrid,
+    settings: WarpSettings,
+) -> Transmission:
+    """§5 local transmission of one frame from all its channels' stars (grey, pooled)."""
+    xy, lr, var = [], [], []
+    for c, p in phot.items():
+        a, b = star_log_ratios(p.flux, p.snr, ref_phot[c].flux, ref_phot[c].snr, p.scale)
+        xy.append(star_xy[c][["x", "y"]].to_numpy(np.float64))
+        lr.append(a)
+        var.append(b)
+    cell = max(16, grid.stride)
+    return fit_transmission(
+        np.concatenate(xy),
+        np.concatenate(lr),
+        np.concatenate(var),
+        shape,
+        cell,
+        mode=settings.transmission,
+    )
+
+
+@dataclass
+class CorrectedPlanes:
+    """A frame's channel planes after the trail masks and the §5 transmission K."""
+
+    planes: dict[str, tuple[np.ndarray, np.ndarray]]
+    trails: dict[str, TrailMask]
+    transmission: Transmission | None
+    k_image: np.ndarray | None  # K at every plane pixel, None where K ≡ 1
+    note: str
+
+    def annotate(self, c: str, g: dict, t: pd.DataFrame, grid: TileGrid) -> None:
+        """Add the trail and K figures to channel c's global row ``g`` and tile table ``t``."""
+        g["trail_px"] = self.trails[c].n_pixels
+        tr = self.transmission
+        if tr is None:
+            return
+        g.update(K_applied=tr.applied, K_chi2=tr.chi2, K_dof=tr.dof)
+        if self.k_image is not None and "T_local" in t:
+            # the tile's own transmission before K took it out (§8's factor (K̄/K_t)² reads it)
+            t["K_tile"] = tile_means(self.k_image, grid)
+            t["T_local"] = t["T_local"].to_numpy() * t["K_tile"].to_numpy()
+
+
+def correct_planes(
+    planes: dict[str, tuple[np.ndarray, np.ndarray]],
+    ref_planes: dict[str, tuple[np.ndarray, np.ndarray]],
+    ref_phot: dict[str, ReferencePhotometry],
+    star_xy: dict[str, pd.DataFrame],
+    grid: TileGrid,
+    settings: WarpSettings,
+) -> CorrectedPlanes:
+    """Trails masked in every channel, then (tbqr2) the grey K from all channels' stars
+    multiplied into every plane: what the band jobs read is ``K·X``."""
+    out, trails, phot, note = {}, {}, {}, ""
+    for c in settings.channels:
+        plane, ok = planes[c]
+        ok, trails[c], phot[c] = mask_trails(
+            plane, ok, ref_planes[c], star_xy[c], grid, ref_phot.get(c)
+        )
+        out[c] = (plane, ok)
+        if trails[c].n_pixels:
+            note += f"; {c}: {len(trails[c].segments)} trail(s), {trails[c].n_pixels} px masked"
+    trans = None
+    if settings.method == "tbqr2" and all(p is not None for p in phot.values()):
+        shape = out[settings.channels[0]][0].shape
+        trans = frame_transmission(phot, ref_phot, star_xy, shape, grid, settings)
+    k_image = trans.image() if trans is not None and trans.applied else None
+    if k_image is not None:
+        note += f"; K {float(k_image.min()):.3f}-{float(k_image.max()):.3f}"
+        out = {c: (plane * k_image, ok) for c, (plane, ok) in out.items()}
+    return CorrectedPlanes(out, trails, trans, k_image, note)
+
+
+def tile_means(image: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """Mean of ``image`` over each tile (tile order of the grid)."""
+    return np.array([float(np.mean(image[y0:y1, x0:x1])) for y0, y1, x0, x1 in grid.tiles])
 
 
 def measure_plane(
@@ -226,18 +356,21 @@ def measure_plane(
     star_xy: pd.DataFrame,
     settings: WarpSettings,
     ref_phot: ReferencePhotometry | None,
-    unwarped: tuple[np.ndarray, np.ndarray] | None = None,
+    unwarped: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Raw §6/§8 metrics of one registered plane and, for tbqr2, its §5 normalization.
 
     ``unwarped``: the same channel plane before warping, where the pixel noise is still
     white (``sigma_raw``, ADU): interpolation smooths a frame's noise by an amount that depends
-    on its sub-pixel shift, which says nothing about the frame's quality.
+    on its sub-pixel shift, which says nothing about the frame's quality; with its validity and
+    the common star list in its own pixel coordinates.
     """
     g, t, stars = frame_metrics(plane, ok, grid, star_xy, border=settings.border, with_stars=True)
     g["F"] = frame_fwhm(stars, grid)
+    xy_all = star_xy[["x", "y"]].to_numpy(np.float64)
+    raw = unwarped if unwarped is not None else (plane, ok, xy_all)
     g["sigma_raw"], g["sigma_block"] = pixel_noise(
-        *(unwarped if unwarped is not None else (plane, ok)), block=noise_block(grid.fwhm)
+        raw[0], raw[1], noise_block(grid.fwhm), stars=raw[2], fwhm=grid.fwhm
     )
     if ref_phot is None:
         return g, t
@@ -286,6 +419,20 @@ def register_row(
         **options,
     )
     return result_row(name, result, False)
+
+
+def frame_star_xy(
+    star_xy: pd.DataFrame, matrix: np.ndarray, bayer: str | None, channel: str
+) -> np.ndarray:
+    """The common star list (channel-plane coordinates on the reference grid) in the unwarped
+    frame's channel plane: through full resolution and the inverse of the frame's transform."""
+    xy = star_xy[["x", "y"]].to_numpy(np.float64)
+    dy, dx = channel_offset(bayer, channel)
+    full = xy * 2.0 + [dx, dy] if bayer else xy
+    h = np.column_stack([full, np.ones(len(full))]) @ np.linalg.inv(matrix).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frame = h[:, :2] / h[:, 2:3]
+    return to_channel_xy(frame, bayer, channel)
 
 
 def warp_planes(
@@ -347,16 +494,17 @@ def align_frames(
         if row["status"] != "unregistered":
             planes = warp_planes(image, valid, row_matrix(row), settings)
             raw_planes = split_channels(image, settings.bayer, valid)
+            fix = correct_planes(planes, ref_planes, ref_phot, star_xy, grid, settings)
+            note += fix.note
             for c in settings.channels:
-                plane, ok = planes[c]
-                ok, trail = mask_trails(plane, ok, ref_planes[c], star_xy[c], grid, ref_phot.get(c))
+                plane, ok = fix.planes[c]
                 writers[c](stem, plane, ok, {"FRAME": name})
-                g, t = measure_plane(
-                    plane, ok, grid, star_xy[c], settings, ref_phot.get(c), raw_planes[c]
+                raw = (
+                    *raw_planes[c],
+                    frame_star_xy(star_xy[c], row_matrix(row), settings.bayer, c),
                 )
-                g["trail_px"] = trail.n_pixels
-                if trail.n_pixels:
-                    note += f"; {c}: {len(trail.segments)} trail(s), {trail.n_pixels} px masked"
+                g, t = measure_plane(plane, ok, grid, star_xy[c], settings, ref_phot.get(c), raw)
+                fix.annotate(c, g, t, grid)
                 global_rows.append({"frame": name, "stem": stem, "channel": c, **g})
                 t.insert(0, "channel", c)
                 t.insert(0, "stem", stem)
@@ -397,6 +545,7 @@ def align(job) -> None:
         method=str(p.method),
         background=str(p.normalization["background"]),
         scale_px=int(p.normalization["scale_px"]),
+        transmission=str(p.normalization.get("transmission", "auto")),
     )
     siril = pd.read_csv(job.input.siril[0]) if job.input.siril else None
     with BatchFile(job.input.calibrated) as src, ExitStack() as stack:

@@ -1,0 +1,149 @@
+"""Local transmission ``K_f(p)``: a frame that a cloud covered in part (METHODOLOGY §5, rev. 3).
+
+One photometric scale per frame makes a partly clouded frame right on average and wrong in
+both parts: its stars under the cloud come out too faint, those in the clear part too bright,
+and a stack inherits the error (the classical one as much as the final). ``K`` is a smooth,
+grey surface that brings every star of the frame onto the reference's flux, ``I = s·K·X − S``:
+
+* each matched star gives ``log(flux_ref / (s·flux))`` with its predicted noise (the frame's
+  and the reference's aperture noise plus a systematic floor); all channels' stars are pooled,
+  so ``K`` is grey (a cloud does not tint, and ``K`` cannot tint parts of the field);
+* per cell of at least two tiles, a weighted median of those values, shrunk toward 0 by its
+  own noise (a cell with few or faint stars stays at ``K = 1``); cells without stars take
+  their nearest measured neighbour's value (a cloud is continuous), then the surface is the
+  cubic interpolation of :class:`~tilestack.normalization.Surface`;
+* ``auto`` applies ``K`` only where the cells depart from 1 by more than their noise allows
+  (χ² of the cells against a flat frame, p < 0.001); elsewhere ``K ≡ 1`` and the frame is
+  untouched, so a clear night is bit for bit what it was without this step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import chi2 as chi2_dist
+
+from tilestack.normalization import SCALE_SYS_FLOOR, Surface, cell_edges, weighted_median
+
+TRANSMISSION_MODES = ("auto", "none")
+# A cell's log K carries at least this systematic error (aperture losses of a PSF that
+# changes across the field differ between frames by about a per cent): no correction of
+# transmission differences smaller than that.
+CELL_SYS_FLOOR = 0.01
+# χ² test: K is applied when a flat frame would give the cells' χ² with this small probability.
+P_VALUE = 1e-3
+# Physical range of K (a cloud may leave a quarter of the light; a frame is never 4x clearer
+# than its own average in one part).
+LOG_K_RANGE = (-np.log(4.0), np.log(4.0))
+# Stars below this aperture SNR (frame or reference) do not vote on K.
+MIN_STAR_SNR = 5.0
+
+
+@dataclass(frozen=True)
+class Transmission:
+    """One frame's K surface (``log_k`` at cell centres) and the test that decided it."""
+
+    log_k: np.ndarray  # (ny, nx) float64; zeros when not applied
+    height: int
+    width: int
+    chi2: float
+    dof: int
+    applied: bool
+    n_stars: int
+
+    def image(self) -> np.ndarray:
+        """K at every pixel (float32), within the range of its nodes."""
+        if not self.applied:
+            return np.ones((self.height, self.width), np.float32)
+        lk = Surface(self.log_k, self.height, self.width).image()
+        # within the nodes' own range: the cubic's overshoot at a cloud's edge and the linear
+        # continuation beyond the outermost nodes would invent transmission nobody measured
+        lo, hi = float(self.log_k.min()), float(self.log_k.max())
+        return np.exp(np.clip(lk, max(lo, LOG_K_RANGE[0]), min(hi, LOG_K_RANGE[1]))).astype(
+            np.float32
+        )
+
+
+def star_log_ratios(
+    flux: np.ndarray, snr: np.ndarray, ref_flux: np.ndarray, ref_snr: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(log(flux_ref / (s·flux)), variance)`` per star; NaN where a star does not qualify.
+
+    The variance is predicted from the reference flux and both images' aperture noise (not from
+    the frame's own flux, which a hit would make look precise), plus ``SCALE_SYS_FLOOR``².
+    """
+    flux, snr, ref_flux, ref_snr = (
+        np.asarray(v, np.float64).reshape(-1) for v in (flux, snr, ref_flux, ref_snr)
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel_f = (flux / snr) / (ref_flux / scale)
+        rel_r = 1.0 / ref_snr
+        lr = np.log(ref_flux / (scale * flux))
+    ok = np.isfinite(lr) & np.isfinite(rel_f) & np.isfinite(rel_r)
+    # selected on the SNR the star should have here (reference flux over this frame's noise):
+    # a cut on its own measured SNR keeps the faint stars that fluctuated up
+    ok &= (1.0 / rel_f >= MIN_STAR_SNR) & (ref_snr >= MIN_STAR_SNR) & (flux > 0) & (ref_flux > 0)
+    var = rel_f**2 + rel_r**2 + SCALE_SYS_FLOOR**2
+    return np.where(ok, lr, np.nan), np.where(ok, var, np.nan)
+
+
+def fit_transmission(
+    xy: np.ndarray,
+    log_ratio: np.ndarray,
+    variance: np.ndarray,
+    shape: tuple[int, int],
+    cell_px: int,
+    *,
+    mode: str = "auto",
+) -> Transmission:
+    """The frame's K from its stars (``xy`` in plane pixels, all channels pooled)."""
+    h, w = (int(v) for v in shape)
+    ny, nx = max(1, round(h / cell_px)), max(1, round(w / cell_px))
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    ok = np.isfinite(log_ratio) & np.isfinite(variance) & np.isfinite(xy).all(axis=1)
+    flat = Transmission(np.zeros((ny, nx)), h, w, 0.0, 0, False, int(ok.sum()))
+    if mode == "none" or ok.sum() < 3 or ny * nx < 2:
+        return flat
+    lr, var, xy = log_ratio[ok], variance[ok], xy[ok]
+    cy = np.clip(np.searchsorted(cell_edges(h, ny), xy[:, 1], side="right") - 1, 0, ny - 1)
+    cx = np.clip(np.searchsorted(cell_edges(w, nx), xy[:, 0], side="right") - 1, 0, nx - 1)
+    cell = cy * nx + cx
+    value = np.full(ny * nx, np.nan)
+    noise = np.full(ny * nx, np.inf)
+    for c in np.unique(cell):
+        sel = cell == c
+        if sel.sum() < 2:
+            continue
+        wts = 1.0 / var[sel]
+        value[c] = weighted_median(lr[sel], wts)
+        # a weighted median's variance: π/2 that of the weighted mean
+        noise[c] = np.sqrt(np.pi / 2.0 / wts.sum() + CELL_SYS_FLOOR**2)
+    measured = np.isfinite(value)
+    if measured.sum() < 2:
+        return flat
+    # No re-centring: the ratios are relative to s, the weighted median over all stars, so the
+    # typical part of the frame keeps K = 1 and G (read from s) stays the weight of that part;
+    # §8's local weight, centred on each frame's median tile, carries the rest.
+    z2 = (value[measured] / noise[measured]) ** 2
+    stat, dof = float(z2.sum()), int(measured.sum())
+    if chi2_dist.sf(stat, dof) >= P_VALUE:
+        return Transmission(np.zeros((ny, nx)), h, w, stat, dof, False, int(ok.sum()))
+    # shrink each cell toward 0 by its own noise share (τ²: the cells' variance beyond noise)
+    tau2 = max(0.0, float(np.mean(value[measured] ** 2 - noise[measured] ** 2)))
+    shrunk = np.zeros(ny * nx)
+    shrunk[measured] = value[measured] * tau2 / (tau2 + noise[measured] ** 2)
+    grid = _fill_from_nearest(shrunk.reshape(ny, nx), measured.reshape(ny, nx))
+    grid = np.clip(grid, *LOG_K_RANGE)
+    return Transmission(grid, h, w, stat, dof, True, int(ok.sum()))
+
+
+def _fill_from_nearest(grid: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """Cells without a measurement take the mean of their nearest measured cells."""
+    out = grid.copy()
+    yy, xx = np.nonzero(measured)
+    for i, j in zip(*np.nonzero(~measured), strict=True):
+        d = (yy - i) ** 2 + (xx - j) ** 2
+        near = d == d.min()
+        out[i, j] = float(np.mean(grid[yy[near], xx[near]]))
+    return out
