@@ -588,3 +588,34 @@ def test_cloud_override_on_a_chosen_frame(tmp_path):
     assert t1[40, 30] == pytest.approx(0.5 * night.frames.transparency.iloc[1])
     assert t1[120, 120] == night.frames.transparency.iloc[1]
     assert np.ptp(night.transparency_map(0)) == 0.0
+
+
+def test_cloud_bank_covers_part_of_the_field_for_a_third_of_the_night(tmp_path):
+    """The ``cloud_bank`` preset: a third of the frames carry a soft-edged bank over 30-60 % of
+    the field (up to the edge's drift) at transparency 0.2-0.5; the rest are clear of it."""
+    night = simulate_preset(
+        "cloud_bank",
+        tmp_path,
+        seed=2,
+        n_frames=12,
+        width=128,
+        height=96,
+        galaxy_density=0.0,
+        nebula_amplitude=0.0,
+        noise=False,
+    )
+    fr = night.frames
+    banked = fr["bank_depth"].to_numpy() > 0
+    assert banked.sum() == 4 and np.all(np.diff(np.flatnonzero(banked)) == 1)
+    for i in np.flatnonzero(banked):
+        rel = night.transparency_map(i) / fr.transparency.iloc[i]
+        under = rel < 0.5 * (1.0 + rel.min())
+        assert 0.1 <= under.mean() <= 0.8
+        assert 0.2 - 1e-9 <= rel.min() <= 0.5 + 0.05  # the soft edge's tail
+        assert rel.max() > 0.97
+    for i in np.flatnonzero(~banked):
+        assert np.allclose(night.transparency_map(i), fr.transparency.iloc[i])
+    row = pd.read_csv(night.truth_dir / "frames.csv").iloc[int(np.flatnonzero(banked)[0])]
+    assert np.allclose(
+        transparency_map(row, 128, 96), night.transparency_map(int(np.flatnonzero(banked)[0]))
+    )

@@ -321,7 +321,9 @@ class NightSpec:
     ``clouds`` True/False switches passages of clouds over the whole field (an integer sets
     their number); ``cloud_patches`` adds that many clouds covering only part of the field,
     drifting across it over consecutive frames (``cloud_*`` columns of frames.csv; the true
-    per-pixel transparency is :meth:`SimulatedNight.transparency_map`). ``haze`` is the
+    per-pixel transparency is :meth:`SimulatedNight.transparency_map`); ``cloud_bank`` lays a
+    soft-edged bank over 30–60 % of the field for a third of the frames (``bank_*``
+    columns). ``haze`` is the
     amplitude of the slow global transparency wander (0: steady). ``sky_ramp`` makes the sky
     rise (or fall) smoothly from ``sky_level`` to ``sky_ramp × sky_level`` over the night
     (1.0: constant, 3.0: a rising moon) instead of the random trend.
@@ -344,6 +346,7 @@ class NightSpec:
     drift_px: float = 1.0
     clouds: bool | int = True
     cloud_patches: int = 0
+    cloud_bank: bool = False
     haze: float = 0.02
     sky_ramp: float | None = None
     calibration: bool = False
@@ -437,6 +440,9 @@ def _night_timeline(s: NightSpec):
     if s.cloud_patches:
         rng_clouds = np.random.default_rng(np.random.SeedSequence([s.seed, 5]))
         timeline.cloud_passages(rng_clouds, frames, s.width, s.height, s.cloud_patches)
+    if s.cloud_bank:
+        rng_bank = np.random.default_rng(np.random.SeedSequence([s.seed, 7]))
+        timeline.cloud_bank(rng_bank, frames, s.width, s.height)
     if s.frame_overrides:
         timeline.apply_overrides(frames, s.frame_overrides, s.width, s.height)
     return frames, timeline.matrices(frames)
@@ -559,6 +565,7 @@ def _params(s: NightSpec, sensor_, box, names, truth_fwhm) -> dict:
         "drift_px": s.drift_px,
         "clouds": clouds if isinstance(clouds, (bool, np.bool_)) else int(clouds),
         "cloud_patches": int(s.cloud_patches),
+        "cloud_bank": bool(s.cloud_bank),
         "haze": s.haze,
         "sky_ramp": s.sky_ramp,
         "calibration": s.calibration,

@@ -66,6 +66,15 @@ NIGHTS: dict[str, dict] = {
         "cloud_patches": 3,
         "sky_ramp": 1.0,
     },
+    "cloud_bank": {
+        "n_frames": 60,
+        "width": 1024,
+        "height": 1024,
+        **_STEADY,
+        "clouds": False,
+        "cloud_bank": True,
+        "sky_ramp": 1.0,
+    },
     "moon": {
         "n_frames": 60,
         "width": 1024,

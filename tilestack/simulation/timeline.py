@@ -190,6 +190,8 @@ def matrices(frames: pd.DataFrame) -> np.ndarray:
 
 
 CLOUD_COLUMNS = ("cloud_x", "cloud_y", "cloud_radius", "cloud_depth")
+# a cloud bank: the half-plane behind a soft straight edge through (x, y), facing ``angle``
+BANK_COLUMNS = ("bank_x", "bank_y", "bank_angle", "bank_soft", "bank_depth")
 
 
 def cloud_passages(
@@ -241,6 +243,51 @@ def cloud_passages(
     frames["cloud_depth"] = depth
 
 
+def cloud_bank(rng: np.random.Generator, frames: pd.DataFrame, width: int, height: int) -> None:
+    """A cloud bank over a third of the night (the ``bank_*`` columns), in place.
+
+    For a contiguous third of the frames, a soft-edged bank covers 30–60 % of the field at a
+    transparency of 0.2–0.5 (depth 0.5–0.8); its straight edge (softness 4 % of the short
+    side) drifts across the field by up to 20 % of its extent while it lasts. Frames without
+    it get depth 0 and NaN geometry. In frame pixels, like the patches of
+    :func:`cloud_passages`.
+    """
+    n = len(frames)
+    cols = {c: np.full(n, np.nan) for c in BANK_COLUMNS}
+    cols["bank_depth"] = np.zeros(n)
+    length = max(3, n // 3)
+    first = int(rng.integers(0, max(1, n - length + 1)))
+    phi = rng.uniform(0.0, 2.0 * math.pi)
+    ux, uy = math.cos(phi), math.sin(phi)
+    extent = width * abs(ux) + height * abs(uy)  # the field's width across the edge
+    cover0 = rng.uniform(0.3, 0.6)
+    drift = rng.uniform(-0.2, 0.2)
+    cover = np.clip(cover0 + np.linspace(0.0, drift, length), 0.1, 0.9)
+    # the edge's signed distance from the centre, so that `cover` of the field is behind it
+    offset = (cover - 0.5) * extent
+    sel = slice(first, first + length)
+    cols["bank_x"][sel] = (width - 1) / 2.0 + offset * ux
+    cols["bank_y"][sel] = (height - 1) / 2.0 + offset * uy
+    cols["bank_angle"][sel] = phi
+    cols["bank_soft"][sel] = 0.04 * min(width, height)
+    cols["bank_depth"][sel] = 1.0 - rng.uniform(0.2, 0.5)
+    for c, v in cols.items():
+        frames[c] = v
+
+
+def bank_factor(row, x, y) -> np.ndarray:
+    """Transmission of a row's cloud bank at frame pixels (x, y): 1 − depth·σ(−d/soft)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    vals = [_field(row, c) for c in BANK_COLUMNS]
+    if any(v is None or not math.isfinite(v) for v in vals) or vals[4] <= 0:
+        return np.ones(np.broadcast(x, y).shape)
+    bx, by, phi, soft, depth = vals
+    # the bank lies where the distance along (cos phi, sin phi) from its edge is negative
+    d = (x - bx) * math.cos(phi) + (y - by) * math.sin(phi)
+    return 1.0 - depth / (1.0 + np.exp(np.clip(d / soft, -50.0, 50.0)))
+
+
 def _field(row, key):
     """``row[key]`` of a frames-table row (Series, one-row DataFrame, dict or namedtuple)."""
     if isinstance(row, pd.DataFrame):
@@ -252,21 +299,26 @@ def _field(row, key):
 def cloud_factor(row, x, y) -> np.ndarray:
     """Local cloud transmission (1 where clear) at frame pixels (x, y) of a frames-table row.
 
-    Rows without ``cloud_*`` columns, or with depth 0 / NaN, are clear everywhere.
+    Rows without ``cloud_*`` columns, or with depth 0 / NaN, are clear everywhere. A cloud
+    bank (``bank_*`` columns) multiplies in.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    bank = bank_factor(row, x, y)
     vals = [_field(row, c) for c in CLOUD_COLUMNS]
     if any(v is None or not math.isfinite(v) for v in vals) or vals[3] <= 0 or vals[2] <= 0:
-        return np.ones(np.broadcast(x, y).shape)
+        return bank
     cx, cy, r, depth = vals
     u2 = np.minimum(((x - cx) ** 2 + (y - cy) ** 2) / (r * r), 1.0)
-    return 1.0 - depth * (1.0 - u2) ** 2
+    return (1.0 - depth * (1.0 - u2) ** 2) * bank
 
 
 def has_cloud(row) -> bool:
     """Whether a frames-table row carries a local cloud (else its transparency is uniform)."""
     depth, r = _field(row, "cloud_depth"), _field(row, "cloud_radius")
+    bank = _field(row, "bank_depth")
+    if bank is not None and math.isfinite(bank) and bank > 0:
+        return True
     return depth is not None and r is not None and depth > 0 and r > 0
 
 
