@@ -417,6 +417,68 @@ def level_gaps(data: np.ndarray) -> str | None:
     )
 
 
+NO_SIGNAL_GRID = 16  # blocks per side for :func:`no_signal_mask`
+NO_SIGNAL_NOISE_RATIO = 0.5  # a block's noise below this share of the sky blocks' noise …
+NO_SIGNAL_LEVEL_SIGMAS = 5.0  # … and its level this many sky sigmas below the sky: no sky
+NO_SIGNAL_SAMPLE = 600_000  # pixels (whole rows) read for the block figures
+
+
+def no_signal_mask(light: np.ndarray, valid: np.ndarray | None) -> np.ndarray | None:
+    """Where a frame sees no sky: a dome, a tree or a roof blocking part of it (bias and read
+    noise there, linear data otherwise). None when every part of the frame sees the sky.
+
+    The frame is cut into ``NO_SIGNAL_GRID``² blocks; each gets its median and its white noise
+    (MAD of differences between pixels two columns apart, same CFA phase). The sky is the
+    brightest quarter of the blocks. A block is blocked when its noise is below
+    ``NO_SIGNAL_NOISE_RATIO`` of the sky's (its variance below a quarter: the sky's photon
+    noise is gone) and its level ``NO_SIGNAL_LEVEL_SIGMAS`` sky sigmas below the sky. Judged
+    against the frame's own sky, so a frame dimmed as a whole (cloud, a low sky) is not
+    blocked, nor are vignetted corners (their variance keeps more than half the sky's).
+    Returns a boolean mask (True: no sky) at the frame's size.
+    """
+    img = np.asarray(light)
+    h, w = img.shape
+    g = NO_SIGNAL_GRID
+    if h < 4 * g or w < 4 * g:
+        return None
+    step = max(1, int(np.ceil(h * w / NO_SIGNAL_SAMPLE)))
+    rows = np.arange(0, h, step)
+    data = np.asarray(img[rows], dtype=np.float64)
+    ok = np.isfinite(data)
+    if valid is not None:
+        ok &= np.asarray(valid)[rows] != 0
+    vals = np.where(ok, data, np.nan)
+    diff = vals[:, 2:] - vals[:, :-2]  # diff[:, x - 1]: centred on column x
+    ye = np.searchsorted(rows * g // h, np.arange(g + 1))  # block rows in the sample
+    xe = (np.arange(g + 1) * w + g - 1) // g  # first column of each block (and the end)
+    level = np.full((g, g), np.nan)
+    noise = np.full((g, g), np.nan)
+    with np.errstate(all="ignore"):
+        for i in range(g):
+            band, dband = vals[ye[i] : ye[i + 1]], diff[ye[i] : ye[i + 1]]
+            for j in range(g):
+                v = band[:, xe[j] : xe[j + 1]]
+                d = dband[:, max(xe[j] - 1, 0) : xe[j + 1] - 1]
+                v, d = v[np.isfinite(v)], d[np.isfinite(d)]
+                if v.size >= 50 and d.size >= 50:
+                    level[i, j] = np.median(v)
+                    noise[i, j] = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0)
+    known = np.isfinite(level) & np.isfinite(noise)
+    if known.sum() < 8:
+        return None
+    sky_blocks = known & (level >= np.quantile(level[known], 0.75))
+    sky, sky_noise = float(np.median(level[sky_blocks])), float(np.median(noise[sky_blocks]))
+    if not (sky_noise > 0):
+        return None
+    blocked = known & (noise < NO_SIGNAL_NOISE_RATIO * sky_noise)
+    blocked &= level < sky - NO_SIGNAL_LEVEL_SIGMAS * sky_noise
+    if not blocked.any():
+        return None
+    ys = np.minimum(np.arange(h) * g // h, g - 1)
+    xs = np.minimum(np.arange(w) * g // w, g - 1)
+    return blocked[ys][:, xs]
+
+
 def check_frame_linearity(data: np.ndarray, full_scale: float | None, name: str) -> None:
     """The stretch tests of the module docstring plus :func:`level_gaps`, on one frame."""
     why = stretch_evidence(data, full_scale) or level_gaps(data)

@@ -18,8 +18,28 @@ def _robust_z(v: np.ndarray) -> np.ndarray:
     return (v - med) / mad
 
 
-def frame_summary(star_tables: dict, noise: dict | None = None, top: int = 200) -> pd.DataFrame:
-    """Per frame: star count, median FWHM of the brightest unsaturated stars, background noise."""
+def _quadrants(df: pd.DataFrame, shape) -> int:
+    """How many quadrants of the frame hold at least one of its stars."""
+    if shape is None or not len(df) or not {"x", "y"} <= set(df.columns):
+        return 0
+    h, w = shape
+    qx = (df["x"].to_numpy(np.float64) >= w / 2).astype(int)
+    qy = (df["y"].to_numpy(np.float64) >= h / 2).astype(int)
+    return int(np.unique(qx + 2 * qy).size)
+
+
+def _shape_of(star_tables: dict):
+    """The frame size the star positions span (when no image size is given)."""
+    xs = [float(df["x"].max()) for df in star_tables.values() if len(df) and "x" in df]
+    ys = [float(df["y"].max()) for df in star_tables.values() if len(df) and "y" in df]
+    return (max(ys) + 1.0, max(xs) + 1.0) if xs and ys else None
+
+
+def frame_summary(
+    star_tables: dict, noise: dict | None = None, top: int = 200, shape=None
+) -> pd.DataFrame:
+    """Per frame: star count, median FWHM of the brightest unsaturated stars, background noise,
+    and the quadrants of the frame its stars cover (``shape``: (height, width))."""
     rows = []
     for name, df in star_tables.items():
         n = len(df)
@@ -32,18 +52,28 @@ def frame_summary(star_tables: dict, noise: dict | None = None, top: int = 200) 
         nz = np.nan
         if noise is not None and name in noise:
             nz = float(noise[name])
-        rows.append({"frame": name, "n_stars": n, "fwhm": fwhm, "noise": nz})
+        rows.append(
+            {
+                "frame": name,
+                "n_stars": n,
+                "fwhm": fwhm,
+                "noise": nz,
+                "quadrants": _quadrants(df, shape),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def choose_reference(
-    star_tables: dict, noise: dict | None = None, named: str | None = None
+    star_tables: dict, noise: dict | None = None, named: str | None = None, shape=None
 ) -> tuple[str, dict]:
     """Pick the reference frame; returns ``(frame, details)`` for ``reference.json``.
 
-    Pass 1 drops outliers (fewer than half the median star count, or FWHM above 1.5× the
-    median). Pass 2 ranks the rest by ``−z(FWHM) + z(log stars) − z(noise)`` with robust z-scores
-    computed on the survivors only, so a few bad frames cannot distort the scale.
+    Pass 1 drops outliers (fewer than half the median star count, FWHM above 1.5× the
+    median, or stars in fewer quadrants of the frame than the median frame's: part of it
+    blocked by a dome or a tree, whose bias-only half also lowers its noise). Pass 2 ranks
+    the rest by ``−z(FWHM) + z(log stars) − z(noise)`` with robust z-scores computed on the
+    survivors only, so a few bad frames cannot distort the scale.
     """
     if not star_tables:
         raise InputError("reference: no star tables given")
@@ -51,7 +81,7 @@ def choose_reference(
         if named not in star_tables:
             raise InputError(f"reference: configured frame {named!r} is not among the frames")
         return named, {"frame": named, "how": "configured"}
-    s = frame_summary(star_tables, noise)
+    s = frame_summary(star_tables, noise, shape=shape or _shape_of(star_tables))
     ok = s["n_stars"] >= 3
     if not ok.any():
         raise InputError("reference: no frame has at least 3 stars")
@@ -60,6 +90,7 @@ def choose_reference(
     keep = ok & (s["n_stars"] >= 0.5 * med_n)
     if np.isfinite(med_f):
         keep &= ~(s["fwhm"] > 1.5 * med_f)
+    keep &= s["quadrants"] >= s.loc[ok, "quadrants"].median()
     if not keep.any():
         keep = ok
     t = s[keep].copy()
@@ -96,7 +127,7 @@ def reference_from_batches(
     frames = sorted(stars["frame"].unique()) if len(stars) else []
     tables = {f: g.drop(columns=["frame", "stem"]) for f, g in stars.groupby("frame", sort=True)}
     stem_of = dict(zip(stars["frame"], stars["stem"], strict=False))
-    noise, where = {}, {}
+    noise, where, shape = {}, {}, None
     for path in calibrated_paths:
         with BatchFile(path) as bf:
             for stem in bf.stems:
@@ -104,6 +135,7 @@ def reference_from_batches(
                 where[name] = (path, stem)
                 stem_of.setdefault(name, stem)
                 img, ok = bf.image(stem)
+                shape = img.shape
                 noise[name] = float(diff_noise(img, ok.astype(bool) & np.isfinite(img)))
                 tables.setdefault(name, stars.iloc[0:0].drop(columns=["frame", "stem"]))
     if named in ("", "auto"):
@@ -111,7 +143,7 @@ def reference_from_batches(
     if named is not None:
         by_stem = {s: f for f, s in stem_of.items()}
         named = named if named in where else by_stem.get(named, named)
-    best, details = choose_reference(tables, noise, named=named)
+    best, details = choose_reference(tables, noise, named=named, shape=shape)
     if best not in where:
         raise InputError(f"reference: frame {best!r} has no calibrated image")
     path, stem = where[best]

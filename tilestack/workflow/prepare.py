@@ -10,6 +10,7 @@ resolution) for registration and the tile grid.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from tilestack import checks
@@ -78,6 +79,14 @@ def prepare_frames(
         light, valid = calibrate(
             frame.data, frame.exposure, masters, saturation=getattr(frame, "full_scale", None)
         )
+        blocked = checks.no_signal_mask(light, valid)
+        if blocked is not None:  # a dome or a tree: no sky there, so weight 0 there
+            valid = np.where(blocked, np.uint8(0), valid).astype(valid.dtype)
+            if progress is not None:
+                progress.log(
+                    f"{row.frame}: {100 * blocked.mean():.0f}% of the frame sees no sky "
+                    "(blocked by a dome or a tree?): left out there"
+                )
         add_frame(row.stem, light, valid, {"FRAME": row.frame})
         stars = detect_frame_stars(light, valid, bayer, sigma=float(detect_sigma))
         stars.insert(0, "stem", row.stem)
