@@ -134,7 +134,7 @@ def test_tiles_added_in_one_line_on_the_run_page_and_at_the_end_of_the_run(tmp_p
     t = tiles_added({"G": _figures(), "R": _figures(snr_ratio=0.5)}, "G")
     assert t["channel"] == "G" and t["snr_ratio"] == 1.021
     assert t["snr_ratio_regions"][1] == [1.03, None, 1.05]
-    line = "tiles added (G, final vs global-only): FWHM -1.2 % (±0.4), faint-star SNR +2.1 %, "
+    line = "tiles added (G, final vs global-only): FWHM -1.2 % (±0.40), faint-star SNR +2.1 %, "
     line += "per region +0.0 % … +8.0 % (8 of 9 regions)"
     assert t["summary"] == line
     doc = {"verdict": "success", "figures": {}, "mode": "reduced", "tiles_added": t}

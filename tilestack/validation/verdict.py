@@ -600,7 +600,7 @@ def _pct(ratio: float) -> str:
 
 
 def tiles_added_sentence(t: Mapping) -> str:
-    """``tiles added (G, final vs global-only): FWHM -1.2 % (±0.4), faint-star SNR +0.8 %,
+    """``tiles added (G, final vs global-only): FWHM -1.2 % (±0.40), faint-star SNR +0.8 %,
     per region -0.3 … +2.1 % (9 of 9 regions)`` from :func:`tiles_added`'s figures."""
     fr, fe, sr = (
         _num(t.get("fwhm_ratio")),
@@ -609,7 +609,7 @@ def tiles_added_sentence(t: Mapping) -> str:
     )
     fwhm = "FWHM not measured" if fr is None else f"FWHM {_pct(fr)}"
     if fr is not None and fe is not None:
-        fwhm += f" (±{100.0 * fe:.1f})"
+        fwhm += f" (±{100.0 * fe:.2f})"
     snr = "faint-star SNR not measured" if sr is None else f"faint-star SNR {_pct(sr)}"
     cells = [v for row in t.get("snr_ratio_regions") or [] for v in row]
     got = [v for v in cells if v is not None]
