@@ -108,7 +108,7 @@ def find_trails(
         minLineLength=length,
         maxLineGap=int(max(8.0, 4.0 * fb + 2.0 * np.sqrt(fb))),
     )
-    if lines is None:
+    if lines is None or len(lines) == 0:
         return empty
     raw = lines.reshape(-1, 4).astype(np.float64) * b + (b - 1) / 2.0
     segments = merge_collinear(raw, tolerance=3.0 + 2.0 * f, extend=2.0 * f + 4.0)
@@ -157,10 +157,12 @@ def _binned(img: np.ndarray, use: np.ndarray, b: int) -> tuple[np.ndarray, np.nd
         return img, use
     h, w = (img.shape[0] // b) * b, (img.shape[1] // b) * b
     u = use[:h, :w].astype(np.float32)
-    num = (img[:h, :w] * u).reshape(h // b, b, w // b, b).sum(axis=(1, 3))
-    den = u.reshape(h // b, b, w // b, b).sum(axis=(1, 3))
-    ok = den >= 0.5 * b * b
-    return np.where(ok, num / np.maximum(den, 1.0), 0.0).astype(np.float32), ok
+    size = (w // b, h // b)
+    # INTER_AREA on an exact multiple of the bin is the bin's mean
+    num = cv2.resize(np.ascontiguousarray(img[:h, :w] * u), size, interpolation=cv2.INTER_AREA)
+    den = cv2.resize(u, size, interpolation=cv2.INTER_AREA)
+    ok = den >= 0.5
+    return np.where(ok, num / np.maximum(den, 1e-6), 0.0).astype(np.float32), ok
 
 
 def _robust_level(values: np.ndarray, use: np.ndarray) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import chi2 as chi2_dist
 
-from tilestack.normalization import SCALE_SYS_FLOOR, Surface, cell_edges, weighted_median
+from tilestack.normalization import SCALE_SYS_FLOOR, Surface, cell_edges
 
 TRANSMISSION_MODES = ("auto", "none")
 # A cell's log K carries at least this systematic error (aperture losses of a PSF that
@@ -109,16 +109,7 @@ def fit_transmission(
     cy = np.clip(np.searchsorted(cell_edges(h, ny), xy[:, 1], side="right") - 1, 0, ny - 1)
     cx = np.clip(np.searchsorted(cell_edges(w, nx), xy[:, 0], side="right") - 1, 0, nx - 1)
     cell = cy * nx + cx
-    value = np.full(ny * nx, np.nan)
-    noise = np.full(ny * nx, np.inf)
-    for c in np.unique(cell):
-        sel = cell == c
-        if sel.sum() < 2:
-            continue
-        wts = 1.0 / var[sel]
-        value[c] = weighted_median(lr[sel], wts)
-        # a weighted median's variance: π/2 that of the weighted mean
-        noise[c] = np.sqrt(np.pi / 2.0 / wts.sum() + CELL_SYS_FLOOR**2)
+    value, noise = _cell_medians(cell, lr, 1.0 / var, ny * nx)
     measured = np.isfinite(value)
     if measured.sum() < 2:
         return flat
@@ -136,6 +127,32 @@ def fit_transmission(
     grid = _fill_from_nearest(shrunk.reshape(ny, nx), measured.reshape(ny, nx))
     grid = np.clip(grid, *LOG_K_RANGE)
     return Transmission(grid, h, w, stat, dof, True, int(ok.sum()))
+
+
+def _cell_medians(
+    cell: np.ndarray, values: np.ndarray, weights: np.ndarray, n_cells: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell: the weighted median of its stars' values (as
+    :func:`~tilestack.normalization.weighted_median`, all cells sorted at once) and its noise,
+    ``sqrt(π/2 / Σw + CELL_SYS_FLOOR²)`` (a weighted median's variance is π/2 the mean's).
+    Cells with fewer than two stars: NaN and infinite noise."""
+    value = np.full(n_cells, np.nan)
+    noise = np.full(n_cells, np.inf)
+    order = np.lexsort((values, cell))
+    c, v, w = cell[order], values[order], weights[order]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    ends = np.r_[starts[1:], c.size]
+    for a, b in zip(starts, ends, strict=True):
+        if b - a < 2:
+            continue
+        # the values are sorted within the cell already: weighted_median's own steps
+        cw = np.cumsum(w[a:b])
+        half = 0.5 * cw[-1]
+        i = int(np.searchsorted(cw, half))
+        tie = np.isclose(cw[i], half) and i + 1 < b - a
+        value[c[a]] = 0.5 * (v[a + i] + v[a + i + 1]) if tie else v[a + i]
+        noise[c[a]] = np.sqrt(np.pi / 2.0 / cw[-1] + CELL_SYS_FLOOR**2)
+    return value, noise
 
 
 def _fill_from_nearest(grid: np.ndarray, measured: np.ndarray) -> np.ndarray:

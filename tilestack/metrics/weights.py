@@ -21,6 +21,7 @@ _TBQR2 = [
     "sigma_raw",
     "sigma_block",
     "trail_px",
+    "K_applied",
     "s",
     "norm_stars",
     "norm_method",

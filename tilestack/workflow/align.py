@@ -36,6 +36,7 @@ from tilestack.metrics.local import frame_metrics, reference_star_list, tile_sca
 from tilestack.normalization import (
     ReferencePhotometry,
     aperture_photometry,
+    fit_background,
     normalize_frame,
     photometric_scale,
     star_mask,
@@ -340,8 +341,35 @@ def correct_planes(
     k_image = trans.image() if trans is not None and trans.applied else None
     if k_image is not None:
         note += f"; K {float(k_image.min()):.3f}-{float(k_image.max()):.3f}"
-        out = {c: (plane * k_image, ok) for c, (plane, ok) in out.items()}
+        cell = max(1, trans.height // trans.log_k.shape[0])
+        out = {
+            c: (transmit(plane, ok, k_image, star_xy[c], grid.fwhm, cell), ok)
+            for c, (plane, ok) in out.items()
+        }
     return CorrectedPlanes(out, trails, trans, k_image, note)
+
+
+def transmit(
+    plane: np.ndarray,
+    ok: np.ndarray,
+    k_image: np.ndarray,
+    star_xy: pd.DataFrame,
+    fwhm: float,
+    cell: int,
+) -> np.ndarray:
+    """``B + K·(X − B)``: K applied to the light above the frame's own smooth sky ``B``.
+
+    The light a cloud took is the stars' and the nebula's; the sky at the sensor is what it
+    is (the cloud's own glow included). ``K·X`` would multiply the sky by K's structure, a
+    pattern of hundreds of ADU at a cloud's edge that no background surface of
+    ``normalization.scale_px`` cells can follow. In the §5 form this is ``s·K·X − S'`` with the
+    additive part ``S' = S + s·(K − 1)·B``, still linear in X.
+    """
+    f = fwhm if np.isfinite(fwhm) and fwhm > 0 else 3.0
+    xy = star_xy[["x", "y"]].to_numpy(np.float64)
+    mask = (np.asarray(ok) > 0) & np.isfinite(plane) & ~star_mask(plane.shape, xy, 2.5 * f)
+    sky = fit_background(plane, mask, model="surface", scale_px=cell).image()
+    return (sky + k_image * (plane - sky)).astype(np.float32)
 
 
 def tile_means(image: np.ndarray, grid: TileGrid) -> np.ndarray:
