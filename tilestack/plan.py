@@ -257,6 +257,11 @@ def _from_text(value: str, schema: dict):
     """``value`` converted to the schema's type when the text reads as one; else unchanged."""
     types = schema.get("type", [])
     types = [types] if isinstance(types, str) else list(types)
+    for alt in schema.get("oneOf", []):  # e.g. a number or the word auto
+        t = alt.get("type", [])
+        types += [t] if isinstance(t, str) else list(t)
+        if value in alt.get("enum", []):
+            return value
     if "string" in types or not types:
         return value
     text = value.strip()

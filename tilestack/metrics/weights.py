@@ -6,11 +6,17 @@ channel at once, so this runs in the one aggregate job after them (rule ``weight
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from tilestack.metrics.global_metrics import global_weights
 from tilestack.metrics.local import STAR_WEIGHTS, STRUCTURE_WEIGHTS, local_weights
-from tilestack.metrics.snr_weights import snr_global_weights, snr_local_weights
+from tilestack.metrics.snr_weights import (
+    choose_sharpen,
+    predicted_stack,
+    snr_global_weights,
+    snr_local_weights,
+)
 
 # per-frame columns both methods report (raw metrics of the batch tables)
 _REPORTED = ["frame", "stem", "B", "sigma", "E", "median", "mad"]
@@ -29,6 +35,9 @@ _TBQR2 = [
     "F_used",
     "Q",
     "G",
+    "sharpen",
+    "sharpen_snr",
+    "sharpen_fwhm",
 ]
 GLOBAL_COLUMNS_TBQR2 = [*_REPORTED, *_TBQR2]
 NORMALIZATION_COLUMNS = [
@@ -53,14 +62,29 @@ def tbqr2_channel_weights(
     *,
     grid_shape: tuple[int, int],
     reference: str | None,
-    sharpen: float,
+    sharpen: float | str,
     max_ratio: float,
+    auto_snr: float = 1.0,
     star_min_count: float = 3,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(global table, local table)`` of one channel under revision 2 (§6, §8 SNR weights)."""
+    """``(global table, local table)`` of one channel under revision 2 (§6, §8 SNR weights).
+
+    ``sharpen="auto"`` chooses the channel's own value (:func:`choose_sharpen`); the global
+    table's ``sharpen`` column says which value was used, ``sharpen_snr``/``sharpen_fwhm`` its
+    predicted faint-star SNR and FWHM against equal weights.
+    """
     g = raw_global[raw_global["channel"] == channel].drop(columns=["channel"])
     g = g.sort_values("frame", kind="stable").reset_index(drop=True)
+    if sharpen == "auto":
+        sharpen, _ = choose_sharpen(g, auto_snr=auto_snr, max_ratio=max_ratio, reference=reference)
+    sharpen = float(sharpen)
     g = snr_global_weights(g, sharpen=sharpen, max_ratio=max_ratio, reference=reference)
+    sigma_i, f = g["sigma_I"].to_numpy(), g["F_used"].to_numpy()
+    snr_eq, fwhm_eq = predicted_stack(sigma_i, f, np.ones(len(g)))
+    snr, fwhm = predicted_stack(sigma_i, f, g["G"].to_numpy())
+    g["sharpen"] = sharpen
+    g["sharpen_snr"] = snr / snr_eq
+    g["sharpen_fwhm"] = fwhm / fwhm_eq
     t = raw_tiles[raw_tiles["channel"] == channel].drop(columns=["channel"])
     t = snr_local_weights(
         t.reset_index(drop=True),

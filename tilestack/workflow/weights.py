@@ -82,11 +82,18 @@ def weights(job) -> None:
                 c,
                 grid_shape=(grid.ny, grid.nx),
                 reference=reference,
-                sharpen=float(p.weights["sharpen"]),
+                sharpen=p.weights["sharpen"],
                 max_ratio=float(p.weights["max_ratio"]),
+                auto_snr=float(p.weights.get("auto_snr", 1.0)),
                 star_min_count=p.tile["star_min_count"],
             )
             write_table(job.output.normalization[i], g[NORMALIZATION_COLUMNS])
+            prog.log(
+                f"{c}: weights.sharpen {g['sharpen'].iloc[0]:g}"
+                f"{' (auto)' if p.weights['sharpen'] == 'auto' else ''}: predicted faint-star "
+                f"SNR x{g['sharpen_snr'].iloc[0]:.3f}, FWHM x{g['sharpen_fwhm'].iloc[0]:.3f} "
+                "against equal weights"
+            )
         else:
             g, t = channel_weights(
                 raw_g,
