@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tilestack.normalization",
             "tilestack.trails",
             "tilestack.transmission",
+            "tilestack.clipped_stars",
             "tilestack.reconstruction",
             "tilestack.synthetic",
             "tilestack.clustering",

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from tilestack.cfa import channel_offset, luminance_image, split_channels, to_channel_xy
+from tilestack.clipped_stars import grow_clipped_cores
 from tilestack.errors import InputError
 from tilestack.io.atomic import write_table
 from tilestack.io.batch import BatchFile, batch_writer
@@ -324,7 +325,8 @@ def correct_planes(
     settings: WarpSettings,
 ) -> CorrectedPlanes:
     """Trails masked in every channel, then (tbqr2) the grey K from all channels' stars
-    multiplied into every plane: what the band jobs read is ``K·X``."""
+    multiplied into the light above every plane's sky, then each clipped star core grown to
+    its star's extent (§9: a star is made of the frames where it is not clipped)."""
     out, trails, phot, note = {}, {}, {}, ""
     for c in settings.channels:
         plane, ok = planes[c]
@@ -346,6 +348,14 @@ def correct_planes(
             c: (transmit(plane, ok, k_image, star_xy[c], grid.fwhm, cell), ok)
             for c, (plane, ok) in out.items()
         }
+    clipped = 0
+    for c, (plane, ok) in out.items():
+        sky, sig = background_level(plane, (np.asarray(ok) > 0) & np.isfinite(plane))
+        ok, n = grow_clipped_cores(plane, ok, grid.fwhm, sky, sig)
+        out[c] = (plane, ok)
+        clipped = max(clipped, n)
+    if clipped:
+        note += f"; {clipped} clipped star(s) left out over their extent"
     return CorrectedPlanes(out, trails, trans, k_image, note)
 
 
