@@ -1,7 +1,8 @@
 """Kill-safe resume: SIGKILL the whole workflow at three points, rerun, get the same bits.
 
-One run of the small night is killed (process group, SIGKILL: no cleanup handlers run) while
-registration runs, again while reconstruction runs, and again while the stack is assembled;
+One run of the small night is killed (process group, SIGKILL: no cleanup handlers run) when
+the first batch is registered, again when the first band is reconstructed, and again when the
+stack is being assembled (each time as soon as that output appears, not after a delay);
 after each kill ``snakemake --unlock`` and a plain rerun continue from what is complete
 (``rerun-incomplete`` comes from the default profile and is passed explicitly too). The final
 products must equal an uninterrupted run bit for bit, and no partial file may survive.
@@ -19,15 +20,19 @@ from pathlib import Path
 import pytest
 import wfrun
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-# (stage, rule whose start triggers the kill, seconds to wait after it started,
-#  an output that must still be missing when the kill lands)
-# (The test night is two bands of rows, so the stack is joined by its own `assemble` job.)
+# (stage, outputs whose first appearance triggers the kill (globs below results/), an output
+#  that must still be missing when the kill lands). The kill follows a file, not a delay:
+# the pending output comes from a job that can only start after the trigger's job finished,
+# and a job needs far longer to start Python than the 10 ms between two looks.
+# (The test night is two batches and two bands of rows: when the first batch's table
+# appears the other align job is still at work, likewise the second band's job; the stack is
+# joined by its own `assemble` job.)
 KILL_POINTS = [
-    ("registration", "align", 0.8, "registration/transforms.csv"),
-    ("reconstruction", "reconstruct", 0.8, "stack/L.fits"),
-    ("stacking", "assemble", 0.4, "final/preview.png"),
+    ("registration", ("registration/batches/*.csv",), "registration/transforms.csv"),
+    ("reconstruction", ("reconstruction/L/band_*.npz",), "stack/L.fits"),
+    ("stacking", ("stack/L.fits",), "final/preview.png"),
 ]
 
 
@@ -36,9 +41,10 @@ def base(tmp_path_factory) -> Path:
     return wfrun.session_base(tmp_path_factory)
 
 
-def run_and_kill(wd: Path, rule: str, delay: float, timeout: float = 300) -> dict:
-    """Start the workflow in its own process group; SIGKILL the group ``delay`` seconds after
-    Snakemake reports that a job of ``rule`` started. Returns what happened."""
+def run_and_kill(wd: Path, triggers: tuple[str, ...], timeout: float = 300) -> dict:
+    """Start the workflow in its own process group; SIGKILL the group as soon as a file
+    matching one of ``triggers`` (globs below results/) exists. Returns what happened."""
+    results = wd / "results"
     proc = subprocess.Popen(
         wfrun.snakemake_cmd(wd, "--cores", "2", "--rerun-incomplete"),
         cwd=wd,
@@ -48,28 +54,25 @@ def run_and_kill(wd: Path, rule: str, delay: float, timeout: float = 300) -> dic
         text=True,
         start_new_session=True,
     )
-    seen = threading.Event()
     lines: list[str] = []
 
     def watch() -> None:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            s = line.strip()
-            if s in (f"rule {rule}:", f"localrule {rule}:"):
-                seen.set()
+        lines.extend(proc.stderr)
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     t0 = time.monotonic()
-    while not seen.is_set() and proc.poll() is None and time.monotonic() - t0 < timeout:
-        time.sleep(0.02)
+    seen: list[Path] = []
+    while proc.poll() is None and time.monotonic() - t0 < timeout:
+        seen = [p for pat in triggers for p in results.glob(pat) if not p.name.startswith(".")]
+        if seen:
+            break
+        time.sleep(0.01)
     killed = False
-    if seen.is_set():
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            killed = True
+    if seen and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        killed = True
     proc.wait(timeout=60)
     # Every process of the group must be gone (jobs run as children of Snakemake).
     for _ in range(100):
@@ -81,7 +84,7 @@ def run_and_kill(wd: Path, rule: str, delay: float, timeout: float = 300) -> dic
     else:
         pytest.fail("processes of the killed workflow survived SIGKILL of the group")
     t.join(timeout=5)
-    return {"killed": killed, "seen": seen.is_set(), "rc": proc.returncode, "log": "".join(lines)}
+    return {"killed": killed, "seen": seen, "rc": proc.returncode, "log": "".join(lines)}
 
 
 def test_kill_at_three_points_then_resume(base):
@@ -89,9 +92,9 @@ def test_kill_at_three_points_then_resume(base):
     wd = wfrun.make_workdir(base, "resume")
     results = wd / "results"
     t0 = time.monotonic()
-    for stage, rule, delay, pending in KILL_POINTS:
-        info = run_and_kill(wd, rule, delay)
-        assert info["seen"], f"{stage}: no '{rule}' job started\n{info['log'][-3000:]}"
+    for stage, triggers, pending in KILL_POINTS:
+        info = run_and_kill(wd, triggers)
+        assert info["seen"], f"{stage}: {triggers} never appeared\n{info['log'][-3000:]}"
         assert info["killed"], f"{stage}: the run ended before the kill\n{info['log'][-3000:]}"
         assert info["rc"] == -signal.SIGKILL
         assert not (results / pending).exists(), (
@@ -111,3 +114,22 @@ def test_kill_at_three_points_then_resume(base):
         f"\nresume: 3 kills + final rerun {elapsed:.1f} s "
         f"(uninterrupted run {ref_seconds:.1f} s); identical: {[str(p) for p in products]}"
     )
+
+
+def test_leftovers_finds_atomic_temporaries_and_staged_files(tmp_path):
+    """What a kill can leave behind: an atomic write's temporary and a staged finish output."""
+    from tilestack.io.atomic import atomic_path
+    from tilestack.workflow.finish import StagedOutputs
+
+    final = tmp_path / "final" / "L.fits"
+    final.parent.mkdir()
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(b"x")
+        part = tmp  # the temporary a SIGKILL right now would leave
+        assert wfrun.leftovers(tmp_path) == [part]
+    staged = Path(StagedOutputs.staged(str(tmp_path / "validation" / "validation.json")))
+    staged.parent.mkdir()
+    staged.write_text("{}")
+    assert wfrun.leftovers(tmp_path) == [staged]
+    (tmp_path / "validation" / "validation.json").write_text("{}")  # published files are fine
+    assert wfrun.leftovers(tmp_path) == [staged]

@@ -6,8 +6,9 @@ What these prove:
 - a colour (OSC) night produces per-channel stacks at subplane resolution and full-res RGB;
 - full mode (threshold lowered) runs clustering and synthetic frames end to end;
 - config mistakes stop the run at parse time with one line naming the key and the range;
-- a forced rerun gives a bit-identical final stack;
-- adding lights reruns only the batch they fall into plus the aggregates.
+- the mono, colour and full-mode results match the simulator's truth (transforms, verdict,
+  sharpness and flux at the true stars, no cosmic ray or trail left);
+(adding lights, and what the result of the incremental run is: test_incremental.py)
 """
 
 from __future__ import annotations
@@ -75,10 +76,10 @@ def job_counts(text: str) -> dict[str, int]:
     return counts
 
 
-def simulate(out: Path, n: int, seed: int, bayer=None, width=SIZE, height=SIZE) -> Path:
+def simulate(out: Path, n: int, seed: int, bayer=None, width=SIZE, height=SIZE, **kw) -> Path:
     from tilestack.simulate import simulate_night
 
-    simulate_night(out, n_frames=n, width=width, height=height, bayer=bayer, seed=seed)
+    simulate_night(out, n_frames=n, width=width, height=height, bayer=bayer, seed=seed, **kw)
     return out / "lights"
 
 
@@ -103,13 +104,18 @@ def noise_frame(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def mono_night(tmp_path_factory):
+    """56 frames, seeing from 1.9 to 4.8 px, passing clouds (transparency down to 0.41), 4000
+    stars per megapixel. Why that many stars: at the default 2000 (about 130 stars on 256²)
+    the final stack comes out 2.5 % below the true fluxes and the verdict rightly says
+    `borderline` (slope 1.013); with twice the stars it is within 0.3 % of the truth, the
+    classical stack within 1 %, and `success` (FWHM × 0.92, SNR × 1.12, slope 0.996)."""
     base = tmp_path_factory.mktemp("mono")
-    return simulate(base / "night", 56, seed=3)
+    return simulate(base / "night", 56, seed=3, star_density=4000.0)
 
 
 @pytest.fixture(scope="module")
 def mono_run(mono_night, tmp_path_factory):
-    """Reduced-mode run on the first 50 of 56 mono frames (the rest is added later)."""
+    """Reduced-mode run on the first 50 of 56 mono frames (full mode runs on all 56)."""
     work = tmp_path_factory.mktemp("mono_run")
     names = sorted(p.name for p in mono_night.iterdir())
     lights = link_lights(mono_night, work / "lights", names[:50])
@@ -249,7 +255,7 @@ def test_mono_run_writes_every_contract_output(mono_run):
     v = json.loads((res / "validation/validation.json").read_text())
     assert v["mode"] == "reduced" and v["method"] == "tbqr2"
     assert v["unregistered_frames"] == ["light_0005.fits"] and v["n_unregistered"] == 1
-    assert v["verdict"] in ("success", "borderline", "failed")
+    assert v["verdict"] == "success", v["reasons"]
     checks = json.loads((res / "scan/checks.json").read_text())
     assert checks["mode"] == "reduced" and checks["n_frames"] == 50
     # §13 what the tiles added: the final against the global-only stack of the same pass
@@ -271,29 +277,116 @@ def test_mono_run_writes_every_contract_output(mono_run):
     assert "frames 20/20 done" in log and "ETA" in log
 
 
-def test_forced_rerun_is_bit_identical(mono_run):
-    work, config, _, _ = mono_run
+def transform_errors(night_root: Path, res: Path) -> dict[str, float]:
+    """Per registered frame: the largest distance (px) between where its row of
+    ``transforms.csv`` and the simulator's true transform send the frame's corners, edge
+    midpoints and centre on the reference grid."""
+    from tilestack.simulate import load_night
+
+    night = load_night(night_root)
+    tr = pd.read_csv(res / "registration/transforms.csv")
+    ref = tr.loc[tr["is_reference"], "frame"].iloc[0]
+    w, h = night.width - 1, night.height - 1
+    pts = np.array([[x, y, 1.0] for x in (0, w / 2, w) for y in (0, h / 2, h)]).T
+    out = {}
+    for row in tr[tr["status"] != "unregistered"].itertuples():
+        m = np.array([getattr(row, f"m{i}{j}") for i in range(3) for j in range(3)])
+        a, b = m.reshape(3, 3) @ pts, night.relative_transform(row.frame, ref) @ pts
+        out[row.frame] = float(np.max(np.hypot(*(a[:2] / a[2] - b[:2] / b[2]))))
+    return out
+
+
+def truth_stars(night_root: Path, res: Path, channel: str, margin: float = 20.0):
+    """The simulator's stars on the reference grid of ``channel``'s stack: (xy, true flux of
+    the channel at transparency 1, the reference frame's true transparency), stars within
+    ``margin`` px of an edge left out."""
+    from tilestack.cfa import to_channel_xy
+    from tilestack.simulate import load_night
+
+    night = load_night(night_root)
+    tr = pd.read_csv(res / "registration/transforms.csv")
+    ref = tr.loc[tr["is_reference"], "frame"].iloc[0]
+    st = night.stars
+    xy = (
+        np.column_stack([st["x"], st["y"], np.ones(len(st))])
+        @ np.linalg.inv(night.transform(ref)).T
+    )
+    xy = to_channel_xy(xy[:, :2], night.bayer, channel)
+    flux = st["flux" if night.bayer is None else f"flux_{channel.lower()}"].to_numpy(float)
+    h, w = fits.getdata(res / f"stack/{channel}.fits").shape
+    inside = np.all((xy > margin) & (xy < np.array([w, h]) - margin), axis=1)
+    t_ref = float(night.frames.set_index("frame").loc[ref, "transparency"])
+    return xy[inside], flux[inside], t_ref
+
+
+def star_figures(res: Path, channel: str, xy, flux, radius: float) -> dict[str, float]:
+    """At isolated truth stars: median FWHM of the final and the classical stack, and the
+    median flux in a ``radius`` aperture over the true flux (stars with SNR > 30 in both)."""
+    from tilestack.validation import measure
+
+    fin = fits.getdata(res / f"stack/{channel}.fits").astype(np.float64)
+    cla = fits.getdata(res / f"classical/{channel}.fits").astype(np.float64)
+    iso = measure.isolated(xy, flux, 2 * radius, 0.05)
+    bright = measure.isolated(xy, flux, 10.0, 0.02) & (flux > np.quantile(flux, 0.5))
+    out: dict[str, float] = {}
+    for name, img in (("final", fin), ("classical", cla)):
+        fw = measure.measure_stars(img, xy[bright], snr_min=20.0)
+        out[f"fwhm_{name}"] = float(np.median(fw["fwhm"]))
+        out[f"n_fwhm_{name}"] = len(fw)
+    pf = measure.aperture_photometry(fin, xy[iso], radius=radius)
+    pc = measure.aperture_photometry(cla, xy[iso], radius=radius)
+    good = (pf["snr"] > 30).to_numpy() & (pc["snr"] > 30).to_numpy()
+    out["flux_final"] = float(np.median(pf["flux"].to_numpy()[good] / flux[iso][good]))
+    out["flux_classical"] = float(np.median(pc["flux"].to_numpy()[good] / flux[iso][good]))
+    out["n_flux"] = int(good.sum())
+    return out
+
+
+def outlier_fraction(res: Path, channel: str, kappa: float = 6.0) -> float:
+    """Fraction of blank-sky pixels where the final stack departs from the (3σ-clipped)
+    classical stack by more than ``kappa`` robust sigmas of their difference: cosmic rays and
+    satellite trails the §9 rejection let through."""
+    from tilestack.validation import measure
+
+    fin = fits.getdata(res / f"stack/{channel}.fits").astype(np.float64)
+    cla = fits.getdata(res / f"classical/{channel}.fits").astype(np.float64)
+    d = fin - cla
+    blank = measure.blank_sky_mask(cla, measure.source_mask(cla)) & np.isfinite(d)
+    med = np.median(d[blank])
+    sigma = 1.4826 * np.median(np.abs(d[blank] - med))
+    return float(np.mean(np.abs(d[blank] - med) > kappa * sigma))
+
+
+def test_mono_run_matches_the_truth(mono_run, mono_night):
+    """The mono run against the simulator's truth (no new run): registration, sharpness,
+    photometry and rejection; a bug in any of them fails here even if the shapes are right."""
+    _, config, _, _ = mono_run
     res = Path(config["results"])
-    before = {
-        name: fits.getdata(res / name).tobytes()
-        for name in ("stack/L.fits", "classical/L.fits", "reconstruction/L_weight.fits")
-    }
-    tr_before = (res / "registration/transforms.csv").read_bytes()
-    ok(snakemake(work, config, "--forceall"))
-    for name, data in before.items():
-        assert fits.getdata(res / name).tobytes() == data, name
-    assert (res / "registration/transforms.csv").read_bytes() == tr_before
+    err = transform_errors(mono_night.parent, res)
+    assert len(err) == 49
+    # measured at the frame's corners: median 0.027 px; worst 0.20 px, a frame under the
+    # cloud (20 stars matched, its own RMS 0.29 px); 0.33 px in the full-mode run
+    assert np.median(list(err.values())) < 0.06, err
+    assert max(err.values()) < 0.5, err
 
+    v = json.loads((res / "validation/validation.json").read_text())
+    assert v["verdict"] == "success" and v["failed_checks"] == [], v["reasons"]
+    f = v["figures"]
+    # measured: FWHM ratio 0.92, SNR ratio 1.12, slope 0.996 (thresholds 1.0, 0.97, ±1 %)
+    assert f["fwhm_ratio"] < 0.97 and f["faint_star_snr_ratio"] >= 1.0
+    assert abs(f["photometric_slope"] - 1.0) <= 0.01
 
-def test_adding_lights_reruns_only_the_new_batch(mono_run, mono_night):
-    work, config, _, names = mono_run
-    lights = Path(config["lights"])
-    for name in names[50:]:  # 6 more frames sort after the others: they join batch b001
-        (lights / name).symlink_to(mono_night / name)
-    counts = job_counts(ok(snakemake(work, config, "-n")))
-    assert counts["prepare"] == 1 and counts["align"] == 1
-    assert "reference" not in counts  # reference frame and tile grid: leading batch only
-    assert counts["weights"] == 1 and counts["reconstruct"] == 1
+    xy, flux, t_ref = truth_stars(mono_night.parent, res, "L")
+    s = star_figures(res, "L", xy, flux, radius=6.0)
+    assert s["n_fwhm_final"] >= 10 and s["n_flux"] >= 6, s
+    # at the true star positions: sharper than the classical stack (measured 2.33 vs 2.57 px)
+    assert s["fwhm_final"] < 0.95 * s["fwhm_classical"], s
+    # flux on the reference frame's scale: truth × its transparency × the aperture's share
+    # of a Moffat star (≈ 0.98 at r = 6 px); measured 0.978 of truth × transparency
+    assert 0.96 < s["flux_final"] / t_ref < 1.0, (s, t_ref)
+    # §9 rejection took out the cosmic rays and the two satellite trails: measured 0.002 %
+    # of blank-sky pixels beyond 6σ of final - classical (1.2 % without rejection)
+    assert outlier_fraction(res, "L") < 0.001
 
 
 # --------------------------------------------------------------------------- colour night
@@ -322,6 +415,30 @@ def test_osc_run_produces_channel_stacks_and_rgb(tmp_path_factory):
     v = json.loads((res / "validation/validation.json").read_text())
     assert set(v["channels"]) == {"R", "G", "B"}
 
+    # against the simulator's truth: registration (full-resolution pixels) and the verdict
+    err = transform_errors(base / "night", res)
+    assert len(err) == 30
+    # measured: median 0.12 px, worst 0.41 px at the frame's corners
+    assert np.median(list(err.values())) < 0.2 and max(err.values()) < 0.6, err
+    assert v["verdict"] == "success" and v["primary_channel"] == "G", v["reasons"]
+    # measured: FWHM ratio 0.98, SNR ratio 1.008, slope 1.000 (thresholds 1.0, 0.97, ±1 %)
+    f = v["figures"]
+    assert f["fwhm_ratio"] <= 1.0 and f["faint_star_snr_ratio"] >= 0.97
+    # every channel plane holds its own colour: at the true stars, flux / the channel's true
+    # flux is the same in R, G and B (a channel-plane pixel samples a quarter of the light);
+    # measured 0.251, 0.241, 0.244 (× 1/transparency 0.257, 0.247, 0.249); a Bayer phase off
+    # by one puts green light in R or B and moves their ratio with each star's colour
+    ratios = {}
+    for c in "RGB":
+        xy, flux, t_ref = truth_stars(base / "night", res, c, margin=10.0)
+        s = star_figures(res, c, xy, flux, radius=3.0)
+        assert s["n_flux"] >= 5, (c, s)
+        ratios[c] = s["flux_final"] / t_ref
+        assert 0.23 < ratios[c] < 0.27, (c, ratios)
+    assert max(ratios.values()) / min(ratios.values()) < 1.06, ratios
+    for c in "RGB":  # §9 rejection on every channel (measured 0.06-0.14 % beyond 6σ)
+        assert outlier_fraction(res, c) < 0.003, c
+
 
 # --------------------------------------------------------------------------- full mode
 
@@ -344,6 +461,18 @@ def test_full_mode_runs_clustering_and_synthetic_frames(mono_night, tmp_path):
     assert v["mode"] == "full"
     stack = fits.getdata(res / "stack/L.fits")
     assert np.isfinite(stack).mean() > 0.9
+
+    # against the simulator's truth (the same night as the mono run, all 56 frames)
+    err = transform_errors(mono_night.parent, res)
+    assert len(err) == 56 and np.median(list(err.values())) < 0.06, err
+    assert max(err.values()) < 0.5, err
+    print(f"\nfull mode: {v['verdict']} {v['figures']}")
+    assert v["verdict"] == "success", v["reasons"]
+    xy, flux, t_ref = truth_stars(mono_night.parent, res, "L")
+    s = star_figures(res, "L", xy, flux, radius=6.0)
+    assert s["fwhm_final"] < 0.95 * s["fwhm_classical"], s
+    assert 0.96 < s["flux_final"] / t_ref < 1.0, (s, t_ref)
+    assert outlier_fraction(res, "L") < 0.001
     # synthetic frames weighted by G alone do not use L: the global-only stack is the stack
     np.testing.assert_array_equal(fits.getdata(res / "global_only/L.fits"), stack)
     assert v["tiles_added"]["fwhm_ratio"] == 1.0 and v["tiles_added"]["snr_ratio"] == 1.0

@@ -200,6 +200,12 @@ def assert_same_results(ref: Path, other: Path) -> list[Path]:
     return products
 
 
+PARTIAL_SUFFIXES = (".part", ".staged")
+
+
 def leftovers(results: Path) -> list[Path]:
-    """Partial files a killed job might leave: atomic-write temporaries and .part files."""
-    return sorted(p for p in results.rglob("*") if p.is_file() and p.name.endswith(".part"))
+    """Partial files a killed job might leave: atomic-write temporaries (``.<name>.*.part``)
+    and the files `finish` stages before publishing them (``.<name>.staged``)."""
+    return sorted(
+        p for p in results.rglob("*") if p.is_file() and p.name.endswith(PARTIAL_SUFFIXES)
+    )
