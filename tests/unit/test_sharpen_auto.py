@@ -23,9 +23,10 @@ def test_predicted_stack_formula():
     equal = predicted_stack(np.ones(5), np.full(5, 3.0), np.ones(5))
     assert same[0] == pytest.approx(equal[0] * 15.0 / np.sqrt(55.0) / np.sqrt(5.0))
     # inverse-variance weights beat equal weights on frames of unequal noise
-    assert predicted_stack(sigma, np.full(2, 3.0), 1.0 / sigma**2)[0] > predicted_stack(
-        sigma, np.full(2, 3.0), np.ones(2)
-    )[0]
+    assert (
+        predicted_stack(sigma, np.full(2, 3.0), 1.0 / sigma**2)[0]
+        > predicted_stack(sigma, np.full(2, 3.0), np.ones(2))[0]
+    )
 
 
 def night(fwhm, sigma=None, seed=0):
@@ -101,3 +102,16 @@ def test_sharpen_other_words_are_refused():
 
     with pytest.raises(WorkflowError):
         validated({"sharpen": "sharp"})
+
+
+def test_weights_local_false_gives_every_tile_its_frames_weight():
+    from tilestack.workflow.weights import global_weights_only
+
+    g = pd.DataFrame({"frame": ["a", "b"], "G": [2.0, 0.5]})
+    t = pd.DataFrame({"frame": ["a", "a", "b"], "tile": [0, 1, 0], "L": [0.3, 3.0, 1.7]})
+    t["Q"] = np.log(t["L"])
+    t["W"] = t["L"] * t["frame"].map({"a": 2.0, "b": 0.5})
+    out = global_weights_only(t, g)
+    assert out["W"].tolist() == [2.0, 2.0, 0.5]
+    assert (out["L"] == 1.0).all() and (out["Q"] == 0.0).all()
+    assert validated({"local": False})["weights"]["local"] is False

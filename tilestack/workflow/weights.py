@@ -55,6 +55,13 @@ def drop_night_outliers(
     return transforms, raw_g[keep_g], raw_t[keep_t], out
 
 
+def global_weights_only(t: pd.DataFrame, g: pd.DataFrame) -> pd.DataFrame:
+    """``weights.local: false``: every tile weighs its frame's G (``L ≡ 1``, ``Q = 0``), the
+    PSF-SNR frame weighting other stackers use; the local metrics stay in the table."""
+    gmap = dict(zip(g["frame"], g["G"], strict=True))
+    return t.assign(Q=0.0, L=1.0, W=t["frame"].map(gmap).astype(float))
+
+
 def weights(job) -> None:
     p = job.params
     channels = list(p.channels)
@@ -105,6 +112,8 @@ def weights(job) -> None:
                 star_weights=p.tile["star_weights"],
                 structure_weights=p.tile["structure_weights"],
             )
+        if not p.weights.get("local", True):
+            t = global_weights_only(t, g)
         write_table(gout, g[global_columns(p.method)])
         write_table(lout, t)
         tables[c] = (g, t)
