@@ -151,7 +151,7 @@ def apply(copy: Path, m: Mutant) -> bool:
 
 
 def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, list[str], str]:
-    """pytest of ``tests`` in the copy: (return code, failed test ids, output tail)."""
+    """pytest of ``tests`` in the copy: (return code, failed test ids, first error line)."""
     env = dict(os.environ, PYTHONPATH=str(copy), PYTHONHASHSEED="0")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *tests]
@@ -162,7 +162,9 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, 
     except subprocess.TimeoutExpired:
         return -1, ["(timeout)"], ""
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", proc.stdout, flags=re.M)
-    return proc.returncode, failed, proc.stdout[-3000:]
+    first = re.search(r"^E +(\S.*)$", proc.stdout, flags=re.M)
+    why = first.group(1)[:90] if first else proc.stdout[-3000:]
+    return proc.returncode, failed, why
 
 
 def check_import(copy: Path) -> None:
@@ -206,12 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_baseline:
             union = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
             t0 = time.monotonic()
-            rc, failed, tail = run_tests(pristine, union, args.timeout)
-            rows.append(
-                ("baseline", "passed" if rc == 0 else "FAILED", failed, time.monotonic() - t0)
-            )
+            rc, failed, why = run_tests(pristine, union, args.timeout)
+            state = "passed" if rc == 0 else "FAILED"
+            rows.append(("baseline", state, failed, "", time.monotonic() - t0))
             if rc != 0:
-                print(tail)
+                print(why)
                 print(
                     "mutants: the unmutated copy fails its tests; fix that first", file=sys.stderr
                 )
@@ -221,22 +222,23 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(pristine, work, symlinks=True)
             t0 = time.monotonic()
             if not apply(work, m):
-                rows.append((m.name, "stale", [], 0.0))
+                rows.append((m.name, "stale", [], "", 0.0))
             else:
-                rc, failed, tail = run_tests(work, m.tests, args.timeout)
+                rc, failed, why = run_tests(work, m.tests, args.timeout)
                 state = "killed" if rc != 0 else "SURVIVED"
                 if rc not in (0, 1):  # errors, interrupted or timed out: look at the output
                     state = f"killed (pytest rc {rc})"
-                rows.append((m.name, state, failed, time.monotonic() - t0))
+                rows.append((m.name, state, failed, why if rc else "", time.monotonic() - t0))
             shutil.rmtree(work, ignore_errors=True)
             print(f"{rows[-1][0]}: {rows[-1][1]}", file=sys.stderr, flush=True)
-    print("| mutant | result | failing tests | seconds |")
-    print("|---|---|---|---|")
-    for name, state, failed, secs in rows:
-        shown = ", ".join(f"`{f.removeprefix('tests/')}`" for f in failed[:4])
-        if len(failed) > 4:
-            shown += f" (+{len(failed) - 4})"
-        print(f"| {name} | {state} | {shown} | {secs:.0f} |")
+    print("| mutant | result | failing tests | first failure | seconds |")
+    print("|---|---|---|---|---|")
+    for name, state, failed, why, secs in rows:
+        shown = ", ".join(f"`{f.removeprefix('tests/')}`" for f in failed[:2])
+        if len(failed) > 2:
+            shown += f" (+{len(failed) - 2})"
+        why = why.replace("|", "/").replace("`", "'")
+        print(f"| {name} | {state} | {shown} | {why} | {secs:.0f} |")
     bad = [r for r in rows if r[1] in ("SURVIVED", "stale")]
     return 1 if bad else 0
 

