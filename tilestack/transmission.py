@@ -19,6 +19,7 @@ grey surface that brings every star of the frame onto the reference's flux, ``I 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,9 +31,13 @@ TRANSMISSION_MODES = ("auto", "none")
 # A cell's log K carries at least this systematic error (aperture losses of a PSF that
 # changes across the field differ between frames by about a per cent): no correction of
 # transmission differences smaller than that.
-CELL_SYS_FLOOR = 0.01
-# χ² test: K is applied when a flat frame would give the cells' χ² with this small probability.
+CELL_SYS_FLOOR = 0.02
+# χ² test: K is applied when a flat frame would give the cells' χ² with this small probability
+# and at least this many cells (and 5 % of the measured ones) depart by more than 3 sigma.
 P_VALUE = 1e-3
+MIN_CLOUD_CELLS = 3
+# A cell's K is read from at least this many stars.
+MIN_CELL_STARS = 3
 # Physical range of K (a cloud may leave a quarter of the light; a frame is never 4x clearer
 # than its own average in one part).
 LOG_K_RANGE = (-np.log(4.0), np.log(4.0))
@@ -110,15 +115,22 @@ def fit_transmission(
     cx = np.clip(np.searchsorted(cell_edges(w, nx), xy[:, 0], side="right") - 1, 0, nx - 1)
     cell = cy * nx + cx
     value, noise = _cell_medians(cell, lr, 1.0 / var, ny * nx)
+    # a cell more than 3 sigma from its neighbours' median is an artefact (a blend, a cosmic ray
+    # in the reference, a variable star), not a cloud, which is spatially coherent: it takes
+    # that median (a cloud's edge, where half the neighbours agree, is kept)
+    med = _median3x3(value.reshape(ny, nx)).ravel()
+    outlier = np.abs(value - med) > 3.0 * noise
+    value = np.where(outlier, med, value)
     measured = np.isfinite(value)
     if measured.sum() < 2:
         return flat
     # No re-centring: the ratios are relative to s, the weighted median over all stars, so the
     # typical part of the frame keeps K = 1 and G (read from s) stays the weight of that part;
     # §8's local weight, centred on each frame's median tile, carries the rest.
-    z2 = (value[measured] / noise[measured]) ** 2
-    stat, dof = float(z2.sum()), int(measured.sum())
-    if chi2_dist.sf(stat, dof) >= P_VALUE:
+    z = value[measured] / noise[measured]
+    stat, dof = float(np.sum(z**2)), int(measured.sum())
+    coherent = int(np.sum(np.abs(z) > 3.0)) >= max(MIN_CLOUD_CELLS, 0.05 * dof)
+    if chi2_dist.sf(stat, dof) >= P_VALUE or not coherent:
         return Transmission(np.zeros((ny, nx)), h, w, stat, dof, False, int(ok.sum()))
     # shrink each cell toward 0 by its own noise share (τ²: the cells' variance beyond noise)
     tau2 = max(0.0, float(np.mean(value[measured] ** 2 - noise[measured] ** 2)))
@@ -135,7 +147,7 @@ def _cell_medians(
     """Per cell: the weighted median of its stars' values (as
     :func:`~tilestack.normalization.weighted_median`, all cells sorted at once) and its noise,
     ``sqrt(π/2 / Σw + CELL_SYS_FLOOR²)`` (a weighted median's variance is π/2 the mean's).
-    Cells with fewer than two stars: NaN and infinite noise."""
+    Cells with fewer than ``MIN_CELL_STARS`` stars: NaN and infinite noise."""
     value = np.full(n_cells, np.nan)
     noise = np.full(n_cells, np.inf)
     order = np.lexsort((values, cell))
@@ -143,7 +155,7 @@ def _cell_medians(
     starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
     ends = np.r_[starts[1:], c.size]
     for a, b in zip(starts, ends, strict=True):
-        if b - a < 2:
+        if b - a < MIN_CELL_STARS:
             continue
         # the values are sorted within the cell already: weighted_median's own steps
         cw = np.cumsum(w[a:b])
@@ -153,6 +165,17 @@ def _cell_medians(
         value[c[a]] = 0.5 * (v[a + i] + v[a + i + 1]) if tie else v[a + i]
         noise[c[a]] = np.sqrt(np.pi / 2.0 / cw[-1] + CELL_SYS_FLOOR**2)
     return value, noise
+
+
+def _median3x3(grid: np.ndarray) -> np.ndarray:
+    """Median of each measured cell with its measured 8 neighbours (NaN stays NaN)."""
+    ny, nx = grid.shape
+    pad = np.pad(grid, 1, constant_values=np.nan)
+    stack = np.stack([pad[dy : dy + ny, dx : dx + nx] for dy in range(3) for dx in range(3)])
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(stack, axis=0)
+    return np.where(np.isfinite(grid), med, np.nan)
 
 
 def _fill_from_nearest(grid: np.ndarray, measured: np.ndarray) -> np.ndarray:

@@ -7,14 +7,13 @@ truth known). A trail is a straight Gaussian line (σ 1.5 px) added to a frame.
 import numpy as np
 import pandas as pd
 import pytest
+from test_revision2 import GRID, SETTINGS, SIZE, render, star_field
 
 from tilestack.metrics.local import frame_metrics
 from tilestack.metrics.snr_weights import snr_global_weights
 from tilestack.normalization import ReferencePhotometry
 from tilestack.trails import find_trails, merge_collinear
 from tilestack.workflow.align import frame_fwhm, mask_trails, measure_plane
-
-from test_revision2 import GRID, SETTINGS, SIZE, render, star_field
 
 
 def add_trail(img, peak, angle, x0=128.0, y0=128.0, sigma=1.5):
