@@ -36,8 +36,11 @@ CELL_SYS_FLOOR = 0.02
 # and at least this many cells (and 5 % of the measured ones) depart by more than 3 sigma.
 P_VALUE = 1e-3
 MIN_CLOUD_CELLS = 3
-# A cell's K is read from at least this many stars.
-MIN_CELL_STARS = 3
+# A cell's K is read from at least this many stars ...
+MIN_CELL_STARS = 2
+# ... and cells are made large enough for this many of the frame's usable stars on average
+# (a 640² frame may have only 50: one tile stride would leave most cells empty).
+STARS_PER_CELL = 4.0
 # Physical range of K (a cloud may leave a quarter of the light; a frame is never 4x clearer
 # than its own average in one part).
 LOG_K_RANGE = (-np.log(4.0), np.log(4.0))
@@ -102,11 +105,13 @@ def fit_transmission(
     *,
     mode: str = "auto",
 ) -> Transmission:
-    """The frame's K from its stars (``xy`` in plane pixels, all channels pooled)."""
+    """The frame's K from its stars (``xy`` in plane pixels, all channels pooled), on cells of
+    at least ``cell_px`` and of ``STARS_PER_CELL`` stars on average."""
     h, w = (int(v) for v in shape)
-    ny, nx = max(1, round(h / cell_px)), max(1, round(w / cell_px))
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
     ok = np.isfinite(log_ratio) & np.isfinite(variance) & np.isfinite(xy).all(axis=1)
+    cell_px = max(float(cell_px), np.sqrt(h * w * STARS_PER_CELL / max(int(ok.sum()), 1)))
+    ny, nx = max(1, round(h / cell_px)), max(1, round(w / cell_px))
     flat = Transmission(np.zeros((ny, nx)), h, w, 0.0, 0, False, int(ok.sum()))
     if mode == "none" or ok.sum() < 3 or ny * nx < 2:
         return flat
