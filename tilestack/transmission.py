@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import chi2 as chi2_dist
 
-from tilestack.normalization import SCALE_SYS_FLOOR, Surface, cell_edges
+from tilestack.normalization import SCALE_SYS_FLOOR, Surface, cell_edges, weighted_median
 
 TRANSMISSION_MODES = ("auto", "none")
 # A cell's log K carries at least this systematic error (aperture losses of a PSF that
@@ -120,18 +120,19 @@ def fit_transmission(
     cx = np.clip(np.searchsorted(cell_edges(w, nx), xy[:, 0], side="right") - 1, 0, nx - 1)
     cell = cy * nx + cx
     value, noise = _cell_medians(cell, lr, 1.0 / var, ny * nx)
-    # a cell more than 3 sigma from its neighbours' median is an artefact (a blend, a cosmic ray
-    # in the reference, a variable star), not a cloud, which is spatially coherent: it takes
-    # that median (a cloud's edge, where half the neighbours agree, is kept)
-    med = _median3x3(value.reshape(ny, nx)).ravel()
-    outlier = np.abs(value - med) > 3.0 * noise
-    value = np.where(outlier, med, value)
+    # a cell unlike every one of its neighbours (beyond 3 sigma of each) is an artefact (a
+    # blend, a cosmic ray in the reference, a variable star), not a cloud, which covers more
+    # than one cell: it takes its neighbours' median
+    value = _isolated_to_median(value.reshape(ny, nx), noise.reshape(ny, nx)).ravel()
     measured = np.isfinite(value)
     if measured.sum() < 2:
         return flat
-    # No re-centring: the ratios are relative to s, the weighted median over all stars, so the
-    # typical part of the frame keeps K = 1 and G (read from s) stays the weight of that part;
-    # §8's local weight, centred on each frame's median tile, carries the rest.
+    # Centred on the cells' weighted median: the typical part of the frame keeps K = 1, so its
+    # global transmission stays in s and G (read from s) is the weight of that part; §8's local
+    # weight, centred on each frame's median tile, carries the rest. (The ratios are relative
+    # to a first scale that may be a fallback of 1 when too few stars qualify for it.)
+    wc = 1.0 / noise[measured] ** 2
+    value[measured] -= weighted_median(value[measured], wc)
     z = value[measured] / noise[measured]
     stat, dof = float(np.sum(z**2)), int(measured.sum())
     coherent = int(np.sum(np.abs(z) > 3.0)) >= max(MIN_CLOUD_CELLS, 0.05 * dof)
@@ -172,15 +173,23 @@ def _cell_medians(
     return value, noise
 
 
-def _median3x3(grid: np.ndarray) -> np.ndarray:
-    """Median of each measured cell with its measured 8 neighbours (NaN stays NaN)."""
+def _isolated_to_median(grid: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Measured cells that differ by more than 3 sigma from each of their (at least two)
+    measured 8 neighbours take the neighbours' median; NaN stays NaN."""
     ny, nx = grid.shape
     pad = np.pad(grid, 1, constant_values=np.nan)
-    stack = np.stack([pad[dy : dy + ny, dx : dx + nx] for dy in range(3) for dx in range(3)])
+    pad_n = np.pad(noise, 1, constant_values=np.inf)
+    offsets = [(dy, dx) for dy in range(3) for dx in range(3) if (dy, dx) != (1, 1)]
+    nb = np.stack([pad[dy : dy + ny, dx : dx + nx] for dy, dx in offsets])
+    nb_n = np.stack([pad_n[dy : dy + ny, dx : dx + nx] for dy, dx in offsets])
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        med = np.nanmedian(stack, axis=0)
-    return np.where(np.isfinite(grid), med, np.nan)
+        z = np.abs(grid[None] - nb) / np.sqrt(noise[None] ** 2 + nb_n**2)
+        z = np.where(np.isfinite(nb), z, np.inf)
+        count = np.isfinite(nb).sum(axis=0)
+        med = np.nanmedian(nb, axis=0)
+    isolated = np.isfinite(grid) & (count >= 2) & (z.min(axis=0) > 3.0)
+    return np.where(isolated, med, grid)
 
 
 def _fill_from_nearest(grid: np.ndarray, measured: np.ndarray) -> np.ndarray:

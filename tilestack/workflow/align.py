@@ -35,6 +35,7 @@ from tilestack.io.transforms_table import row_matrix
 from tilestack.metrics.global_metrics import background_level
 from tilestack.metrics.local import frame_metrics, reference_star_list, tile_scales
 from tilestack.normalization import (
+    FEW_STARS,
     ReferencePhotometry,
     aperture_photometry,
     fit_background,
@@ -236,6 +237,8 @@ def plane_photometry(
 ) -> PlanePhotometry:
     flux, snr = aperture_photometry(plane, ok, xy, ref_phot.fwhm)
     s0, _ = photometric_scale(flux, snr, ref_phot.flux, ref_phot.snr)
+    if not (np.isfinite(s0) and s0 > 0):  # as normalize_frame: a few stars before none
+        s0, _ = photometric_scale(flux, snr, ref_phot.flux, ref_phot.snr, min_stars=FEW_STARS)
     return PlanePhotometry(flux, snr, s0 if np.isfinite(s0) and s0 > 0 else 1.0)
 
 
