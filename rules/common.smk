@@ -2,10 +2,6 @@
 
 import sys
 
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
-
-from tilestack.errors import ConfigError, TilestackError
 from tilestack import plan as tsplan
 
 
@@ -15,24 +11,12 @@ def _stop(line):
     sys.exit(1)
 
 
-# Values nested in `--config key={...}` arrive as text: read them as the schema's types first.
-tsplan.coerce_config_strings(
-    config, tsplan.load_schema(os.path.join(workflow.basedir, "config", "schema.yaml"))
-)
-try:
-    validate(config, "../config/schema.yaml")
-except WorkflowError as err:
-    _stop(tsplan.validation_error_line(err) or f"config error: {err}")
-
-try:
-    tsplan.check_config(config)
-    PLAN = tsplan.make_plan(config)
-    CALIB_FRAMES = tsplan.calibration_frames(config)
-    tsplan.check_engines(config)
-except ConfigError as err:
-    _stop(f"config error: {err}")
-except TilestackError as err:
-    _stop(f"tilestack: error: {err}")
+try:  # every parse-time check, in the workflow's order (tilestack.plan.start_run)
+    PLAN, CALIB_FRAMES = tsplan.start_run(
+        config, os.path.join(workflow.basedir, "config", "schema.yaml")
+    )
+except tsplan.StopRun as err:
+    _stop(str(err))
 
 print(PLAN.summary(), file=sys.stderr)
 

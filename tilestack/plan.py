@@ -373,3 +373,36 @@ def _deepest(err):
     if err.context:
         return best_match(err.context)
     return err
+
+
+class StopRun(Exception):
+    """The one line a run stops with at parse time (``config error: …`` or
+    ``tilestack: error: …``)."""
+
+
+def start_run(config: dict, schema_path) -> tuple[Plan, dict[str, list[str]]]:
+    """Everything the workflow checks when it is parsed, in its order: the nested ``--config``
+    text read as the schema's types, the schema, the cross-key rules, the whole night's headers
+    (the plan), the calibration listings and the engines. Returns the plan and the calibration
+    frames; a refusal raises :class:`StopRun` with the line (``rules/common.smk`` prints it and
+    exits; the tests call this same function)."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    from tilestack.errors import TilestackError
+
+    coerce_config_strings(config, load_schema(schema_path))
+    try:
+        validate(config, str(schema_path))
+    except WorkflowError as err:
+        raise StopRun(validation_error_line(err) or f"config error: {err}") from None
+    try:
+        check_config(config)
+        plan = make_plan(config)
+        calib = calibration_frames(config)
+        check_engines(config)
+    except ConfigError as err:
+        raise StopRun(f"config error: {err}") from None
+    except TilestackError as err:
+        raise StopRun(f"tilestack: error: {err}") from None
+    return plan, calib

@@ -501,25 +501,48 @@ def test_method_v3_switch_restores_the_literal_v3_rules(mono_night, tmp_path):
 # --------------------------------------------------------------------------- config errors
 
 
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        (
-            {"global_metrics": {"alpha": 1.5}},
-            "config error: global_metrics.alpha = 1.5 is out of range [0, 1]",
-        ),
-        ({"global_metrics": {"alpha": 0.5}}, "config error: global_metrics.alpha + beta + gamma"),
-        ({"tile": {"overlapp": 0.2}}, "config error: unknown key tile.overlapp"),
-        ({"tile": {"structure_weights": [0.7, -0.3]}}, "config error: tile.structure_weights"),
-        (
-            {"registration": {"interpolation": "cubic"}},
-            "config error: registration.interpolation = 'cubic' is not one of:",
-        ),
-        ({"workflow": {"band_rows": 4}}, "config error: workflow.band_rows = 4 is out of range"),
-        ({"assumptions": {"frames_min": 100}}, "tilestack: error: too few frames: 56"),
-    ],
-)
+CONFIG_ERRORS = [
+    (
+        {"global_metrics": {"alpha": 1.5}},
+        "config error: global_metrics.alpha = 1.5 is out of range [0, 1]",
+    ),
+    ({"global_metrics": {"alpha": 0.5}}, "config error: global_metrics.alpha + beta + gamma"),
+    ({"tile": {"overlapp": 0.2}}, "config error: unknown key tile.overlapp"),
+    ({"tile": {"structure_weights": [0.7, -0.3]}}, "config error: tile.structure_weights"),
+    (
+        {"registration": {"interpolation": "cubic"}},
+        "config error: registration.interpolation = 'cubic' is not one of:",
+    ),
+    ({"workflow": {"band_rows": 4}}, "config error: workflow.band_rows = 4 is out of range"),
+    ({"assumptions": {"frames_min": 100}}, "tilestack: error: too few frames: 56"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), CONFIG_ERRORS)
 def test_config_errors_stop_with_one_line(mono_night, tmp_path, override, message):
+    """The parse-time checks the workflow runs (``plan.start_run``, called by
+    ``rules/common.smk``), in process: one line each."""
+    import yaml
+
+    from tilestack.plan import StopRun, start_run
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    for key, value in {
+        "lights": str(mono_night),
+        "results": str(tmp_path / "r"),
+        **override,
+    }.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    with pytest.raises(StopRun) as err:
+        start_run(config, REPO / "config/schema.yaml")
+    assert str(err.value).startswith(message), str(err.value)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_config_error_stops_snakemake_with_that_one_line(mono_night, tmp_path):
+    """The same line from a real run, with no traceback and nothing written."""
+    override, message = CONFIG_ERRORS[0]
     config = {"lights": str(mono_night), "results": str(tmp_path / "results"), **override}
     proc = snakemake(tmp_path, config, "-n")
     assert proc.returncode != 0
