@@ -48,6 +48,16 @@ def snakemake_cmd(wd: Path, cores: int) -> list[str]:
     ]
 
 
+def run_night(wd: Path, lights: Path, settings: dict, cores: int = 2) -> Path:
+    """One workflow run of ``lights`` in ``wd`` with ``settings`` over the defaults; its
+    results folder (``wd/results``). A failing run raises."""
+    wd.mkdir(parents=True, exist_ok=True)
+    cfg = {"lights": str(lights), "results": str(wd / "results"), **settings}
+    (wd / "bench_config.yaml").write_text(yaml.safe_dump(cfg))
+    subprocess.run(snakemake_cmd(wd, cores), env=run_env(), check=True, capture_output=True)
+    return wd / "results"
+
+
 def snakemake_version() -> str:
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--version"], capture_output=True, text=True

@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
-import yaml
 from astropy.io import fits
-from common import ROOT, code_state, run_env, snakemake_cmd, write_report
+from common import ROOT, code_state, run_night, write_report
 
 from tilestack.simulate import simulate_night
 
@@ -63,15 +61,7 @@ def add_trails(lights: Path, peak: float) -> dict[int, np.ndarray]:
 
 
 def run(wd: Path, lights: Path) -> Path:
-    wd.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "lights": str(lights),
-        "results": str(wd / "results"),
-        "registration": {"reference": REFERENCE},
-    }
-    (wd / "bench_config.yaml").write_text(yaml.safe_dump(cfg))
-    subprocess.run(snakemake_cmd(wd, 2), env=run_env(), check=True, capture_output=True)
-    return wd / "results"
+    return run_night(wd, lights, {"registration": {"reference": REFERENCE}})
 
 
 def figures(res: Path) -> tuple[dict, pd.DataFrame, np.ndarray]:

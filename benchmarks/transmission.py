@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from astropy.io import fits
-from common import ROOT, code_state, run_env, snakemake_cmd, write_report
+from common import ROOT, code_state, run_night, write_report
 
 from tilestack.normalization import aperture_photometry
 from tilestack.simulate import simulate_night
@@ -37,15 +35,7 @@ STACKS = {"final": "stack", "global-only": "global_only", "classical": "classica
 
 
 def run(wd: Path, lights: Path, transmission: str) -> Path:
-    wd.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "lights": str(lights),
-        "results": str(wd / "results"),
-        "normalization": {"transmission": transmission},
-    }
-    (wd / "bench_config.yaml").write_text(yaml.safe_dump(cfg))
-    subprocess.run(snakemake_cmd(wd, 2), env=run_env(), check=True, capture_output=True)
-    return wd / "results"
+    return run_night(wd, lights, {"normalization": {"transmission": transmission}})
 
 
 def truth_stars(night: Path, res: Path, channel: str, bayer: str | None) -> pd.DataFrame:

@@ -491,7 +491,7 @@ def fit_background(
     if model == "plane" or measured.sum() < 3:
         return _plane_surface(grid, measured, count, ey, ex)
     if not measured.all():
-        grid = _fill_nearest(grid, measured)
+        grid = fill_nearest(grid, measured)
     return Surface(grid, h, w)
 
 
@@ -509,7 +509,7 @@ def _plane_surface(grid, measured, count, ey, ex) -> Surface:
     return Surface(coef[0] + coef[1] * xx + coef[2] * yy, h, w)
 
 
-def _fill_nearest(grid: np.ndarray, measured: np.ndarray) -> np.ndarray:
+def fill_nearest(grid: np.ndarray, measured: np.ndarray) -> np.ndarray:
     """Unmeasured cells take the mean of the nearest measured cells (deterministic)."""
     out = grid.copy()
     yy, xx = np.nonzero(measured)

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import chi2 as chi2_dist
 
-from tilestack.normalization import SCALE_SYS_FLOOR, Surface, cell_edges, weighted_median
+from tilestack.normalization import (
+    SCALE_SYS_FLOOR,
+    Surface,
+    cell_edges,
+    fill_nearest,
+    weighted_median,
+)
 
 TRANSMISSION_MODES = ("auto", "none")
 # A cell's log K carries at least this systematic error (aperture losses of a PSF that
@@ -142,7 +148,7 @@ def fit_transmission(
     tau2 = max(0.0, float(np.mean(value[measured] ** 2 - noise[measured] ** 2)))
     shrunk = np.zeros(ny * nx)
     shrunk[measured] = value[measured] * tau2 / (tau2 + noise[measured] ** 2)
-    grid = _fill_from_nearest(shrunk.reshape(ny, nx), measured.reshape(ny, nx))
+    grid = fill_nearest(shrunk.reshape(ny, nx), measured.reshape(ny, nx))
     grid = np.clip(grid, *LOG_K_RANGE)
     return Transmission(grid, h, w, stat, dof, True, int(ok.sum()))
 
@@ -190,14 +196,3 @@ def _isolated_to_median(grid: np.ndarray, noise: np.ndarray) -> np.ndarray:
         med = np.nanmedian(nb, axis=0)
     isolated = np.isfinite(grid) & (count >= 2) & (z.min(axis=0) > 3.0)
     return np.where(isolated, med, grid)
-
-
-def _fill_from_nearest(grid: np.ndarray, measured: np.ndarray) -> np.ndarray:
-    """Cells without a measurement take the mean of their nearest measured cells."""
-    out = grid.copy()
-    yy, xx = np.nonzero(measured)
-    for i, j in zip(*np.nonzero(~measured), strict=True):
-        d = (yy - i) ** 2 + (xx - j) ** 2
-        near = d == d.min()
-        out[i, j] = float(np.mean(grid[yy[near], xx[near]]))
-    return out
