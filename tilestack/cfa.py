@@ -227,6 +227,15 @@ def to_channel_xy(xy: np.ndarray, bayer: str | None, channel: str) -> np.ndarray
     return np.column_stack([(xy[:, 0] - dx) / 2.0, (xy[:, 1] - dy) / 2.0])
 
 
+def from_channel_xy(xy: np.ndarray, bayer: str | None, channel: str) -> np.ndarray:
+    """Channel-plane coordinates -> full resolution (the inverse of :func:`to_channel_xy`)."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    if not bayer:
+        return xy.copy()
+    dy, dx = channel_offset(bayer, channel)
+    return np.column_stack([xy[:, 0] * 2.0 + dx, xy[:, 1] * 2.0 + dy])
+
+
 def luminance_image(mosaic: np.ndarray, valid: np.ndarray | None, bayer: str | None):
     """A full-resolution, colour-blind image for image-based registration fallbacks.
 

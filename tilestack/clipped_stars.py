@@ -16,6 +16,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from tilestack.metrics.global_metrics import background_level
+
 # A cluster of invalid pixels is a clipped star core when the valid pixels just around it are
 # at least this many sky sigmas above the sky (a hot pixel or a trail is surrounded by sky).
 CORE_RING_SIGMA = 10.0
@@ -26,16 +28,21 @@ MAX_EXTENT_FWHM = 8.0
 
 
 def grow_clipped_cores(
-    plane: np.ndarray, ok: np.ndarray, fwhm: float, sky: float, sigma: float
+    plane: np.ndarray,
+    ok: np.ndarray,
+    fwhm: float,
+    sky: float | None = None,
+    sigma: float | None = None,
 ) -> tuple[np.ndarray, int]:
     """``(validity, n)``: ``ok`` with every clipped star core grown to its star's extent.
 
-    ``sky`` and ``sigma``: the plane's background level and pixel noise. Invalid clusters
-    touching the image border (outside the warped footprint) and those larger than a star
-    core can be are left as they are.
+    ``sky`` and ``sigma``: the plane's background level and pixel noise (measured here, and
+    only when a cluster could be a core, when not given). Invalid clusters touching the image
+    border (outside the warped footprint) and those larger than a star core can be are left as
+    they are.
     """
     valid = np.asarray(ok) > 0
-    if valid.all() or not (np.isfinite(sigma) and sigma > 0 and np.isfinite(sky)):
+    if valid.all():
         return ok, 0
     h, w = valid.shape
     f = float(fwhm) if np.isfinite(fwhm) and fwhm > 0 else 3.0
@@ -50,6 +57,10 @@ def grow_clipped_cores(
         x0, y0, bw, bh, area = stats[i]
         if area > max_area or x0 == 0 or y0 == 0 or x0 + bw >= w or y0 + bh >= h:
             continue
+        if sky is None or sigma is None:
+            sky, sigma = background_level(plane, valid & np.isfinite(plane))
+        if not (np.isfinite(sigma) and sigma > 0 and np.isfinite(sky)):
+            return ok, 0
         cx, cy = centroids[i]
         core_r = 0.5 * max(bw, bh) + 0.5
         r = _star_extent(plane, valid, cx, cy, core_r, core_r + extent, sky, sigma)

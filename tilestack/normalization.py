@@ -186,18 +186,29 @@ def photometric_scale(
         return float("nan"), int(ok.sum())
     flux, snr, ref_flux, ref_snr = flux[ok], snr[ok], ref_flux[ok], ref_snr[ok]
     s0 = float(np.median(ref_flux / flux))
-    noise_f = flux / snr  # aperture noise (ADU), independent of the star's fluctuation
-    noise_r = ref_flux / ref_snr
-    # Expected fluxes come from the reference only: a star hit by a trail or a cosmic ray in
-    # this frame must not look bright, hence precise, hence heavy.
-    rel_f = noise_f / (ref_flux / s0)
-    rel_r = noise_r / ref_flux
+    lr, var, rel_f, rel_r = log_flux_ratios(flux, snr, ref_flux, ref_snr, s0)
     bright = (1.0 / rel_f >= snr_min) & (1.0 / rel_r >= snr_min)
     if bright.sum() < min_stars:
         return float("nan"), int(bright.sum())
-    lr = np.log(ref_flux[bright] / flux[bright]) - 0.5 * (rel_f[bright] ** 2 - rel_r[bright] ** 2)
-    var = rel_f[bright] ** 2 + rel_r[bright] ** 2 + SCALE_SYS_FLOOR**2
-    return float(np.exp(weighted_median(lr, 1.0 / var))), int(lr.size)
+    return float(s0 * np.exp(weighted_median(lr[bright], 1.0 / var[bright]))), int(bright.sum())
+
+
+def log_flux_ratios(
+    flux: np.ndarray, snr: np.ndarray, ref_flux: np.ndarray, ref_snr: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per star: ``(log(flux_ref / (scale·flux)), its variance, rel_f, rel_r)``.
+
+    The relative errors are *predicted*: the frame's aperture noise over the flux the
+    reference says the star has (``rel_f``), and the reference's own (``rel_r = 1/snr_ref``),
+    never the frame's measured flux — a star hit by a trail or a cosmic ray must not look
+    bright, hence precise, hence heavy. The log carries its second-order bias correction
+    ``−(rel_f² − rel_r²)/2``; the variance adds the systematic floor ``SCALE_SYS_FLOOR²``.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel_f = (flux / snr) / (ref_flux / scale)
+        rel_r = 1.0 / ref_snr
+        lr = np.log(ref_flux / (scale * flux)) - 0.5 * (rel_f**2 - rel_r**2)
+    return lr, rel_f**2 + rel_r**2 + SCALE_SYS_FLOOR**2, rel_f, rel_r
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:

@@ -762,6 +762,26 @@ def _classical_block(C, M, SC, n_arr, c_kappa, lo_a, hi_a, wlo, whi, s1, s2, mea
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _cluster_sums(vals, idx, nk, labels, n_clusters, w_f, ok_k, num_k, den_k, sum_k, cnt_k):
+    """Per cluster k of a pixel's kept samples ``vals`` (frames ``idx``): the weighted sum and
+    weight (frame weights ``w_f``, or 1 where ``ok_k[k]`` is false) and the plain sum and count,
+    into ``num_k den_k sum_k cnt_k`` (the synthetic frames of §11 and their global-only twins)."""
+    for k in range(n_clusters):
+        num_k[k] = 0.0
+        den_k[k] = 0.0
+        sum_k[k] = 0.0
+        cnt_k[k] = 0
+    for j in range(nk):
+        f = idx[j]
+        k = labels[f]
+        wk = w_f[f] if ok_k[k] else 1.0
+        num_k[k] += wk * vals[j]
+        den_k[k] += wk
+        sum_k[k] += vals[j]
+        cnt_k[k] += 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _generic_global_only(vals, idx, nk, labels, n_clusters, go, num_k, den_k, sum_k, cnt_k,
                          gval_k):  # fmt: skip
     """The global-only tile mean of a pixel without the v3 tile normalization (the same in
@@ -784,19 +804,7 @@ def _generic_global_only(vals, idx, nk, labels, n_clusters, go, num_k, den_k, su
                 den += wf
             grt = num / den if den > 0 else mean_all
     elif go_mode == GO_SYNTHETIC:
-        for k in range(n_clusters):
-            num_k[k] = 0.0
-            den_k[k] = 0.0
-            sum_k[k] = 0.0
-            cnt_k[k] = 0
-        for j in range(nk):
-            f = idx[j]
-            k = labels[f]
-            wk = g_w[f] if cl_ok_g[k] else 1.0
-            num_k[k] += wk * vals[j]
-            den_k[k] += wk
-            sum_k[k] += vals[j]
-            cnt_k[k] += 1
+        _cluster_sums(vals, idx, nk, labels, n_clusters, g_w, cl_ok_g, num_k, den_k, sum_k, cnt_k)
         for k in range(n_clusters):
             gval_k[k] = np.nan
             if cnt_k[k] > 0:
@@ -892,19 +900,10 @@ def _pixel_generic(
                         gacc_k[k] += win * gval_k[k]
                         gwin_k[k] += win
             if syn_mode == 2:
-                for k in range(n_clusters):
-                    num_k[k] = 0.0
-                    den_k[k] = 0.0
-                    sum_k[k] = 0.0
-                    cnt_k[k] = 0
-                for j in range(nk):
-                    f = idx[j]
-                    k = labels[f]
-                    wk = w_tf[t, f] if cl_ok[k, t] else 1.0
-                    num_k[k] += wk * vals[j]
-                    den_k[k] += wk
-                    sum_k[k] += vals[j]
-                    cnt_k[k] += 1
+                _cluster_sums(
+                    vals, idx, nk, labels, n_clusters, w_tf[t], cl_ok[:, t],
+                    num_k, den_k, sum_k, cnt_k,
+                )  # fmt: skip
                 for k in range(n_clusters):
                     if cnt_k[k] > 0:
                         if den_k[k] > 0:

@@ -26,10 +26,10 @@ import numpy as np
 from scipy.stats import chi2 as chi2_dist
 
 from tilestack.normalization import (
-    SCALE_SYS_FLOOR,
     Surface,
     cell_edges,
     fill_nearest,
+    log_flux_ratios,
     weighted_median,
 )
 
@@ -84,21 +84,17 @@ def star_log_ratios(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(log(flux_ref / (s·flux)), variance)`` per star; NaN where a star does not qualify.
 
-    The variance is predicted from the reference flux and both images' aperture noise (not from
-    the frame's own flux, which a hit would make look precise), plus ``SCALE_SYS_FLOOR``².
+    The same ratios and variances as the §5 scale (:func:`~tilestack.normalization.
+    log_flux_ratios`), for the stars whose predicted SNR reaches ``MIN_STAR_SNR`` in both.
     """
     flux, snr, ref_flux, ref_snr = (
         np.asarray(v, np.float64).reshape(-1) for v in (flux, snr, ref_flux, ref_snr)
     )
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel_f = (flux / snr) / (ref_flux / scale)
-        rel_r = 1.0 / ref_snr
-        lr = np.log(ref_flux / (scale * flux))
-    ok = np.isfinite(lr) & np.isfinite(rel_f) & np.isfinite(rel_r)
+    lr, var, rel_f, rel_r = log_flux_ratios(flux, snr, ref_flux, ref_snr, scale)
+    ok = np.isfinite(lr) & np.isfinite(var)
     # selected on the SNR the star should have here (reference flux over this frame's noise):
     # a cut on its own measured SNR keeps the faint stars that fluctuated up
     ok &= (1.0 / rel_f >= MIN_STAR_SNR) & (ref_snr >= MIN_STAR_SNR) & (flux > 0) & (ref_flux > 0)
-    var = rel_f**2 + rel_r**2 + SCALE_SYS_FLOOR**2
     return np.where(ok, lr, np.nan), np.where(ok, var, np.nan)
 
 

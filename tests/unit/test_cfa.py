@@ -130,3 +130,13 @@ def test_split_mono():
     out = cfa.split_channels(m, None)
     assert list(out) == ["L"]
     assert out["L"][1][1, 1] == 0 and out["L"][1].sum() == 8
+
+
+@pytest.mark.parametrize("bayer", [None, "RGGB", "GRBG", "GBRG", "BGGR"])
+def test_from_channel_xy_inverts_to_channel_xy(bayer):
+    from tilestack.cfa import from_channel_xy, to_channel_xy
+
+    xy = np.array([[0.0, 0.0], [10.25, 3.5], [511.0, 383.75]])
+    for c in ("R", "G", "B") if bayer else ("L",):
+        back = from_channel_xy(to_channel_xy(xy, bayer, c), bayer, c)
+        assert np.allclose(back, xy, atol=1e-12)

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from tilestack.cfa import channel_offset, luminance_image, split_channels, to_channel_xy
+from tilestack.cfa import from_channel_xy, luminance_image, split_channels, to_channel_xy
 from tilestack.clipped_stars import grow_clipped_cores
 from tilestack.errors import InputError
 from tilestack.io.atomic import write_table
@@ -353,8 +353,7 @@ def correct_planes(
         }
     clipped = 0
     for c, (plane, ok) in out.items():
-        sky, sig = background_level(plane, (np.asarray(ok) > 0) & np.isfinite(plane))
-        ok, n = grow_clipped_cores(plane, ok, grid.fwhm, sky, sig)
+        ok, n = grow_clipped_cores(plane, ok, grid.fwhm)
         out[c] = (plane, ok)
         clipped = max(clipped, n)
     if clipped:
@@ -408,14 +407,13 @@ def measure_plane(
     """
     g, t, stars = frame_metrics(plane, ok, grid, star_xy, border=settings.border, with_stars=True)
     g["F"] = frame_fwhm(stars, grid)
-    xy_all = star_xy[["x", "y"]].to_numpy(np.float64)
-    raw = unwarped if unwarped is not None else (plane, ok, xy_all)
+    xy = star_xy[["x", "y"]].to_numpy(np.float64)
+    raw = unwarped if unwarped is not None else (plane, ok, xy)
     g["sigma_raw"], g["sigma_block"] = pixel_noise(
         raw[0], raw[1], noise_block(grid.fwhm), stars=raw[2], fwhm=grid.fwhm
     )
     if ref_phot is None:
         return g, t
-    xy = star_xy[["x", "y"]].to_numpy(np.float64)
     fwhm = g["F"] if np.isfinite(g["F"]) else grid.fwhm
     nrm = normalize_frame(
         plane, ok, fwhm, xy, ref_phot, model=settings.background, scale_px=settings.scale_px
@@ -467,9 +465,7 @@ def frame_star_xy(
 ) -> np.ndarray:
     """The common star list (channel-plane coordinates on the reference grid) in the unwarped
     frame's channel plane: through full resolution and the inverse of the frame's transform."""
-    xy = star_xy[["x", "y"]].to_numpy(np.float64)
-    dy, dx = channel_offset(bayer, channel)
-    full = xy * 2.0 + [dx, dy] if bayer else xy
+    full = from_channel_xy(star_xy[["x", "y"]].to_numpy(np.float64), bayer, channel)
     h = np.column_stack([full, np.ones(len(full))]) @ np.linalg.inv(matrix).T
     with np.errstate(divide="ignore", invalid="ignore"):
         frame = h[:, :2] / h[:, 2:3]
